@@ -1,0 +1,41 @@
+"""napari-sim-uq: uncertainty-aware SIM and 2D image reconstruction.
+
+Importing this package is cheap: it pulls in neither napari, Qt nor torch. The public
+scripting API below is loaded on first use::
+
+    import napari_sim_uq as squ
+    rec = squ.read_image("example_data/sim_stack.tif")
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from napari_sim_uq._version import __version__
+
+# public name -> module that defines it (loaded lazily, see __getattr__)
+_API = {
+    "read_image": "napari_sim_uq.data.tiff_io",
+    "write_image": "napari_sim_uq.data.tiff_io",
+    "ImageRecord": "napari_sim_uq.data.tiff_io",
+    "infer_layout": "napari_sim_uq.data.layout",
+    "Layout": "napari_sim_uq.data.layout",
+    "sim_sample": "napari_sim_uq.data.samples",
+    "image2d_sample": "napari_sim_uq.data.samples",
+    "SimUqError": "napari_sim_uq.errors",
+    "InputError": "napari_sim_uq.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_sim_uq' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
