@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything from nothing and run the whole test suite (what CI runs).
+#   bash scripts/test.sh [pytest args]
+# Creates/updates the virtual environment in $VENV (default .venv), installs the package
+# with its test extras (torch pinned through constraints.txt), checks the code with ruff and
+# runs pytest under a virtual X server so that the napari viewer tests run too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+bash scripts/install-system-deps.sh
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+  -c constraints.txt -e ".[testing,lint]"
+
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+
+echo "== pytest"
+export PATH="$PWD/$VENV/bin:$PATH"
+xvfb-run -a -s "-screen 0 1600x1000x24" "$VENV/bin/python" -m pytest "$@"
