@@ -7,7 +7,6 @@ from pathlib import Path
 
 import napari
 
-
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_data"
 
