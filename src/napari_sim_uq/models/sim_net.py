@@ -1,0 +1,648 @@
+r"""SIM reconstruction network with per-pixel uncertainty (``SimUQNet``).
+
+The network maps a normalised raw SIM stack ``x`` of shape ``(B, A*P, H, W)`` (angle-major
+frames, DESIGN.md section 3) to the quantities of the forward model of DESIGN.md section 4,
+``y_i = down_f(B(h * (e . l_i))) + b``, each with a variance:
+
+- ``emitter`` ``(B, 1, fH, fW)``: ``softplus(a)``, ``>= 0``;
+- ``lp`` ``(B, F, fH, fW)``: ``1 + tanh(a)``, in ``[0, 2]`` (a pattern ``1 + m cos(...)`` with
+  modulation ``m <= 1`` lies in ``[1 - m, 1 + m]``; ``a = 0`` is uniform illumination 1);
+- ``psf`` ``(B, k, k)``: softmax over the ``k*k`` logits, ``>= 0``, sums to 1 (one PSF per
+  sample, shared by all frames, as :func:`napari_sim_uq.physics.sim_forward` takes it);
+- ``background`` ``(B, 1, 1, 1)``: ``softplus``, ``>= 0`` (``None`` if not predicted).
+
+Variance convention
+-------------------
+Every log-variance head predicts the log-variance ``s`` of the **pre-activation** value
+``a`` (the logit). The returned ``*_var`` tensors are the variances of the
+**post-activation** quantities that enter the forward model (DESIGN.md section 4, item 5),
+obtained with the first-order delta method ``Var(g(a)) ~ g'(mu_a)^2 Var(a)``:
+
+- emitter: ``Var(softplus(a)) = sigmoid(a)^2 exp(s)`` (:func:`softplus_variance`);
+- light pattern: ``Var(1 + tanh(a)) = sech(a)^4 exp(s)`` with ``sech^2 a`` evaluated as
+  ``4 sigmoid(2a) sigmoid(-2a)`` (no cancellation for large ``|a|``)
+  (:func:`bounded_tanh_variance`);
+- PSF: ``Var(p_i) = sum_j J_ij^2 exp(s_j)`` with the softmax Jacobian
+  ``J = diag(p) - p p^T`` (:func:`softmax_variance`; only the diagonal is returned: the full
+  covariance ``J diag(v) J^T`` has zero row sums because ``sum(p) = 1``; it is the diagonal
+  plus rank-2 matrix ``diag(w) - w p^T - p w^T + c p p^T`` with ``w = p^2 v``,
+  ``c = sum(w)``, see :func:`softmax_covariance_factors`, should exact propagation of the
+  PSF covariance be wanted).
+
+The raw (clamped) log-variances are returned too (``emitter_logvar``, ``lp_logvar``,
+``psf_logvar``), for plots and debugging; they are log-variances of the *logits*, not of
+the outputs. Where an activation saturates (very dark emitter, pattern at 0 or 2) the
+post-activation variance goes to 0 (and may underflow in float32): the loss must put a
+floor on the total variance (DESIGN.md section 4, item 7). Targets not listed in
+``SimNetConfig.uq_targets`` get no log-variance head and their ``*_var`` / ``*_logvar``
+outputs are ``None``.
+
+Log-variance clamp
+------------------
+A *soft* clamp (:func:`soft_clamp`) maps the raw head output ``r`` into
+``[logvar_min, logvar_max]``::
+
+    t = max - softplus(max - r);   s = min + softplus(t - min)
+
+It is the identity up to ``O(exp(-distance to a bound))`` inside the interval, smooth, and
+its gradient is never exactly zero (it decays exponentially beyond a bound). A hard clamp
+gives zero gradient outside the interval, so a head that overshoots gets stuck there;
+``min + (max - min) sigmoid(r)`` is bounded but distorts the whole range (its slope is 4.5
+at the centre for the defaults and the bias no longer reads as a log-variance). A final
+hard clamp only removes the rounding-level overshoot (at most
+``log1p(exp(-(max - min)))``) and is inactive otherwise. The log-variance heads start with
+zero weights and a bias set so that the clamped log-variance equals ``logvar_init``
+exactly (the bias is ``logvar_init`` up to ~1e-3 for the defaults; it is corrected through
+the inverse of the soft clamp).
+
+Architecture
+------------
+U-Net at LR resolution: a stem block, ``depth`` strided encoder blocks (the last one is
+the bottleneck), ``depth`` decoder blocks (bilinear x2 upsampling, 1x1 conv, concatenation
+with the skip, block). A block is ``(Conv3x3 - GroupNorm - SiLU) x 2``; decoder blocks and
+the bottleneck end with ``Dropout2d(dropout)`` (the layers used for MC dropout, see
+:func:`mc_dropout_mode`). Channels ``base * 2^min(level, 3)``. The LR features are brought
+to HR by ``Conv3x3 (ICNR init) - PixelShuffle(f)`` (skipped for ``f = 1``) and one more
+``Conv3x3 - GroupNorm - SiLU``; 1x1 convolutions give the emitter and pattern means and
+log-variances. The PSF comes from the global average of the bottleneck features through an
+MLP (``Linear - SiLU``, then one linear layer for the ``k*k`` logits and one for their
+log-variances); its logits start as a centred Gaussian of standard deviation
+``max(1, (k - 1) / 6)`` HR pixels. The background is ``softplus(Linear(pooled))``, starting
+at 0.1 (normalised units).
+
+Inputs of any ``H, W`` are accepted: they are padded (reflect, or replicate when the image
+is smaller than the padding) to a multiple of ``2^depth`` and the HR outputs cropped back to
+``(f H, f W)``, the padding being split evenly between both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from napari_sim_uq.errors import InputError
+
+__all__ = [
+    "UQ_TARGETS",
+    "SimNetConfig",
+    "SimOutput",
+    "SimUQNet",
+    "bounded_tanh_variance",
+    "count_parameters",
+    "mc_dropout_mode",
+    "soft_clamp",
+    "softmax_covariance_factors",
+    "softmax_variance",
+    "softplus_variance",
+]
+
+#: The quantities that can carry a predicted variance.
+UQ_TARGETS = ("emitter", "lp", "psf")
+
+_BACKGROUND_INIT = 0.1  # initial background, normalised intensity units
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, v: object, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {v!r}")
+    if v < minimum or (maximum is not None and v > maximum):
+        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise InputError(f"{name} must be an integer {rng}, got {v!r}")
+
+
+def _check_real(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise InputError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+@dataclass
+class SimNetConfig:
+    """Hyper-parameters of :class:`SimUQNet` (JSON round trip: :meth:`to_dict` /
+    :meth:`from_dict`). Invalid values raise :class:`~napari_sim_uq.errors.InputError`."""
+
+    n_angles: int = 3
+    n_phases: int = 3
+    hr_factor: int = 2  # HR grid is hr_factor times finer than the camera grid
+    base_channels: int = 32  # channels of the first U-Net level
+    depth: int = 3  # number of U-Net downsamplings (levels below the input resolution)
+    dropout: float = 0.1  # p of the Dropout2d layers (decoder blocks, bottleneck)
+    psf_size: int = 15  # k: the PSF is k x k HR pixels, k odd
+    uq_targets: tuple[str, ...] = UQ_TARGETS  # any subset of ("emitter", "lp", "psf")
+    logvar_init: float = -4.0  # initial log-variance of every head
+    logvar_min: float = -12.0  # soft clamp of the log-variances
+    logvar_max: float = 6.0
+    predict_background: bool = True
+
+    def __post_init__(self) -> None:
+        targets = self.uq_targets
+        if isinstance(targets, str):
+            targets = (targets,)
+        try:
+            targets = tuple(targets)
+        except TypeError:
+            raise InputError(
+                f"uq_targets must be a list of names from {list(UQ_TARGETS)}, got {targets!r}"
+            ) from None
+        unknown = [t for t in targets if t not in UQ_TARGETS]
+        if unknown:
+            raise InputError(f"unknown uq_targets {unknown}: choose any of {list(UQ_TARGETS)}")
+        # canonical order, no duplicates (the config hash must not depend on the order)
+        self.uq_targets = tuple(t for t in UQ_TARGETS if t in targets)
+        self.validate()
+
+    @property
+    def n_frames(self) -> int:
+        """Number of raw frames the model expects, ``n_angles * n_phases``."""
+        return self.n_angles * self.n_phases
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` on the first invalid value."""
+        _check_int("n_angles", self.n_angles, 1)
+        _check_int("n_phases", self.n_phases, 1)
+        _check_int("hr_factor", self.hr_factor, 1, 16)
+        _check_int("base_channels", self.base_channels, 4)
+        _check_int("depth", self.depth, 1, 8)
+        _check_int("psf_size", self.psf_size, 1, 101)
+        if self.psf_size % 2 == 0:
+            raise InputError(f"psf_size must be odd (the PSF is centred), got {self.psf_size}")
+        p = _check_real("dropout", self.dropout)
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        lo = _check_real("logvar_min", self.logvar_min)
+        hi = _check_real("logvar_max", self.logvar_max)
+        init = _check_real("logvar_init", self.logvar_init)
+        if not lo < hi:
+            raise InputError(
+                f"logvar_min must be < logvar_max, got {self.logvar_min!r} and {self.logvar_max!r}"
+            )
+        if not lo < init < hi:
+            raise InputError(
+                f"logvar_init must lie strictly between logvar_min and logvar_max "
+                f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
+            )
+        if not isinstance(self.predict_background, bool):
+            raise InputError(
+                f"predict_background must be true or false, got {self.predict_background!r}"
+            )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SimNetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
+        if not isinstance(d, dict):
+            raise InputError(f"a model config must be a dict, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown SIM network parameters: {unknown}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+
+# --------------------------------------------------------------------------------------
+# activations, delta-method variances, clamp
+# --------------------------------------------------------------------------------------
+
+
+def _inv_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y`` (``y > 0``)."""
+    return y + math.log(-math.expm1(-y))
+
+
+def soft_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Smooth clamp of ``x`` into ``[lo, hi]``: ``lo + softplus(hi - softplus(hi - x) - lo)``.
+
+    The identity up to ``O(exp(-d))`` at distance ``d`` from both bounds, strictly monotone
+    with a gradient that never vanishes (unlike ``torch.clamp``). A final hard clamp removes
+    the rounding-level overshoot above ``hi`` (at most ``log1p(exp(-(hi - lo)))``).
+    """
+    t = hi - F.softplus(hi - x)
+    return (lo + F.softplus(t - lo)).clamp(lo, hi)
+
+
+def _inv_soft_clamp(y: float, lo: float, hi: float) -> float:
+    """``x`` with ``soft_clamp(x, lo, hi) = y`` for ``lo < y < hi`` (ignoring the hard clamp),
+    if ``y`` is reachable; used to set the log-variance biases."""
+    t = lo + _inv_softplus(y - lo)
+    if t >= hi:  # y within rounding of the upper reach: take the largest sensible value
+        return hi + 20.0
+    return hi - _inv_softplus(hi - t)
+
+
+def softplus_variance(a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
+    """Delta-method variance of ``softplus(a)``: ``sigmoid(a)^2 Var(a)``."""
+    return torch.sigmoid(a).square() * var_a
+
+
+def bounded_tanh_variance(a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
+    """Delta-method variance of ``1 + tanh(a)``: ``(1 - tanh(a)^2)^2 Var(a)``.
+
+    ``1 - tanh(a)^2 = 4 sigmoid(2a) sigmoid(-2a)``, which stays accurate (and positive) where
+    ``tanh(a)`` rounds to +-1.
+    """
+    d = 4.0 * torch.sigmoid(2.0 * a) * torch.sigmoid(-2.0 * a)
+    return d.square() * var_a
+
+
+def softmax_variance(p: torch.Tensor, var_z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r"""Delta-method variance of ``p = softmax(z)`` given independent ``Var(z_j) = v_j``.
+
+    With the Jacobian ``J_ij = p_i (delta_ij - p_j)``::
+
+        Var(p_i) = sum_j J_ij^2 v_j = p_i^2 [ v_i (1 - 2 p_i) + sum_j p_j^2 v_j ]
+                 = p_i^2 [ v_i (1 - p_i)^2 + sum_{j != i} p_j^2 v_j ]
+
+    The second form is evaluated (both terms are non-negative; the sum over ``j != i`` is
+    computed as ``S - p_i^2 v_i`` and clipped at 0 against rounding). Batched over all
+    dimensions but ``dim``; never forms the ``n x n`` Jacobian. This is the diagonal of
+    ``J diag(v) J^T``.
+    """
+    p2 = p.square()
+    total = (p2 * var_z).sum(dim=dim, keepdim=True)
+    others = (total - p2 * var_z).clamp_min(0.0)
+    return p2 * (var_z * (1.0 - p).square() + others)
+
+
+def softmax_covariance_factors(
+    p: torch.Tensor, var_z: torch.Tensor, dim: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of the full delta-method covariance of ``p = softmax(z)``.
+
+    ``J diag(v) J^T = diag(w) - w p^T - p w^T + c p p^T`` with ``w = p^2 v`` and
+    ``c = sum(w)`` (``J = diag(p) - p p^T``), so ``a^T Cov a`` for any weights ``a`` is
+    ``sum(w a^2) - 2 (w . a)(p . a) + c (p . a)^2`` without forming ``n x n`` matrices.
+    Returns ``(w, c)``, ``c`` with ``dim`` kept (size 1). Its diagonal is
+    :func:`softmax_variance`.
+    """
+    w = p.square() * var_z
+    return w, w.sum(dim=dim, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------
+
+
+class SimOutput(NamedTuple):
+    """What :meth:`SimUQNet.forward` returns (``F = A*P`` frames, ``k = psf_size``).
+
+    Means are post-activation; ``*_var`` are delta-method variances of the post-activation
+    quantities; ``*_logvar`` are the clamped log-variances of the pre-activation logits.
+    Uncertainty outputs of targets not in ``uq_targets`` are ``None``, as is
+    ``background`` when it is not predicted.
+    """
+
+    emitter: torch.Tensor  # (B, 1, fH, fW) >= 0
+    emitter_var: torch.Tensor | None  # (B, 1, fH, fW)
+    lp: torch.Tensor  # (B, F, fH, fW) in [0, 2]
+    lp_var: torch.Tensor | None  # (B, F, fH, fW)
+    psf: torch.Tensor  # (B, k, k), >= 0, sums to 1
+    psf_var: torch.Tensor | None  # (B, k, k)
+    background: torch.Tensor | None = None  # (B, 1, 1, 1) >= 0
+    emitter_logvar: torch.Tensor | None = None  # (B, 1, fH, fW)
+    lp_logvar: torch.Tensor | None = None  # (B, F, fH, fW)
+    psf_logvar: torch.Tensor | None = None  # (B, k, k)
+
+
+# --------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class _ConvBlock(nn.Sequential):
+    """``(Conv3x3 - GroupNorm - SiLU) x 2`` (first conv optionally strided), then optional
+    ``Dropout2d``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dropout: float | None = None):
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
+            nn.GroupNorm(_groups(c_out), c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.GroupNorm(_groups(c_out), c_out),
+            nn.SiLU(),
+        ]
+        if dropout is not None:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class _Up(nn.Module):
+    """Bilinear x2 upsampling, 1x1 conv to ``c_out``, concatenation with the skip, block."""
+
+    def __init__(self, c_in: int, c_out: int, dropout: float):
+        super().__init__()
+        self.reduce = nn.Conv2d(c_in, c_out, 1)
+        self.block = _ConvBlock(2 * c_out, c_out, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(torch.cat([self.reduce(x), skip], dim=1))
+
+
+def _icnr_(conv: nn.Conv2d, factor: int) -> None:
+    """ICNR init for a conv followed by ``PixelShuffle(factor)``: the ``factor^2`` sub-pixel
+    outputs of each channel start identical (no checkerboard at initialisation)."""
+    n = factor * factor
+    c_out = conv.out_channels // n
+    base = nn.Conv2d(conv.in_channels, c_out, conv.kernel_size, padding=conv.padding)
+    with torch.no_grad():
+        conv.weight.copy_(base.weight.repeat_interleave(n, dim=0))
+        conv.bias.copy_(base.bias.repeat_interleave(n, dim=0))
+
+
+# --------------------------------------------------------------------------------------
+# the network
+# --------------------------------------------------------------------------------------
+
+
+class SimUQNet(nn.Module):
+    """U-Net SIM reconstruction with emitter, light-pattern, PSF and background outputs and
+    their (delta-method, post-activation) variances. See the module docstring."""
+
+    def __init__(self, cfg: SimNetConfig | dict | None = None):
+        super().__init__()
+        if cfg is None:
+            cfg = SimNetConfig()
+        elif isinstance(cfg, dict):
+            cfg = SimNetConfig.from_dict(cfg)
+        elif isinstance(cfg, SimNetConfig):
+            cfg = SimNetConfig.from_dict(cfg.to_dict())  # validated private copy
+        else:
+            raise InputError(f"cfg must be a SimNetConfig or a dict, got {type(cfg).__name__}")
+        self.cfg = cfg
+        n_frames = cfg.n_frames
+        depth = cfg.depth
+        p = float(cfg.dropout)
+        ch = [cfg.base_channels * 2 ** min(level, 3) for level in range(depth + 1)]
+        c0, c_bottom = ch[0], ch[-1]
+        k, f = cfg.psf_size, cfg.hr_factor
+
+        # U-Net at LR resolution
+        self.stem = _ConvBlock(n_frames, c0)
+        self.down = nn.ModuleList(
+            _ConvBlock(ch[i], ch[i + 1], stride=2, dropout=p if i == depth - 1 else None)
+            for i in range(depth)
+        )
+        self.up = nn.ModuleList(_Up(ch[i + 1], ch[i], dropout=p) for i in reversed(range(depth)))
+
+        # LR -> HR
+        hr_layers: list[nn.Module] = []
+        if f > 1:
+            shuffle_conv = nn.Conv2d(c0, c0 * f * f, 3, padding=1)
+            _icnr_(shuffle_conv, f)
+            hr_layers += [shuffle_conv, nn.PixelShuffle(f)]
+        hr_layers += [
+            nn.Conv2d(c0, c0, 3, padding=1),
+            nn.GroupNorm(_groups(c0), c0),
+            nn.SiLU(),
+        ]
+        self.to_hr = nn.Sequential(*hr_layers)
+
+        # pixel heads
+        self.emitter_head = nn.Conv2d(c0, 1, 1)
+        self.lp_head = nn.Conv2d(c0, n_frames, 1)
+        with torch.no_grad():
+            self.lp_head.weight.mul_(0.1)  # start near uniform illumination (lp ~ 1)
+            self.lp_head.bias.zero_()
+        self.emitter_logvar_head = self._logvar_conv(c0, 1) if "emitter" in cfg.uq_targets else None
+        self.lp_logvar_head = self._logvar_conv(c0, n_frames) if "lp" in cfg.uq_targets else None
+
+        # PSF from pooled bottleneck features
+        hidden = max(64, c_bottom)
+        self.psf_mlp = nn.Sequential(nn.Linear(c_bottom, hidden), nn.SiLU())
+        self.psf_logits = nn.Linear(hidden, k * k)
+        with torch.no_grad():
+            self.psf_logits.weight.mul_(0.1)
+            self.psf_logits.bias.copy_(_gaussian_logits(k))
+        self.psf_logvar_head = None
+        if "psf" in cfg.uq_targets:
+            self.psf_logvar_head = nn.Linear(hidden, k * k)
+            self._init_logvar(self.psf_logvar_head)
+
+        self.background_head = None
+        if cfg.predict_background:
+            self.background_head = nn.Linear(c_bottom, 1)
+            with torch.no_grad():
+                self.background_head.weight.mul_(0.1)
+                self.background_head.bias.fill_(_inv_softplus(_BACKGROUND_INIT))
+
+    # -- construction helpers ------------------------------------------------------------
+
+    def _init_logvar(self, layer: nn.Conv2d | nn.Linear) -> None:
+        cfg = self.cfg
+        with torch.no_grad():
+            layer.weight.zero_()
+            layer.bias.fill_(_inv_soft_clamp(cfg.logvar_init, cfg.logvar_min, cfg.logvar_max))
+
+    def _logvar_conv(self, c_in: int, c_out: int) -> nn.Conv2d:
+        conv = nn.Conv2d(c_in, c_out, 1)
+        self._init_logvar(conv)
+        return conv
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def expected_frames(self) -> int:
+        """Number of raw frames per stack, ``n_angles * n_phases`` (angle-major)."""
+        return self.cfg.n_frames
+
+    @property
+    def hr_factor(self) -> int:
+        return self.cfg.hr_factor
+
+    # -- forward -------------------------------------------------------------------------
+
+    def check_input(self, x: object) -> None:
+        """Raise :class:`InputError` unless ``x`` is a finite float tensor
+        ``(B, A*P, H, W)`` with the expected number of frames."""
+        cfg = self.cfg
+        n = cfg.n_frames
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"model input must be a torch tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            hint = "; add a batch dimension (x[None])" if x.ndim == 3 else ""
+            raise InputError(
+                f"model expects a batch of SIM stacks of shape (B, {n}, H, W), got shape "
+                f"{tuple(x.shape)}{hint}"
+            )
+        if x.shape[1] != n:
+            raise InputError(
+                f"model expects {n} frames ({cfg.n_angles} angles x {cfg.n_phases} phases), "
+                f"got {x.shape[1]}"
+            )
+        if x.shape[-2] < 1 or x.shape[-1] < 1:
+            raise InputError(f"model input has an empty image, shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise InputError(
+                f"model input must be floating point (normalised float32), got {x.dtype}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(
+                f"model input contains {bad} NaN or infinite value(s) out of {x.numel()}; "
+                "clean the data before reconstruction"
+            )
+
+    def forward(self, x: torch.Tensor, *, check_input: bool = True) -> SimOutput:
+        """Reconstruct ``x`` ``(B, A*P, H, W)`` (normalised). ``check_input=False`` skips the
+        shape/finiteness checks (the finiteness check synchronises a GPU). Floating inputs of
+        another dtype are cast to the model's dtype."""
+        if check_input:
+            self.check_input(x)
+        cfg = self.cfg
+        f, k, lo, hi = cfg.hr_factor, cfg.psf_size, cfg.logvar_min, cfg.logvar_max
+        dtype = self.stem[0].weight.dtype
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        b, _, h, w = x.shape
+        x, top, left = _pad_to_multiple(x, 2**cfg.depth)
+
+        # U-Net
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        bottom = skips.pop()
+        feat = bottom
+        for up in self.up:
+            feat = up(feat, skips.pop())
+        feat = self.to_hr(feat)
+        feat = feat[..., f * top : f * (top + h), f * left : f * (left + w)]
+
+        # emitter, light patterns
+        a_e = self.emitter_head(feat)
+        emitter = F.softplus(a_e)
+        emitter_var = emitter_logvar = None
+        if self.emitter_logvar_head is not None:
+            emitter_logvar = soft_clamp(self.emitter_logvar_head(feat), lo, hi)
+            emitter_var = softplus_variance(a_e, emitter_logvar.exp())
+        a_l = self.lp_head(feat)
+        lp = 1.0 + torch.tanh(a_l)
+        lp_var = lp_logvar = None
+        if self.lp_logvar_head is not None:
+            lp_logvar = soft_clamp(self.lp_logvar_head(feat), lo, hi)
+            lp_var = bounded_tanh_variance(a_l, lp_logvar.exp())
+
+        # PSF, background (pooled bottleneck)
+        pooled = bottom.mean(dim=(-2, -1))
+        hid = self.psf_mlp(pooled)
+        psf_flat = torch.softmax(self.psf_logits(hid), dim=-1)
+        psf = psf_flat.view(b, k, k)
+        psf_var = psf_logvar = None
+        if self.psf_logvar_head is not None:
+            s = soft_clamp(self.psf_logvar_head(hid), lo, hi)
+            psf_var = softmax_variance(psf_flat, s.exp()).view(b, k, k)
+            psf_logvar = s.view(b, k, k)
+        background = None
+        if self.background_head is not None:
+            background = F.softplus(self.background_head(pooled)).view(b, 1, 1, 1)
+
+        return SimOutput(
+            emitter=emitter,
+            emitter_var=emitter_var,
+            lp=lp,
+            lp_var=lp_var,
+            psf=psf,
+            psf_var=psf_var,
+            background=background,
+            emitter_logvar=emitter_logvar,
+            lp_logvar=lp_logvar,
+            psf_logvar=psf_logvar,
+        )
+
+
+def _gaussian_logits(k: int) -> torch.Tensor:
+    """Logits ``-r^2 / (2 sigma^2)`` of a centred Gaussian, ``sigma = max(1, (k - 1) / 6)``."""
+    sigma = max(1.0, (k - 1) / 6.0)
+    r = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+    r2 = r[:, None] ** 2 + r[None, :] ** 2
+    return (-r2 / (2 * sigma**2)).flatten()
+
+
+def _pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
+    """Pad ``(..., H, W)`` to multiples of ``m`` (split evenly, reflect; replicate when the
+    image is too small to reflect). Returns the padded tensor and the top/left offsets."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % m, -w % m
+    if ph == 0 and pw == 0:
+        return x, 0, 0
+    top, left = ph // 2, pw // 2
+    pad = (left, pw - left, top, ph - top)
+    mode = "reflect" if max(top, ph - top) < h and max(left, pw - left) < w else "replicate"
+    return F.pad(x, pad, mode=mode), top, left
+
+
+# --------------------------------------------------------------------------------------
+# utilities
+# --------------------------------------------------------------------------------------
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class _ModeGuard:
+    """Returned by :func:`mc_dropout_mode`; restores the saved modes on ``__exit__`` or
+    :meth:`restore`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._saved = [(m, m.training) for m in model.modules()]
+        self.n_dropout = 0  # dropout modules with p > 0 (0: MC samples would be identical)
+        for m in model.modules():
+            is_dropout = isinstance(m, _DropoutNd)
+            m.training = is_dropout
+            if is_dropout and m.p > 0:
+                self.n_dropout += 1
+
+    def restore(self) -> None:
+        for m, mode in self._saved:
+            m.training = mode
+
+    def __enter__(self) -> nn.Module:
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def mc_dropout_mode(model: nn.Module) -> _ModeGuard:
+    """Put every dropout module of ``model`` in train mode and every other module in eval
+    mode (DESIGN.md section 5, MC dropout), at call time.
+
+    Use as a context manager to restore the previous per-module modes on exit::
+
+        with mc_dropout_mode(model):
+            samples = [model(x) for _ in range(T)]
+
+    or call it and later ``guard.restore()``. ``guard.n_dropout`` counts the dropout modules
+    with ``p > 0`` (0 means the samples would all be identical).
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"mc_dropout_mode needs a torch.nn.Module, got {type(model).__name__}")
+    return _ModeGuard(model)
