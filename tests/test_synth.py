@@ -1,0 +1,231 @@
+"""Synthetic SIM generator: determinism, physics consistency (checked with SciPy) and noise."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from napari_sim_uq.cli import main
+from napari_sim_uq.data.synth import (
+    SynthConfig,
+    generate_dataset,
+    generate_sample,
+    render_structures,
+)
+from napari_sim_uq.data.tiff_io import read_image
+from napari_sim_uq.errors import InputError
+from napari_sim_uq.jobs.events import run
+
+
+def tiny(**kw):
+    base = dict(lr_size=(16, 20), hr_factor=2, psf_sigma_lr=(0.8, 1.0))
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def scipy_forward(emitter, patterns, psf, f, background):
+    """Independent forward model: direct 'same' convolution, f x f block mean, + b."""
+    frames = []
+    for pat in patterns:
+        blurred = signal.convolve2d(emitter.astype(np.float64) * pat, psf, mode="same")
+        h, w = blurred.shape
+        frames.append(blurred.reshape(h // f, f, w // f, f).mean(axis=(1, 3)))
+    return np.stack(frames) + background
+
+
+def test_sample_is_deterministic_per_seed_and_index():
+    cfg = tiny()
+    a, b = generate_sample(cfg, seed=5, index=3), generate_sample(cfg, seed=5, index=3)
+    np.testing.assert_array_equal(a.raw, b.raw)
+    np.testing.assert_array_equal(a.emitter, b.emitter)
+    c = generate_sample(cfg, seed=5, index=4)
+    assert not np.array_equal(a.emitter, c.emitter)
+    assert a.raw.shape == (9, 16, 20) and a.raw.dtype == np.float32
+    assert a.emitter.shape == (32, 40) and a.patterns.shape == (9, 32, 40)
+
+
+def test_clean_raw_equals_forward_model_of_ground_truth():
+    cfg = tiny(hr_factor=3)
+    s = generate_sample(cfg, seed=1)
+    ref = scipy_forward(s.emitter, s.patterns, s.psf, 3, s.params["background"])
+    np.testing.assert_allclose(s.clean, ref, rtol=1e-4, atol=1e-4 * ref.max())
+
+
+def test_saved_files_reproduce_the_raw_data(tmp_path):
+    cfg = tiny(read_noise=(1e-6, 2e-6), photons=(1e4, 1e4), high_noise_regions=0)
+    res = run(generate_dataset(tmp_path / "d", 2, cfg, seed=0, workers=1))
+    assert res["n_samples"] == 2
+    for i in range(2):
+        raw = read_image(tmp_path / "d" / "train" / f"sample_{i:05d}.tif")
+        gt = read_image(tmp_path / "d" / "train_gt" / f"sample_{i:05d}.tif")
+        lp = read_image(tmp_path / "d" / "train_gt" / f"sample_{i:05d}_lp.tif")
+        meta = np.load(tmp_path / "d" / "train_meta" / f"sample_{i:05d}.npz")
+        assert raw.layout.kind == "sim" and raw.data.shape == (9, 16, 20)
+        ref = scipy_forward(gt.data, lp.data, meta["psf"], 2, float(meta["background"]))
+        # the saved noise map is the Poisson-Gaussian std of the forward model (read noise
+        # ~0 here), and the raw data lies within 5 of those sigmas of the forward model
+        # (float32 FFT round-off is ~1e-7 of the maximum, hence the absolute tolerance)
+        np.testing.assert_allclose(meta["noise_sigma"] ** 2, ref, rtol=1e-4, atol=1e-6 * ref.max())
+        z = np.abs(raw.data - ref) / np.sqrt(ref)
+        assert z.max() < 5.5 and 0.8 < np.sqrt((z**2).mean()) < 1.2
+        # GT overlays the raw frames (DESIGN.md 3)
+        assert gt.scale == (0.5, 0.5) and gt.translate == (-0.25, -0.25)
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert doc["splits"]["train"]["n_samples"] == 2
+    assert doc["splits"]["train"]["config"]["lr_size"] == [16, 20]
+
+
+def test_empirical_noise_matches_saved_sigma_map():
+    cfg = tiny(lr_size=(12, 12), read_noise=(2.0, 8.0), high_noise_regions=1)
+    draws = [generate_sample(cfg, seed=2, noise_seed=k) for k in range(300)]
+    clean = draws[0].clean
+    for d in draws[1:3]:
+        np.testing.assert_array_equal(d.clean, clean)  # content fixed, noise redrawn
+    raws = np.stack([d.raw for d in draws])
+    emp = raws.std(axis=0, ddof=1)
+    sigma = draws[0].noise_sigma
+    ratio = emp / sigma
+    # 300 draws: the std of one pixel's estimate is ~4 %; the mean over 1296 pixels is tight
+    assert 0.97 < ratio.mean() < 1.03
+    assert np.corrcoef(emp.ravel(), sigma.ravel())[0, 1] > 0.9
+    np.testing.assert_allclose(raws.mean(axis=0), clean, atol=4 * sigma.max() / np.sqrt(300))
+    m = draws[0].mask
+    if m.any() and (~m).any():  # high-noise regions really are noisier
+        assert draws[0].read_sigma[m].min() >= draws[0].read_sigma[~m].min()
+
+
+def test_patterns_and_parameters_follow_the_config():
+    cfg = tiny(modulation=(0.7, 0.7), period_lr=(3.0, 3.0), phase_jitter=0.0)
+    s = generate_sample(cfg, seed=0)
+    pats = s.patterns.reshape(3, 3, 32, 40)
+    np.testing.assert_allclose(pats.mean(axis=1), 1.0, atol=1e-5)  # phases sum out
+    assert pats.max() == pytest.approx(1.7, abs=0.02) and pats.min() == pytest.approx(0.3, abs=0.02)
+    k = np.asarray(s.params["wave_vectors"])
+    np.testing.assert_allclose(np.hypot(k[:, 0], k[:, 1]), 1 / (3.0 * 2), rtol=1e-5)
+    assert s.psf.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_structure_mix_is_configurable():
+    rng = np.random.default_rng(0)
+    only_beads = render_structures(tiny(n_filaments=(0, 0), n_rings=(0, 0), n_beads=(3, 3)), rng)
+    # three isolated spots: most pixels are dark
+    assert (only_beads > 0.05).mean() < 0.05
+    fil = render_structures(tiny(n_filaments=(8, 8), n_rings=(0, 0), n_beads=(0, 0)), rng)
+    assert (fil > 0.05).mean() > (only_beads > 0.05).mean()
+    assert only_beads.max() == pytest.approx(1.0) and fil.max() == pytest.approx(1.0)
+
+
+def test_parallel_workers_give_the_same_dataset(tmp_path):
+    cfg = tiny()
+    run(generate_dataset(tmp_path / "a", 3, cfg, seed=7, workers=1))
+    run(generate_dataset(tmp_path / "b", 3, cfg, seed=7, workers=2))
+    for i in range(3):
+        ra = read_image(tmp_path / "a" / "train" / f"sample_{i:05d}.tif").data
+        rb = read_image(tmp_path / "b" / "train" / f"sample_{i:05d}.tif").data
+        np.testing.assert_array_equal(ra, rb)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr_size": (-4, 16)}, "lr_size"),
+        ({"lr_size": (0, 16)}, "lr_size"),
+        ({"hr_factor": 0}, "hr_factor"),
+        ({"modulation": (0.5, 1.2)}, r"modulation must lie in \[0, 1\]"),
+        ({"modulation": (-0.1, 0.5)}, "modulation"),
+        ({"psf_sigma_lr": (0.0, 1.0)}, "psf_sigma_lr"),
+        ({"photons": (10.0, 5.0)}, "low <= high"),
+        ({"n_filaments": (0, 0), "n_rings": (0, 0), "n_beads": (0, 0)}, "at least one"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        tiny(**kwargs)
+
+
+def test_out_dir_rules(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        run(generate_dataset(f, 1, tiny()))
+    run(generate_dataset(tmp_path / "d", 1, tiny(), workers=1))
+    before = (tmp_path / "d" / "train" / "sample_00000.tif").read_bytes()
+    with pytest.raises(FileExistsError, match="not empty"):
+        run(generate_dataset(tmp_path / "d", 1, tiny(), seed=9, workers=1))
+    assert (tmp_path / "d" / "train" / "sample_00000.tif").read_bytes() == before
+    # another split goes next to it; --overwrite replaces
+    run(generate_dataset(tmp_path / "d", 1, tiny(), split="val", workers=1))
+    run(generate_dataset(tmp_path / "d", 1, tiny(), seed=9, workers=1, overwrite=True))
+    assert (tmp_path / "d" / "train" / "sample_00000.tif").read_bytes() != before
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert set(doc["splits"]) == {"train", "val"}
+    with pytest.raises(InputError, match="n_samples"):
+        run(generate_dataset(tmp_path / "e", 0, tiny()))
+
+
+def test_cli_generate(tmp_path, capsys):
+    out = tmp_path / "ds"
+    rc = main(
+        [
+            "generate",
+            "--out-dir",
+            str(out),
+            "--n-samples",
+            "2",
+            "--lr-size",
+            "16",
+            "--hr-factor",
+            "2",
+            "--seed",
+            "3",
+            "--split",
+            "val",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    assert "wrote 2 samples (val)" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "val_gt").iterdir()) == [
+        "sample_00000.tif",
+        "sample_00000_lp.tif",
+        "sample_00001.tif",
+        "sample_00001_lp.tif",
+    ]
+    meta = np.load(out / "val_meta" / "sample_00001.npz")
+    for key in (
+        "noise_sigma",
+        "mask",
+        "psf_sigma",
+        "wave_vectors",
+        "phases",
+        "modulation",
+        "photons",
+    ):
+        assert key in meta
+    assert meta["noise_sigma"].shape == (9, 16, 16)
+    # refuses to overwrite, with a one-line error
+    rc = main(
+        [
+            "generate",
+            "--out-dir",
+            str(out),
+            "--n-samples",
+            "1",
+            "--lr-size",
+            "16",
+            "--split",
+            "val",
+            "--quiet",
+        ]
+    )
+    assert rc == 2 and "not empty" in capsys.readouterr().err
+    for bad, msg in (
+        (["--modulation", "0.5", "1.5"], "modulation"),
+        (["--hr-factor", "0"], "hr_factor"),
+        (["--lr-size", "-3"], "lr_size"),
+    ):
+        rc = main(["generate", "--out-dir", str(tmp_path / "x"), "--n-samples", "1", *bad])
+        assert rc == 2 and msg in capsys.readouterr().err
