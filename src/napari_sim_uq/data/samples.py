@@ -1,7 +1,7 @@
-"""Small deterministic sample images (NumPy/SciPy only, generated in well under a second).
+"""Small deterministic sample images, generated in well under a second.
 
 * :func:`sim_sample` — a raw 9-frame SIM stack (3 angles x 3 phases) of filaments, rings
-  and beads, with its high-resolution ground-truth emitter;
+  and beads from the synthetic generator, with its high-resolution ground-truth emitter;
 * :func:`image2d_sample` — a 16-bit fluorescence-like 2D image of cell nuclei.
 
 The same arrays are shipped in ``example_data/`` (see :func:`write_example_data`).
@@ -13,108 +13,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 
 
 @dataclass
 class SimSample:
-    raw: np.ndarray  # (A*P, H, W) float32, photon-like units
+    raw: np.ndarray  # (A*P, H, W) float32 counts
     emitter: np.ndarray  # (f*H, f*W) float32, ground truth on the HR grid
+    noise_sigma: np.ndarray  # (A*P, H, W) per-pixel noise std of `raw`
     hr_factor: int
     angles: int
     phases: int
     metadata: dict
 
 
-def _structures(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Filaments, rings and beads on an ``n x n`` grid, values in [0, ~1]."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    img = np.zeros((n, n))
-    for _ in range(6):  # filaments: smooth random curves
-        t = np.linspace(0, 1, 4 * n)
-        p0 = rng.uniform(0, n, 2)
-        ang = rng.uniform(0, 2 * np.pi)
-        bend = rng.uniform(-2.5, 2.5)
-        theta = ang + bend * t
-        step = 1.4 * n / t.size
-        ys = p0[0] + np.cumsum(np.sin(theta)) * step
-        xs = p0[1] + np.cumsum(np.cos(theta)) * step
-        iy, ix = np.round(ys).astype(int), np.round(xs).astype(int)
-        ok = (iy >= 0) & (iy < n) & (ix >= 0) & (ix < n)
-        img[iy[ok], ix[ok]] += rng.uniform(0.6, 1.0)
-    for _ in range(4):  # rings
-        cy, cx = rng.uniform(0.15 * n, 0.85 * n, 2)
-        r = rng.uniform(0.04 * n, 0.09 * n)
-        d = np.hypot(yy - cy, xx - cx)
-        img += 0.8 * np.exp(-0.5 * ((d - r) / 0.8) ** 2)
-    for _ in range(12):  # beads
-        cy, cx = rng.uniform(2, n - 2, 2)
-        img[int(cy), int(cx)] += rng.uniform(1.5, 3.0)
-    img = ndimage.gaussian_filter(img, 0.7)
-    return (img / img.max()).astype(np.float64)
+def sim_sample(seed: int = 0, lr_size: int = 96, hr_factor: int = 2, **config) -> SimSample:
+    """A raw SIM stack from the synthetic generator (:mod:`napari_sim_uq.data.synth`).
 
+    ``config`` overrides :class:`~napari_sim_uq.data.synth.SynthConfig` fields.
+    """
+    from napari_sim_uq.data.synth import SynthConfig, generate_sample
 
-def _gaussian_psf(sigma: float) -> np.ndarray:
-    half = int(np.ceil(4 * sigma))
-    r = np.arange(-half, half + 1)
-    g = np.exp(-0.5 * (r / sigma) ** 2)
-    k = np.outer(g, g)
-    return k / k.sum()
-
-
-def sim_sample(
-    seed: int = 0,
-    lr_size: int = 96,
-    hr_factor: int = 2,
-    angles: int = 3,
-    phases: int = 3,
-    period_lr: float = 3.2,
-    modulation: float = 0.8,
-    psf_sigma_lr: float = 1.3,
-    photons: float = 400.0,
-    background: float = 10.0,
-    read_noise: float = 2.0,
-) -> SimSample:
-    """A raw SIM stack of a random structure: patterns x emitter, blurred, binned, noisy."""
-    rng = np.random.default_rng(seed)
-    n = lr_size * hr_factor
-    emitter = _structures(rng, n)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    psf = _gaussian_psf(psf_sigma_lr * hr_factor)
-    period = period_lr * hr_factor
-    offset = rng.uniform(0, np.pi / angles)
-    frames = []
-    for a in range(angles):
-        theta = offset + a * np.pi / angles
-        kx, ky = np.cos(theta) / period, np.sin(theta) / period
-        phi0 = rng.uniform(0, 2 * np.pi)
-        for p in range(phases):
-            pattern = 1 + modulation * np.cos(
-                2 * np.pi * (kx * xx + ky * yy) + phi0 + 2 * np.pi * p / phases
-            )
-            blurred = signal.fftconvolve(emitter * pattern, psf, mode="same")
-            binned = blurred.reshape(lr_size, hr_factor, lr_size, hr_factor).mean(axis=(1, 3))
-            frames.append(binned)
-    clean = photons * np.stack(frames) + background
-    noisy = rng.poisson(np.clip(clean, 0, None)) + rng.normal(0, read_noise, clean.shape)
-    meta = {
-        "seed": seed,
-        "hr_factor": hr_factor,
-        "angles": angles,
-        "phases": phases,
-        "period_lr_px": period_lr,
-        "modulation": modulation,
-        "psf_sigma_lr_px": psf_sigma_lr,
-        "photons": photons,
-        "background": background,
-        "read_noise": read_noise,
-    }
+    cfg = SynthConfig(lr_size=(lr_size, lr_size), hr_factor=hr_factor, **config)
+    s = generate_sample(cfg, seed=seed)
+    meta = {k: v for k, v in s.params.items() if k not in ("wave_vectors", "phases")}
     return SimSample(
-        raw=noisy.astype(np.float32),
-        emitter=(photons * emitter).astype(np.float32),
+        raw=s.raw,
+        emitter=s.emitter,
+        noise_sigma=s.noise_sigma,
         hr_factor=hr_factor,
-        angles=angles,
-        phases=phases,
+        angles=cfg.n_angles,
+        phases=cfg.n_phases,
         metadata=meta,
     )
 
