@@ -11,6 +11,13 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_data"
 
 
+def _settle() -> None:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     try:  # keep napari's one-off "PyQt5 backend is deprecated" toast out of the pictures
@@ -30,6 +37,27 @@ def main() -> int:
     viewer.dims.set_current_step(0, 4)
     viewer.reset_view()
     viewer.screenshot(str(OUT / "sample_sim_stack.png"), canvas_only=False)
+
+    # a generated dataset sample: raw frame, its noise sigma map and the ground truth
+    from napari_sim_uq.data.samples import hr_scale_translate
+    from napari_sim_uq.data.synth import SynthConfig, generate_sample
+
+    viewer.close()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    s = generate_sample(SynthConfig(lr_size=(80, 80), hr_factor=3), seed=4)
+    sc, tr = hr_scale_translate((1.0, 1.0), (0.0, 0.0), 3)
+    viewer.add_image(s.raw[0], name="raw frame 0", colormap="gray")
+    viewer.add_image(s.noise_sigma[0], name="noise sigma (frame 0)", colormap="magma")
+    viewer.add_image(s.mask.astype(float), name="high-noise mask", colormap="gray")
+    viewer.add_image(s.emitter, name="GT emitter", colormap="inferno", scale=sc, translate=tr)
+    viewer.grid.enabled = True
+    viewer.grid.shape = (2, 2)
+    _settle()
+    viewer.reset_view()
+    _settle()
+    viewer.screenshot(str(OUT / "generator_sample.png"), canvas_only=False)
+    viewer.grid.enabled = False
 
     viewer.layers.clear()
     viewer.open(str(EXAMPLES / "cells_2d.tif"), plugin="napari-sim-uq")
