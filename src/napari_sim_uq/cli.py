@@ -239,6 +239,127 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-glob", required=True, help='raw stacks, e.g. "D/train/*.tif"')
+    p.add_argument(
+        "--ckpt-dir",
+        type=Path,
+        required=True,
+        help="writes latest.pt, best.pt and metrics.csv here",
+    )
+    p.add_argument("--val-glob", default=None, help='validation stacks, e.g. "D/val/*.tif"')
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/latest.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=int, default=None, help="random crops of this many raw pixels")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument(
+        "--supervised",
+        action="store_true",
+        help="also fit the generator's ground truth (D/<split>_gt)",
+    )
+    p.add_argument(
+        "--gt-norm",
+        default="raw",
+        choices=["raw", "minmax_full", "percentile", "none"],
+        help="ground-truth scaling (default: raw = physics-consistent)",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--hr-factor", type=int, default=2)
+    m.add_argument("--base-channels", type=int, default=32)
+    m.add_argument("--depth", type=int, default=3)
+    m.add_argument("--dropout", type=float, default=0.1)
+    m.add_argument("--psf-size", type=int, default=15)
+    m.add_argument(
+        "--uq-targets",
+        default="emitter,lp,psf",
+        help="which outputs carry a log-variance (default: %(default)s)",
+    )
+    m.add_argument("--uq-logvar-init", type=float, default=-4.0)
+    m.add_argument("--uq-logvar-min", type=float, default=-12.0)
+    m.add_argument("--uq-logvar-max", type=float, default=6.0)
+    lo = p.add_argument_group("loss")
+    lo.add_argument("--uq-var-floor", type=float, default=1e-6)
+    lo.add_argument("--uq-psf-var-weight", type=float, default=1.0)
+    lo.add_argument("--uq-aux-rec-weight", type=float, default=0.0)
+    lo.add_argument("--uq-aux-rec-mode", default="l1", choices=["l1", "ms-ssim"])
+    lo.add_argument("--beta-nll", type=float, default=0.0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "train",
+    "train the SIM uncertainty network (self-supervised on raw stacks, or "
+    "--supervised with ground truth); works under torchrun for several GPUs",
+    _train_args,
+)
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from napari_sim_uq.jobs.events import run_with_progress
+    from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+
+    targets = tuple(t.strip() for t in args.uq_targets.split(",") if t.strip())
+    cfg = TrainConfig(
+        train_glob=args.train_glob,
+        ckpt_dir=str(args.ckpt_dir),
+        val_glob=args.val_glob,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        crop=args.crop,
+        supervised=args.supervised,
+        gt_norm=args.gt_norm,
+        model={
+            "hr_factor": args.hr_factor,
+            "base_channels": args.base_channels,
+            "depth": args.depth,
+            "dropout": args.dropout,
+            "psf_size": args.psf_size,
+            "uq_targets": targets,
+            "logvar_init": args.uq_logvar_init,
+            "logvar_min": args.uq_logvar_min,
+            "logvar_max": args.uq_logvar_max,
+        },
+        loss={
+            "var_floor": args.uq_var_floor,
+            "psf_var_weight": args.uq_psf_var_weight,
+            "aux_rec_weight": args.uq_aux_rec_weight,
+            "aux_rec_mode": args.uq_aux_rec_mode,
+            "beta_nll": args.beta_nll,
+        },
+    )
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    result = run_with_progress(train_sim_job(cfg), disable=args.quiet or not rank0)
+    if rank0:
+        last = result["history"][-1] if result["history"] else {}
+        shown = {
+            k: round(v, 4)
+            for k, v in last.items()
+            if k in ("train_loss", "val_loss", "val_raw_zms", "val_raw_cov95")
+        }
+        print(
+            f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
+            f"{result['device']} x{result['world_size']} in {result['seconds']:.1f} s; "
+            f"last epoch: {shown}"
+        )
+        print(
+            f"checkpoints: {result['latest']}, {result['best']}; metrics: "
+            f"{Path(result['ckpt_dir']) / 'metrics.csv'}"
+        )
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 

@@ -1,0 +1,443 @@
+"""The SIM training job: one loop, written as a generator of progress events (DESIGN.md 2).
+
+``train_sim_job(cfg)`` yields :class:`~napari_sim_uq.jobs.events.Event` objects (stage
+``"train"`` per batch, ``"validate"`` per epoch) and returns a summary dict. Closing the
+generator (``job.close()``, which napari's ``worker.quit()`` does) stops it at the next
+batch; the ``finally`` block then writes a consistent ``latest.pt`` (the state after the
+last completed optimiser step), so a stopped run can be resumed.
+
+Files in ``ckpt_dir`` (written by rank 0 only, atomically):
+
+- ``latest.pt``: the last state (weights, optimiser, loss parameters, epoch/step);
+- ``best.pt``: the state with the lowest validation loss (training loss without
+  validation data);
+- ``metrics.csv``: one row per epoch (losses and calibration metrics).
+
+Under ``torchrun --nproc_per_node=N`` the same job trains with DistributedDataParallel
+(NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from napari_sim_uq.errors import InputError
+
+MODEL_TYPE = "sim_uq_net"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a SIM training run needs (JSON-serialisable; stored in checkpoints)."""
+
+    train_glob: str = ""
+    ckpt_dir: str = "checkpoints"
+    val_glob: str | None = None
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None  # stop after this many optimiser steps in total (tests)
+    crop: int | None = None  # random LR crop size (None: whole stacks)
+    num_workers: int = 0
+    # data
+    supervised: bool = False
+    gt_norm: str = "raw"
+    norm_mode: str = "percentile"
+    # model (SimNetConfig fields)
+    model: dict = field(default_factory=dict)
+    # loss (SimLossConfig fields)
+    loss: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.train_glob:
+            raise InputError("train_glob is required (e.g. 'data/train/*.tif')")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be a positive number, got {self.lr!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"max_steps must be >= 1, got {self.max_steps!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"unknown training options: {sorted(unknown)}")
+        return cls(**d)
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA if available, else MPS, else CPU; explicit names are checked."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but PyTorch sees no CUDA GPU")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise InputError("device 'mps' was requested but it is not available")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+@dataclass
+class _Dist:
+    enabled: bool = False
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device) -> _Dist:
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+    return _Dist(True, dist.get_rank(), dist.get_world_size(), local)
+
+
+def _all_mean(values: dict[str, float], d: _Dist, device) -> dict[str, float]:
+    """Average scalar metrics over ranks (identity without DDP)."""
+    if not d.enabled or not values:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= d.world
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _to_device(batch: dict, device) -> dict:
+    import torch
+
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = _to_device(v, device)
+        else:
+            out[k] = v
+    return out
+
+
+class _MetricsCSV:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, row: dict) -> None:
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])]  # resume rewrites
+        rows.append({k: row[k] for k in row})
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+def _raw_calibration(x, y_mean, y_var) -> dict[str, float]:
+    """Calibration of the raw-frame predictive distribution (already includes noise)."""
+    r = (x - y_mean).detach()
+    v = y_var.detach()
+    z2 = r * r / v
+    return {
+        "raw_zms": float(z2.mean()),
+        "raw_cov95": float((z2 <= 1.959963984540054**2).float().mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def train_sim_job(cfg: TrainConfig):
+    """Train the SIM uncertainty network; a job (generator of Events, returns a summary)."""
+    import torch
+
+    from napari_sim_uq.data.checkpoint import load_checkpoint, save_checkpoint
+    from napari_sim_uq.data.sim_dataset import SimStackDataset, make_loader, set_loader_epoch
+    from napari_sim_uq.jobs.events import Event
+    from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
+    from napari_sim_uq.training.sim_loss import NonFiniteLossError, SimLoss, SimLossConfig
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dist = _init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    torch.manual_seed(cfg.seed)
+
+    ckpt_dir = Path(cfg.ckpt_dir)
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise InputError(f"checkpoint folder '{ckpt_dir}' is a file")
+    latest, best = ckpt_dir / "latest.pt", ckpt_dir / "best.pt"
+    if latest.exists() and not cfg.resume:
+        raise FileExistsError(
+            f"'{latest}' exists: pass resume=True (--resume) to continue that run, or choose "
+            "another checkpoint folder; nothing was overwritten"
+        )
+
+    model_cfg = SimNetConfig.from_dict(dict(cfg.model)) if cfg.model else SimNetConfig()
+    crop = (cfg.crop, cfg.crop) if cfg.crop else None
+    train_ds = SimStackDataset(
+        cfg.train_glob,
+        supervised=cfg.supervised,
+        gt_norm=cfg.gt_norm,
+        norm_mode=cfg.norm_mode,
+        expected_frames=model_cfg.n_frames,
+        hr_factor=model_cfg.hr_factor if cfg.supervised else None,
+        crop=crop,
+        seed=cfg.seed,
+    )
+    if cfg.supervised and train_ds.hr_factor != model_cfg.hr_factor:
+        raise InputError(
+            f"the ground truth is {train_ds.hr_factor}x finer than the raw data but the model "
+            f"is configured for hr_factor {model_cfg.hr_factor}"
+        )
+    val_ds = None
+    if cfg.val_glob:
+        val_ds = SimStackDataset(
+            cfg.val_glob,
+            supervised=cfg.supervised,
+            gt_norm=cfg.gt_norm,
+            norm_mode=cfg.norm_mode,
+            expected_frames=model_cfg.n_frames,
+            hr_factor=model_cfg.hr_factor if cfg.supervised else None,
+            seed=cfg.seed,
+        )
+    train_loader = make_loader(
+        train_ds,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        distributed=dist.enabled,
+    )
+    val_loader = (
+        make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed, distributed=dist.enabled)
+        if val_ds is not None
+        else None
+    )
+
+    model = SimUQNet(model_cfg).to(device)
+    loss_cfg = SimLossConfig.from_dict({"supervised": cfg.supervised, **dict(cfg.loss)})
+    criterion = SimLoss(loss_cfg, model_cfg.hr_factor).to(device)
+    params = list(model.parameters()) + list(criterion.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start_epoch, step, best_val = 0, 0, math.inf
+    if cfg.resume and latest.exists():
+        ck = load_checkpoint(latest, expected_model_type=MODEL_TYPE, map_location=device)
+        if ck.config.get("model") != model_cfg.to_dict():
+            raise InputError(
+                f"'{latest}' was trained with another model configuration; resume with the "
+                "same model options or start a new checkpoint folder"
+            )
+        model.load_state_dict(ck.model_state)
+        criterion.load_state_dict(ck.extra.get("loss_state", {}))
+        if ck.optimizer_state:
+            opt.load_state_dict(ck.optimizer_state)
+        if isinstance(ck.extra.get("rng_state"), torch.Tensor):
+            torch.set_rng_state(ck.extra["rng_state"].to("cpu", torch.uint8))
+        start_epoch = int(ck.train_state.get("epoch", 0))
+        step = int(ck.train_state.get("step", 0))
+        best_val = float(ck.train_state.get("best_metric", math.inf))
+
+    wrapped = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
+
+    full_config = {
+        "model_type": MODEL_TYPE,
+        "model": model_cfg.to_dict(),
+        "loss": loss_cfg.to_dict(),
+        "train": cfg.to_dict(),
+        "data": {"norm_mode": cfg.norm_mode, "gt_norm": cfg.gt_norm},
+    }
+
+    def save(path: Path, epoch: int) -> None:
+        if not dist.main:
+            return
+        save_checkpoint(
+            path,
+            model_state=model.state_dict(),
+            config=full_config,
+            optimizer_state=opt.state_dict(),
+            normalization={"mode": cfg.norm_mode, "per_stack": True, "gt_norm": cfg.gt_norm},
+            sigma_scale={"emitter": 1.0, "lp": 1.0, "raw": 1.0},
+            train_state={"epoch": epoch, "step": step, "best_metric": best_val},
+            extra={"loss_state": criterion.state_dict(), "rng_state": torch.get_rng_state()},
+        )
+
+    if dist.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    metrics_csv = _MetricsCSV(ckpt_dir / "metrics.csv")
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    epoch = start_epoch
+    completed_epoch = start_epoch
+    history: list[dict] = []
+    t_start = time.perf_counter()
+    stopped = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if step >= total_steps:
+                break
+            set_loader_epoch(train_loader, epoch)
+            wrapped.train()
+            criterion.train()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for batch in train_loader:
+                if step >= total_steps:
+                    break
+                batch = _to_device(batch, device)
+                x = batch["x"]
+                out = wrapped(x, check_input=False)
+                try:
+                    res = criterion(out, x, batch)
+                except NonFiniteLossError as err:
+                    raise InputError(
+                        f"training diverged at step {step + 1}: {err}. The last good state "
+                        f"is in '{latest}'; try a lower learning rate (--lr)."
+                    ) from None
+                opt.zero_grad(set_to_none=True)
+                res.total.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step += 1
+                n_batches += 1
+                terms = {"loss": float(res.total.detach()), **res.terms}
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                yield Event(
+                    "train", step, total_steps, {"loss": terms["loss"], "epoch": epoch + 1}, ""
+                )
+            train_means = _all_mean(
+                {f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}, dist, device
+            )
+            row = {"epoch": epoch + 1, "step": step, **train_means}
+            if val_loader is not None:
+                row.update(_validate(wrapped, criterion, val_loader, device, dist))
+                yield Event("validate", epoch + 1, cfg.epochs, {"val_loss": row["val_loss"]}, "")
+            score = row.get("val_loss", row.get("train_loss", math.inf))
+            completed_epoch = epoch + 1
+            row["time_s"] = time.perf_counter() - t_start
+            history.append(row)
+            if dist.main:
+                metrics_csv.append(row)
+            if score < best_val:
+                best_val = score
+                save(best, completed_epoch)
+            save(latest, completed_epoch)
+    except GeneratorExit:
+        stopped = True
+        raise
+    finally:
+        # on stop or error: keep a consistent, resumable state of the last completed step
+        if step > 0 and (stopped or completed_epoch < cfg.epochs):
+            try:
+                save(latest, completed_epoch)
+            except Exception:  # never mask the original error
+                pass
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.barrier()
+    return {
+        "ckpt_dir": str(ckpt_dir),
+        "latest": str(latest),
+        "best": str(best) if best.exists() else None,
+        "epochs_done": completed_epoch,
+        "steps": step,
+        "best_metric": best_val,
+        "history": history,
+        "device": str(device),
+        "world_size": dist.world,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def _validate(model, criterion, loader, device, dist: _Dist) -> dict[str, float]:
+    import torch
+
+    model.eval()
+    criterion.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = _to_device(batch, device)
+            x = batch["x"]
+            out = model(x)
+            res = criterion(out, x, batch)
+            vals = {
+                "val_loss": float(res.total),
+                **{f"val_{k}": float(v) for k, v in res.terms.items()},
+            }
+            vals.update(
+                {f"val_{k}": v for k, v in _raw_calibration(x, res.y_mean, res.y_var).items()}
+            )
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+    return _all_mean({k: v / max(n, 1) for k, v in sums.items()}, dist, device)
