@@ -28,9 +28,16 @@ def data(tmp_path_factory):
 
 
 def _cfg(data, ckpt, **kw):
-    base = dict(train_glob=str(data / "train" / "*.tif"), val_glob=str(data / "val" / "*.tif"),
-                ckpt_dir=str(ckpt), epochs=3, batch_size=4, lr=3e-3, device="cpu",
-                model=dict(TINY_MODEL))
+    base = dict(
+        train_glob=str(data / "train" / "*.tif"),
+        val_glob=str(data / "val" / "*.tif"),
+        ckpt_dir=str(ckpt),
+        epochs=3,
+        batch_size=4,
+        lr=3e-3,
+        device="cpu",
+        model=dict(TINY_MODEL),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -88,8 +95,7 @@ def test_bad_input(data, tmp_path):
     with pytest.raises(InputError, match="no files match"):
         run(train_sim_job(_cfg(data, tmp_path / "ck", train_glob=str(tmp_path / "x*.tif"))))
     with pytest.raises(InputError, match="frames"):  # model for 4 angles x 3 phases
-        run(train_sim_job(_cfg(data, tmp_path / "ck",
-                               model={**TINY_MODEL, "n_angles": 4})))
+        run(train_sim_job(_cfg(data, tmp_path / "ck", model={**TINY_MODEL, "n_angles": 4})))
     with pytest.raises(InputError, match="lr"):
         run(train_sim_job(_cfg(data, tmp_path / "ck", lr=-1.0)))
 
@@ -98,18 +104,52 @@ def test_bad_input(data, tmp_path):
 def test_ddp_two_gloo_processes(data, tmp_path):
     """torchrun --nproc_per_node=2 on CPU: one set of files, a loss curve like one process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--train-glob", str(data / "train" / "*.tif"), "--epochs", "4",
-              "--batch-size", "2", "--lr", "3e-3", "--device", "cpu", "--hr-factor", "2",
-              "--base-channels", "8", "--depth", "2", "--psf-size", "7", "--quiet"]
+    common = [
+        "--train-glob",
+        str(data / "train" / "*.tif"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "2",
+        "--lr",
+        "3e-3",
+        "--device",
+        "cpu",
+        "--hr-factor",
+        "2",
+        "--base-channels",
+        "8",
+        "--depth",
+        "2",
+        "--psf-size",
+        "7",
+        "--quiet",
+    ]
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29517", "-m", "napari_sim_uq", "train", "--ckpt-dir",
-         str(tmp_path / "ddp"), *common],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "napari_sim_uq",
+            "train",
+            "--ckpt-dir",
+            str(tmp_path / "ddp"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "best.pt", "latest.pt", "metrics.csv"]
+        "best.pt",
+        "latest.pt",
+        "metrics.csv",
+    ]
     assert out.stdout.count("trained 4 epochs") == 1  # only rank 0 reports
     rows = _rows(tmp_path / "ddp")
     assert len(rows) == 4
