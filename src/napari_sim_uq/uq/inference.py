@@ -1,0 +1,893 @@
+r"""SIM inference: tiled reconstruction with aleatoric and MC-dropout (epistemic) uncertainty.
+
+:func:`predict_sim` is a job (DESIGN.md section 2): a generator that yields
+:class:`~napari_sim_uq.jobs.events.Event` progress reports (stage ``"reconstruct"``) and
+returns a :class:`SimPrediction`; :func:`predict_sim_sync` drives it and returns the result.
+Pure PyTorch/NumPy, no Qt or napari.
+
+Input: one normalised raw SIM stack ``(A*P, H, W)`` (angle-major; ``(A, P, H, W)`` is
+accepted too); the caller loops over time points.
+
+Uncertainty definitions
+-----------------------
+Without MC (``mc_samples=0``) the model runs once in eval mode; the returned variances are
+the predicted (aleatoric) ones and the epistemic parts are ``None``.
+
+With MC dropout (``mc_samples=T > 0``) the dropout modules are put in train mode and every
+other module in eval mode (:func:`~napari_sim_uq.models.sim_net.mc_dropout_mode`). The ``T``
+samples are drawn in chunks of ``mc_batch`` by repeating the input along the batch
+dimension (one forward pass per chunk, not per sample); each chunk's mean and sum of
+squared deviations are merged into running statistics with the parallel Welford update of
+Chan et al. (:func:`welford_merge`, :class:`RunningMoments`). For every output ``q`` with
+per-sample predicted mean ``mu_t`` and variance ``v_t``:
+
+- predictive mean ``E[q] = mean_t mu_t``;
+- aleatoric variance ``mean_t v_t``;
+- epistemic variance ``var_t mu_t`` (population variance, ``ddof=0``, so that the law of
+  total variance ``Var(q) = mean_t v_t + var_t mu_t`` holds exactly for the empirical
+  distribution of the ``T`` samples);
+- total variance = aleatoric + epistemic; every ``*_std`` is the square root of a variance.
+
+The dropout RNG is seeded with ``seed`` in a private stream (the global torch RNG state is
+saved and restored around each chunk), so the same call gives the same result, and it is
+re-seeded at the start of every tile: MC sample ``t`` uses the same channel dropout masks
+(``Dropout2d`` draws one number per channel, independent of the tile size) in every tile,
+i.e. sample ``t`` is one network applied to the whole field. The samples depend on
+``mc_batch`` (the order of the draws), not only on ``seed``. A model without active dropout
+(``p = 0`` everywhere) gives identical samples: a ``UserWarning`` is issued, the model runs
+once per tile and the epistemic variances are 0.
+
+Reconstruction ``rec``
+----------------------
+``rec = y = down_f(B(h * (e . l_i))) + b`` is the forward model
+(:func:`~napari_sim_uq.physics.sim_forward`) of the predicted means (the predictive means
+under MC). ``rec_std`` is the model-uncertainty part of the raw-frame prediction (camera
+noise is not included):
+
+- aleatoric: ``Var(y)`` propagated exactly through the forward model
+  (:func:`~napari_sim_uq.physics.forward_mean_and_variance`) from the predicted emitter,
+  pattern and PSF variances; the PSF covariance is the full delta-method covariance of the
+  softmax PSF (:func:`~napari_sim_uq.physics.softmax_psf_covariance`, from ``psf_logvar``)
+  when the model returns it, else the diagonal ``psf_var``. Under MC it is the mean over
+  samples of the per-sample propagated variance;
+- epistemic (MC only): the mean squared deviation of the per-sample forward predictions
+  ``y_t`` from ``rec``, ``var_t y_t + (mean_t y_t - rec)^2`` (the second term, which is the
+  effect of the sample covariance of ``e``, ``l`` and ``h`` on the bilinear model, is
+  usually negligible). Pixel correlations induced by dropout are thereby accounted for.
+
+Tiling and blending
+-------------------
+With ``tile`` (LR pixels) smaller than the image, the LR stack is cut into overlapping
+``tile x tile`` tiles with stride ``tile - overlap``; along each axis the last tile is flush
+with the border (it may overlap its neighbour by more). An axis no longer than ``tile`` is
+not cut. For a U-Net with ``depth`` strided levels (``model.cfg.depth``, alignment
+``m = 2^depth``) the tile size is rounded *down* and the overlap *up* to multiples of ``m``,
+and the stack is first padded to a multiple of ``m`` exactly as the model pads its input
+(split evenly, reflect, replicate for tiny images), so that every tile sees the same
+stride phase as the whole image; the effective values are in ``meta``.
+
+Every tile's outputs are weighted by a separable window that is exactly 1 in the tile's
+core and along image borders, and, along each edge shared with a neighbour, rises over the
+``overlap`` band as ``0`` for the outer ``margin = overlap // 4`` pixels, then a raised
+cosine ``0.5 - 0.5 cos(pi t)``, then 1 for the inner ``margin`` pixels. The ramp satisfies
+``r(x) + r(overlap - 1 - x) = 1`` (the window of two neighbours sums to 1 in their overlap);
+weights are in any case normalised per pixel. Consequently a tile output contributes only
+at distance ``>= margin`` from the tile's cut edges: for a model whose receptive field
+radius is at most ``margin`` LR pixels and whose outputs are per-pixel (no statistics over
+the whole tile, see below) the tiled result equals the untiled one exactly (to rounding)
+everywhere except within the receptive field of the image border.
+HR maps (emitter, patterns) are blended with the window on the HR grid (``f`` times the LR
+window, same shape), the raw-frame ``rec`` maps with the LR window.
+
+Blending conventions: means are blended linearly (normalised weighted mean). Variances are
+blended as the normalised weighted mean of the tile variances (a convex combination of two
+predictions of the same quantity, not a mixture: the disagreement of neighbouring tiles in
+the seam is a tiling artefact, not posterior uncertainty, and the mixture formula
+``E[var + mean^2] - mean^2`` cancels catastrophically in float32). Aleatoric and
+epistemic parts are blended separately, so total = aleatoric + epistemic still holds.
+``rec``/``rec_std`` are computed per tile from the tile's own outputs (the forward model
+couples pixels over the PSF support, and a tile's PSF belongs to its tile) and blended on
+the LR grid. The PSF and the background are global per tile (the network pools its
+bottleneck); they are averaged over the tiles weighted by each tile's total window weight
+inside the image (means and variances alike).
+
+Caveats: ``GroupNorm`` (used by :class:`~napari_sim_uq.models.sim_net.SimUQNet`) normalises
+over the whole tile and the PSF/background head pools over the whole tile, so for that
+network tiled and untiled results differ slightly everywhere (tile statistics), not only
+at seams; tiling then is an approximation that bounds memory.
+
+Memory: per tile, the device holds the tile input repeated ``mc_batch`` times and the
+network activations for it, plus the running statistics of one tile; the whole-field
+accumulators are float32 NumPy arrays in host memory.
+
+``sigma_scale``
+---------------
+Recalibration factors ``{"emitter": s_e, "lp": s_l, "psf": s_h, "raw": s_r}`` (missing keys
+are 1; DESIGN.md section 5, ``sigma' = s sigma``) multiply *every* std map of that quantity
+(total, aleatoric and epistemic, so the parts still add up in quadrature): ``"raw"`` scales
+the ``rec`` std maps. Variances are not rescaled before propagation: ``rec_std`` is scaled
+by ``"raw"`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_sim_uq.errors import InputError
+from napari_sim_uq.jobs.events import Event, run
+from napari_sim_uq.models.sim_net import mc_dropout_mode
+from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
+
+__all__ = [
+    "SIGMA_SCALE_KEYS",
+    "RunningMoments",
+    "SimPrediction",
+    "blend_ramp",
+    "predict_sim",
+    "predict_sim_sync",
+    "tile_starts",
+    "welford_merge",
+]
+
+#: Keys accepted in ``sigma_scale``.
+SIGMA_SCALE_KEYS = ("emitter", "lp", "psf", "raw")
+
+STAGE = "reconstruct"
+
+
+# --------------------------------------------------------------------------------------
+# running statistics
+# --------------------------------------------------------------------------------------
+
+
+def welford_merge(
+    count_a: int,
+    mean_a: Any,
+    m2_a: Any,
+    count_b: int,
+    mean_b: Any,
+    m2_b: Any,
+) -> tuple[int, Any, Any]:
+    """Merge the statistics of two groups of samples (parallel Welford, Chan et al. 1979).
+
+    ``mean_*`` are the group means and ``m2_*`` the sums of squared deviations from them
+    (``m2 = n var`` with ``ddof=0``); arrays or tensors, merged elementwise. An empty group
+    (count 0) is ignored. ``m2_a``/``m2_b`` may be ``None`` to track means only. Returns
+    ``(count, mean, m2)``::
+
+        delta = mean_b - mean_a
+        mean  = mean_a + delta n_b / n
+        m2    = m2_a + m2_b + delta^2 n_a n_b / n
+    """
+    if count_b == 0:
+        return count_a, mean_a, m2_a
+    if count_a == 0:
+        return count_b, mean_b, m2_b
+    n = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / n)
+    m2 = None
+    if m2_a is not None and m2_b is not None:
+        m2 = m2_a + m2_b + delta * delta * (count_a * count_b / n)
+    return n, mean, m2
+
+
+class RunningMoments:
+    """Running mean (and variance) of samples that arrive in chunks along dimension 0.
+
+    Each chunk's mean and sum of squared deviations are computed in one vectorised pass
+    and merged with :func:`welford_merge`. ``track_var=False`` keeps the mean only.
+    Works with torch tensors (on any device) and NumPy arrays.
+    """
+
+    def __init__(self, track_var: bool = True):
+        self.track_var = track_var
+        self.count = 0
+        self.mean: Any = None
+        self.m2: Any = None
+
+    def update(self, chunk: Any) -> None:
+        """Add the samples ``chunk[0], chunk[1], ...``."""
+        n = int(chunk.shape[0])
+        if n == 0:
+            return
+        mean_b = chunk.mean(0)
+        m2_b = ((chunk - mean_b) ** 2).sum(0) if self.track_var else None
+        self.count, self.mean, self.m2 = welford_merge(
+            self.count, self.mean, self.m2, n, mean_b, m2_b
+        )
+
+    def variance(self, ddof: int = 0) -> Any:
+        """``m2 / (count - ddof)`` (population variance for ``ddof=0``)."""
+        if not self.track_var:
+            raise ValueError("variance not tracked (track_var=False)")
+        if self.count - ddof <= 0:
+            raise ValueError(f"need more than {ddof} samples, have {self.count}")
+        return self.m2 / (self.count - ddof)
+
+
+# --------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimPrediction:
+    """Result of :func:`predict_sim` (float32 NumPy arrays; ``F = A*P`` frames, HR size
+    ``(fH, fW)``, ``k = psf_size``).
+
+    ``*_std`` is the total std ``sqrt(aleatoric + epistemic)``; ``None`` where neither part
+    exists (no variance head and no MC). ``*_epistemic_std`` is ``None`` without MC.
+    ``sigma_scale`` has been applied to all std maps (see the module docstring).
+    """
+
+    emitter: np.ndarray  # (fH, fW)
+    emitter_std: np.ndarray | None
+    emitter_aleatoric_std: np.ndarray | None
+    emitter_epistemic_std: np.ndarray | None
+    lp: np.ndarray  # (F, fH, fW)
+    lp_std: np.ndarray | None
+    lp_aleatoric_std: np.ndarray | None
+    lp_epistemic_std: np.ndarray | None
+    psf: np.ndarray  # (k, k)
+    psf_std: np.ndarray | None
+    psf_aleatoric_std: np.ndarray | None
+    psf_epistemic_std: np.ndarray | None
+    background: float
+    background_std: float | None  # epistemic only (the network predicts no variance)
+    rec: np.ndarray  # (F, H, W), forward model of the predicted means
+    rec_std: np.ndarray | None
+    rec_aleatoric_std: np.ndarray | None
+    rec_epistemic_std: np.ndarray | None
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------
+
+
+def _int_param(name: str, v: object, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module (SimUQNet), got {type(model).__name__}")
+    for attr in ("expected_frames", "hr_factor"):
+        if not hasattr(model, attr):
+            raise InputError(f"model has no '{attr}'; predict_sim needs a SimUQNet-like model")
+    return model
+
+
+def _as_stack(frames: object, model: nn.Module) -> torch.Tensor:
+    """Validate ``frames`` and return a CPU float tensor ``(F, H, W)``."""
+    n = int(model.expected_frames)
+    cfg = getattr(model, "cfg", None)
+    if isinstance(frames, np.ndarray):
+        if not (np.issubdtype(frames.dtype, np.floating)):
+            raise InputError(
+                f"frames must be floating point (normalised float32), got dtype {frames.dtype}; "
+                "normalise the raw data first"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    elif isinstance(frames, torch.Tensor):
+        if not frames.is_floating_point():
+            raise InputError(
+                f"frames must be floating point (normalised float32), got {frames.dtype}; "
+                "normalise the raw data first"
+            )
+        x = frames.detach().to(device="cpu", dtype=torch.float32)
+    else:
+        raise InputError(
+            f"frames must be a NumPy array or a torch tensor, got {type(frames).__name__}"
+        )
+    if x.ndim == 4 and cfg is not None and tuple(x.shape[:2]) == (cfg.n_angles, cfg.n_phases):
+        x = x.reshape(n, *x.shape[2:])  # (A, P, H, W) -> angle-major (A*P, H, W)
+    if x.ndim != 3:
+        hint = ""
+        if x.ndim == 4 and x.shape[1] == n:
+            hint = "; this looks like a time series: reconstruct one time point at a time"
+        raise InputError(
+            f"frames must be one SIM stack of shape ({n}, H, W), got shape {tuple(x.shape)}{hint}"
+        )
+    if x.shape[0] != n:
+        desc = f" ({cfg.n_angles} angles x {cfg.n_phases} phases)" if cfg is not None else ""
+        raise InputError(f"the model expects {n} frames{desc}, got {x.shape[0]}")
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise InputError(f"frames have an empty image, shape {tuple(x.shape)}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InputError(
+            f"frames contain {bad} NaN or infinite value(s) out of {x.numel()}; "
+            "clean the data before reconstruction"
+        )
+    return x
+
+
+def _check_sigma_scale(sigma_scale: object) -> dict[str, float]:
+    out = dict.fromkeys(SIGMA_SCALE_KEYS, 1.0)
+    if sigma_scale is None:
+        return out
+    if not isinstance(sigma_scale, dict):
+        raise InputError(
+            f"sigma_scale must be a dict like {{'emitter': s, 'lp': s, 'raw': s}}, "
+            f"got {type(sigma_scale).__name__}"
+        )
+    unknown = sorted(str(k) for k in sigma_scale if k not in SIGMA_SCALE_KEYS)
+    if unknown:
+        raise InputError(f"unknown sigma_scale keys {unknown}: use {list(SIGMA_SCALE_KEYS)}")
+    for k, v in sigma_scale.items():
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if not ok or not math.isfinite(v) or v <= 0:
+            raise InputError(f"sigma_scale['{k}'] must be a finite number > 0, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# tiling
+# --------------------------------------------------------------------------------------
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` and step ``stride`` covering ``[0, length)``,
+    the last one flush with the end (``[0]`` if ``length <= tile``)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_ramp(overlap: int, margin: int | None = None) -> np.ndarray:
+    """Rising blend ramp over an overlap band of ``overlap`` pixels (float64).
+
+    0 for the first ``margin`` pixels (default ``overlap // 4``), a raised cosine
+    ``0.5 - 0.5 cos(pi t)`` over the middle, 1 for the last ``margin`` pixels; it satisfies
+    ``r[x] + r[overlap - 1 - x] = 1``.
+    """
+    if overlap <= 0:
+        return np.ones(0)
+    if margin is None:
+        margin = overlap // 4
+    width = overlap - 2 * margin
+    if width <= 0:
+        raise ValueError(f"margin {margin} leaves no ramp in an overlap of {overlap}")
+    t = (np.arange(overlap) - margin + 0.5) / width
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
+
+
+def _window_1d(size: int, lo_cut: bool, hi_cut: bool, overlap: int, margin: int) -> np.ndarray:
+    w = np.ones(size)
+    if overlap > 0:
+        ramp = blend_ramp(overlap, margin)
+        if lo_cut:
+            w[:overlap] *= ramp
+        if hi_cut:
+            w[size - overlap :] *= ramp[::-1]
+    return w
+
+
+def _pad_amounts(length: int, m: int) -> tuple[int, int]:
+    p = -length % m
+    return p // 2, p - p // 2
+
+
+def _pad_like_model(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
+    """Pad ``(F, H, W)`` to multiples of ``m`` the way ``SimUQNet`` pads its input (split
+    evenly, reflect, replicate where the image is too small). Returns ``(x, top, left)``."""
+    h, w = x.shape[-2:]
+    top, bottom = _pad_amounts(h, m)
+    left, right = _pad_amounts(w, m)
+    if top == bottom == left == right == 0:
+        return x, 0, 0
+    mode = "reflect" if max(top, bottom) < h and max(left, right) < w else "replicate"
+    return F.pad(x[None], (left, right, top, bottom), mode=mode)[0], top, left
+
+
+@dataclass
+class _TilePlan:
+    tiled: bool
+    tile: int | None  # effective tile size (aligned), None when untiled
+    overlap: int
+    margin: int
+    align: int
+    pad_top: int
+    pad_left: int
+    padded_shape: tuple[int, int]
+    boxes: list[tuple[int, int, int, int]]  # (y0, y1, x0, x1) on the padded LR grid
+
+
+def _plan_tiles(h: int, w: int, tile: int | None, overlap: int, align: int) -> _TilePlan:
+    if tile is None or (h <= tile and w <= tile):
+        return _TilePlan(False, None, 0, 0, align, 0, 0, (h, w), [(0, h, 0, w)])
+    t_eff = tile // align * align
+    ov_eff = -(-overlap // align) * align
+    if t_eff <= 2 * ov_eff:
+        raise InputError(
+            f"tile={tile}, overlap={overlap}: this model needs tile sizes and strides that are "
+            f"multiples of {align} (2^depth), which gives tile {t_eff} and overlap {ov_eff}, "
+            f"but the tile must be larger than twice the overlap; use tile >= "
+            f"{2 * ov_eff + align} or a smaller overlap"
+        )
+    stride = t_eff - ov_eff
+    top, bottom = _pad_amounts(h, align)
+    left, right = _pad_amounts(w, align)
+    hp, wp = h + top + bottom, w + left + right
+    spans = []
+    for length, padded in ((h, hp), (w, wp)):
+        if length <= tile:  # this axis is not cut
+            spans.append([(0, padded)])
+        else:
+            spans.append([(s, s + t_eff) for s in tile_starts(padded, t_eff, stride)])
+    boxes = [(y0, y1, x0, x1) for (y0, y1) in spans[0] for (x0, x1) in spans[1]]
+    return _TilePlan(True, t_eff, ov_eff, ov_eff // 4, align, top, left, (hp, wp), boxes)
+
+
+def _fov_mask(box, crop, f: int, device, dtype) -> torch.Tensor | None:
+    """HR 0/1 mask ``(1, 1, fh, fw)`` of the image inside a tile of the padded grid, or
+    ``None`` if the tile lies inside the image."""
+    y0, y1, x0, x1 = box
+    if y0 >= crop[0] and y1 <= crop[1] and x0 >= crop[2] and x1 <= crop[3]:
+        return None
+    mask = torch.zeros(1, 1, f * (y1 - y0), f * (x1 - x0), device=device, dtype=dtype)
+    ys, ye = max(crop[0], y0) - y0, min(crop[1], y1) - y0
+    xs, xe = max(crop[2], x0) - x0, min(crop[3], x1) - x0
+    mask[..., f * ys : f * ye, f * xs : f * xe] = 1
+    return mask
+
+
+class _Blender:
+    """Weighted accumulation of tile outputs into whole-field float32 NumPy arrays."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.wsum: dict[str, np.ndarray] = {}
+
+    def add_map(self, name: str, value: np.ndarray, window: np.ndarray, box, shape) -> None:
+        """``value (C, h, w)`` weighted by ``window (h, w)`` into a field of ``shape``."""
+        y0, y1, x0, x1 = box
+        if name not in self.sums:
+            self.sums[name] = np.zeros((value.shape[0], *shape), np.float32)
+        self.sums[name][:, y0:y1, x0:x1] += value * window
+
+    def add_weight(self, window: np.ndarray, box, shape) -> None:
+        y0, y1, x0, x1 = box
+        key = f"w{shape}"
+        if key not in self.wsum:
+            self.wsum[key] = np.zeros(shape, np.float32)
+        self.wsum[key][y0:y1, x0:x1] += window
+
+    def result(self, name: str, shape) -> np.ndarray:
+        """The normalised blend (in place: the accumulator is consumed)."""
+        out = self.sums.pop(name)
+        out /= self.wsum[f"w{shape}"]
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# RNG and modes
+# --------------------------------------------------------------------------------------
+
+
+class _RngStream:
+    """A private random stream for dropout on ``device``: inside :meth:`active` the global
+    generator of that device continues this stream; the caller's state is restored on exit
+    (so yields of the job never leak or consume the caller's random state)."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.seed = int(seed)
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._state: tuple | None = None
+
+    def reset(self) -> None:
+        self._state = None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        idx = self.device.index
+        if self.cuda and idx is None:
+            idx = torch.cuda.current_device()
+        devices = [idx] if self.cuda else []
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            if self._state is None:
+                torch.default_generator.manual_seed(self.seed)
+                if self.cuda:
+                    with torch.cuda.device(devices[0]):
+                        torch.cuda.manual_seed(self.seed)
+                elif self.device.type != "cpu":
+                    torch.manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self._state[0])
+                if self.cuda:
+                    torch.cuda.set_rng_state(self._state[1], devices[0])
+            yield
+            cuda_state = torch.cuda.get_rng_state(devices[0]) if self.cuda else None
+            self._state = (torch.get_rng_state(), cuda_state)
+
+
+class _EvalModes:
+    """Every module in eval mode; restores the saved per-module modes."""
+
+    def __init__(self, model: nn.Module):
+        self._saved = [(m, m.training) for m in model.modules()]
+        model.eval()
+
+    def restore(self) -> None:
+        for m, mode in self._saved:
+            m.training = mode
+
+
+# --------------------------------------------------------------------------------------
+# per-tile computation
+# --------------------------------------------------------------------------------------
+
+
+def _sample_outputs(
+    out: Any, f: int, need_rec_var: bool, fov: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
+    """Per-sample means/variances of one batched model call, incl. the forward model.
+
+    ``fov`` (HR, 0/1) masks the emitter outside the image (padding) before the forward
+    model, as the untiled forward model has no emitter outside the field of view."""
+    b = out.emitter.shape[0]
+    e, ve = out.emitter, out.emitter_var
+    if fov is not None:
+        e = e * fov
+        ve = None if ve is None else ve * fov
+    bg = out.background
+    background = bg if bg is not None else 0.0
+    d: dict[str, torch.Tensor | None] = {
+        "emitter": out.emitter[:, 0],
+        "emitter_var": None if out.emitter_var is None else out.emitter_var[:, 0],
+        "lp": out.lp,
+        "lp_var": out.lp_var,
+        "psf": out.psf,
+        "psf_var": out.psf_var,
+        "background": bg.reshape(b) if bg is not None else out.emitter.new_zeros(b),
+    }
+    if need_rec_var:
+        var_psf, lowrank = out.psf_var, None
+        if out.psf_logvar is not None:
+            var_psf, lowrank = softmax_psf_covariance(out.psf, out.psf_logvar.exp())
+        y, vy = forward_mean_and_variance(
+            e,
+            out.lp,
+            out.psf,
+            f,
+            background,
+            var_emitter=ve,
+            var_patterns=out.lp_var,
+            var_psf=var_psf,
+            psf_lowrank=lowrank,
+        )
+        d["y"], d["y_var"] = y, vy
+    else:
+        d["y"], d["y_var"] = sim_forward(e, out.lp, out.psf, f, background), None
+    return d
+
+
+_MEAN_KEYS = ("emitter", "lp", "psf", "background")
+
+
+def _to_np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().to("cpu", torch.float32).numpy()
+
+
+# --------------------------------------------------------------------------------------
+# the job
+# --------------------------------------------------------------------------------------
+
+
+def predict_sim(
+    model: nn.Module,
+    frames: np.ndarray | torch.Tensor,
+    *,
+    mc_samples: int = 0,
+    mc_batch: int = 4,
+    tile: int | None = None,
+    overlap: int = 16,
+    device: str | torch.device = "cpu",
+    sigma_scale: dict[str, float] | None = None,
+    seed: int = 0,
+) -> Generator[Event, None, SimPrediction]:
+    """Reconstruct one SIM stack with uncertainty (a job: yields events, returns the result).
+
+    Parameters
+    ----------
+    model : a :class:`~napari_sim_uq.models.sim_net.SimUQNet`. It is moved to ``device``
+        (in place, as ``nn.Module.to`` does); its per-module train/eval modes are restored
+        when the job ends or is closed.
+    frames : ``(A*P, H, W)`` (or ``(A, P, H, W)``) normalised floating-point stack, finite,
+        with ``model.expected_frames`` frames.
+    mc_samples : number ``T`` of MC-dropout samples; 0 = one deterministic eval-mode pass.
+    mc_batch : samples drawn per forward pass (the input is repeated along the batch).
+    tile : tile size in LR pixels (``None``: whole image); ``tile > 2 * overlap``.
+    overlap : overlap of neighbouring tiles in LR pixels.
+    device : torch device for the network and the physics.
+    sigma_scale : std recalibration factors, keys ``"emitter"``, ``"lp"``, ``"psf"``,
+        ``"raw"`` (missing = 1); they multiply the std maps.
+    seed : seed of the dropout RNG (MC only).
+
+    Yields one ``Event("reconstruct", step, total)`` per tile and MC chunk
+    (``total = n_tiles * ceil(T / mc_batch)``, 1 chunk without MC); returns a
+    :class:`SimPrediction` (``StopIteration.value``). Input errors raise
+    :class:`~napari_sim_uq.errors.InputError` at the first ``next()``. Conventions: module
+    docstring.
+    """
+    t_start = time.perf_counter()
+    model = _check_model(model)
+    x = _as_stack(frames, model)
+    mc_samples = _int_param("mc_samples", mc_samples, 0)
+    mc_batch = _int_param("mc_batch", mc_batch, 1)
+    overlap = _int_param("overlap", overlap, 0)
+    if tile is not None:
+        tile = _int_param("tile", tile, 1)
+        if tile <= 2 * overlap:
+            raise InputError(
+                f"tile ({tile}) must be larger than twice the overlap ({overlap}): "
+                f"use tile >= {2 * overlap + 1} or a smaller overlap"
+            )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    scales = _check_sigma_scale(sigma_scale)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}") from exc
+
+    f = int(model.hr_factor)
+    cfg = getattr(model, "cfg", None)
+    align = 2 ** int(getattr(cfg, "depth", 0))
+    _, h, w = x.shape
+    plan = _plan_tiles(h, w, tile, overlap, align)
+    if plan.tiled:
+        x, _, _ = _pad_like_model(x, align)
+    hp, wp = plan.padded_shape
+    hr_shape, lr_shape = (f * hp, f * wp), (hp, wp)
+    # the image inside the padded grid (LR), for cropping and for the PSF tile weights
+    crop_lr = (plan.pad_top, plan.pad_top + h, plan.pad_left, plan.pad_left + w)
+
+    param = next(model.parameters(), None)
+    if param is not None and param.device != dev:
+        model.to(dev)
+    dtype = param.dtype if param is not None else torch.float32
+
+    mc = mc_samples > 0
+    modes: Any = None
+    n_draw = mc_samples
+    try:
+        if mc:
+            modes = mc_dropout_mode(model)
+            if modes.n_dropout == 0:
+                warnings.warn(
+                    "mc_samples > 0 but the model has no active dropout (p = 0): all MC samples "
+                    "would be identical; running once, epistemic uncertainty is 0",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                n_draw = 1
+        else:
+            modes = _EvalModes(model)
+        chunks = [min(mc_batch, n_draw - i) for i in range(0, n_draw, mc_batch)] if mc else [1]
+        n_tiles = len(plan.boxes)
+        total = n_tiles * len(chunks)
+        rng = _RngStream(int(seed), dev)
+        blend = _Blender()
+        glob: dict[str, Any] = {}  # weighted sums of PSF/background statistics
+        glob_w = 0.0
+        timings = {"model_s": 0.0, "physics_s": 0.0}
+        have: dict[str, bool] = {}
+        step = 0
+
+        for ti, box in enumerate(plan.boxes):
+            y0, y1, x0, x1 = box
+            xt = x[None, :, y0:y1, x0:x1].to(device=dev, dtype=dtype)
+            stats: dict[str, RunningMoments] = {}
+            fov = _fov_mask(box, crop_lr, f, dev, dtype)
+            rng.reset()  # sample t gets the same dropout masks in every tile
+            for ci, c in enumerate(chunks):
+                with torch.no_grad(), rng.active():
+                    t0 = time.perf_counter()
+                    xb = xt.expand(c, -1, -1, -1).contiguous() if c > 1 else xt
+                    out = model(xb, check_input=False)
+                    t1 = time.perf_counter()
+                    need_var = any(
+                        v is not None for v in (out.emitter_var, out.lp_var, out.psf_var)
+                    )
+                    s = _sample_outputs(out, f, need_var, fov)
+                    timings["model_s"] += t1 - t0
+                    timings["physics_s"] += time.perf_counter() - t1
+                    for k, v in s.items():
+                        if v is None:
+                            continue
+                        track = k in _MEAN_KEYS or k == "y"
+                        stats.setdefault(k, RunningMoments(track_var=track)).update(v)
+                step += 1
+                done = sum(chunks[: ci + 1])
+                msg = f"tile {ti + 1}/{n_tiles}"
+                if mc:
+                    msg += f", MC samples {done}/{n_draw}"
+                yield Event(STAGE, step, total, {}, msg)
+
+            # ---- per-tile results (predictive means, aleatoric / epistemic variances)
+            with torch.no_grad():
+                t1 = time.perf_counter()
+                tile_out = _tile_result(stats, f, mc, n_draw, fov)
+                timings["physics_s"] += time.perf_counter() - t1
+            have = {k: v is not None for k, v in tile_out.items()}
+            ty, tx = y1 - y0, x1 - x0
+            cut = (y0 > 0, y1 < hp, x0 > 0, x1 < wp)
+            ov, mg = plan.overlap, plan.margin
+            wy = _window_1d(ty, cut[0], cut[1], ov, mg)
+            wx = _window_1d(tx, cut[2], cut[3], ov, mg)
+            wy_hr = _window_1d(f * ty, cut[0], cut[1], f * ov, f * mg)
+            wx_hr = _window_1d(f * tx, cut[2], cut[3], f * ov, f * mg)
+            win_lr = np.outer(wy, wx).astype(np.float32)
+            win_hr = np.outer(wy_hr, wx_hr).astype(np.float32)
+            box_hr = (f * y0, f * y1, f * x0, f * x1)
+            blend.add_weight(win_hr, box_hr, hr_shape)
+            blend.add_weight(win_lr, box, lr_shape)
+            for k, v in tile_out.items():
+                if v is None or k.startswith(("psf", "background")):
+                    continue
+                if k.startswith("emitter"):
+                    blend.add_map(k, v[None], win_hr, box_hr, hr_shape)
+                elif k.startswith("lp"):
+                    blend.add_map(k, v, win_hr, box_hr, hr_shape)
+                else:  # rec
+                    blend.add_map(k, v, win_lr, box, lr_shape)
+            # tile weight of the global outputs: window mass inside the image
+            cy0, cy1 = max(crop_lr[0], y0) - y0, min(crop_lr[1], y1) - y0
+            cx0, cx1 = max(crop_lr[2], x0) - x0, min(crop_lr[3], x1) - x0
+            tw = float(win_lr[cy0:cy1, cx0:cx1].sum()) if cy1 > cy0 and cx1 > cx0 else 0.0
+            tw = max(tw, 1e-12)
+            glob_w += tw
+            for k, v in tile_out.items():
+                if v is not None and k.startswith(("psf", "background")):
+                    glob[k] = glob.get(k, 0.0) + tw * np.asarray(v, np.float64)
+
+        # ---- assemble
+        hr_crop = (slice(None), slice(f * crop_lr[0], f * crop_lr[1]))
+        hr_crop += (slice(f * crop_lr[2], f * crop_lr[3]),)
+        lr_crop = (slice(None), slice(crop_lr[0], crop_lr[1]), slice(crop_lr[2], crop_lr[3]))
+
+        def field_(name: str, shape, crop) -> np.ndarray | None:
+            if not have.get(name):
+                return None
+            return np.ascontiguousarray(blend.result(name, shape)[crop], dtype=np.float32)
+
+        def glob_(name: str) -> np.ndarray | None:
+            return None if not have.get(name) else (glob[name] / glob_w).astype(np.float32)
+
+        res: dict[str, Any] = {}
+        res["emitter"] = field_("emitter", hr_shape, hr_crop)[0]
+        res["lp"] = field_("lp", hr_shape, hr_crop)
+        res["rec"] = field_("rec", lr_shape, lr_crop)
+        res["psf"] = glob_("psf")
+        res["background"] = float(glob_("background"))
+        for q, shape, crop in (("emitter", hr_shape, hr_crop), ("lp", hr_shape, hr_crop)):
+            al, ep = field_(f"{q}_alea", shape, crop), field_(f"{q}_epi", shape, crop)
+            if q == "emitter":
+                al = None if al is None else al[0]
+                ep = None if ep is None else ep[0]
+            res.update(_stds(q, al, ep, scales[q]))
+        res.update(
+            _stds(
+                "rec",
+                field_("rec_alea", lr_shape, lr_crop),
+                field_("rec_epi", lr_shape, lr_crop),
+                scales["raw"],
+            )
+        )
+        res.update(_stds("psf", glob_("psf_alea"), glob_("psf_epi"), scales["psf"]))
+        bg_epi = glob_("background_epi")
+        res["background_std"] = None if bg_epi is None else float(np.sqrt(max(bg_epi, 0.0)))
+
+        timings["total_s"] = time.perf_counter() - t_start
+        res["meta"] = {
+            "tile": plan.tile,
+            "overlap": plan.overlap if plan.tiled else None,
+            "blend_margin": plan.margin if plan.tiled else None,
+            "requested_tile": tile,
+            "requested_overlap": overlap,
+            "tile_align": align,
+            "n_tiles": n_tiles,
+            "tile_boxes": [
+                (
+                    b[0] - plan.pad_top,
+                    b[1] - plan.pad_top,
+                    b[2] - plan.pad_left,
+                    b[3] - plan.pad_left,
+                )
+                for b in plan.boxes
+            ],
+            "mc_samples": mc_samples,
+            "mc_samples_drawn": n_draw if mc else 0,
+            "mc_batch": mc_batch if mc else None,
+            "seed": int(seed) if mc else None,
+            "sigma_scale": scales,
+            "device": str(dev),
+            "hr_factor": f,
+            "timings": timings,
+        }
+        return SimPrediction(**res)
+    finally:
+        if modes is not None:
+            modes.restore()
+
+
+def _tile_result(
+    stats: dict[str, RunningMoments], f: int, mc: bool, n_draw: int, fov: torch.Tensor | None
+) -> dict[str, np.ndarray | None]:
+    """Predictive means, aleatoric and epistemic variances of one tile (NumPy, float32)."""
+    out: dict[str, np.ndarray | None] = {}
+    for q in ("emitter", "lp", "psf", "background"):
+        m = stats[q]
+        out[q] = _to_np(m.mean)
+        vs = stats.get(f"{q}_var")
+        out[f"{q}_alea"] = None if vs is None else _to_np(vs.mean)
+        out[f"{q}_epi"] = _to_np(m.variance().clamp_min(0)) if mc else None
+    out["background_alea"] = None
+    vy = stats.get("y_var")
+    out["rec_alea"] = None if vy is None else _to_np(vy.mean)
+    if not mc:
+        out["rec"] = _to_np(stats["y"].mean)
+        out["rec_epi"] = None
+        return out
+    # rec from the predictive means; epistemic: mean squared deviation of the sample y_t
+    e, lp, psf, bg = (stats[k].mean for k in ("emitter", "lp", "psf", "background"))
+    e = e[None, None] if fov is None else e[None, None] * fov
+    rec = sim_forward(e, lp[None], psf[None], f, bg.reshape(1, 1, 1, 1))[0]
+    ys = stats["y"]
+    epi = ys.variance() + (ys.mean - rec).square()
+    out["rec"] = _to_np(rec)
+    out["rec_epi"] = _to_np(epi.clamp_min(0))
+    if n_draw == 1:  # a single sample (model without dropout): epistemic exactly 0
+        out["rec_epi"] = np.zeros_like(out["rec_epi"])
+    return out
+
+
+def _stds(
+    name: str, alea: np.ndarray | None, epi: np.ndarray | None, scale: float
+) -> dict[str, Any]:
+    """``{name}_std`` (total), ``{name}_aleatoric_std``, ``{name}_epistemic_std``, scaled."""
+
+    def sd(v: np.ndarray | None) -> np.ndarray | None:
+        if v is None:
+            return None
+        return (np.sqrt(np.maximum(v, 0.0)) * np.float32(scale)).astype(np.float32)
+
+    total = None
+    if alea is not None or epi is not None:
+        total = (alea if alea is not None else 0.0) + (epi if epi is not None else 0.0)
+    return {
+        f"{name}_std": sd(total),
+        f"{name}_aleatoric_std": sd(alea),
+        f"{name}_epistemic_std": sd(epi),
+    }
+
+
+def predict_sim_sync(
+    model: nn.Module, frames: np.ndarray | torch.Tensor, **kwargs
+) -> SimPrediction:
+    """Run :func:`predict_sim` to the end and return its :class:`SimPrediction` (same
+    keyword arguments)."""
+    return run(predict_sim(model, frames, **kwargs))

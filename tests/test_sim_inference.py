@@ -1,0 +1,468 @@
+"""SIM inference (uq.inference): tiling == untiled, chunked Welford statistics, law of total
+variance, forward-model reconstruction and its propagated variance, determinism, progress
+events, input validation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_sim_uq.errors import InputError
+from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet, mc_dropout_mode
+from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
+from napari_sim_uq.uq.inference import (
+    RunningMoments,
+    SimPrediction,
+    blend_ramp,
+    predict_sim,
+    predict_sim_sync,
+    tile_starts,
+    welford_merge,
+)
+
+F_HR = 2
+PSF_K = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: on a loaded 2-core machine, torch's intra-op thread pool spends far more
+    # time waiting than computing (about 20x slower here); restored after this module
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _net(seed: int = 0, **kw) -> SimUQNet:
+    torch.manual_seed(seed)
+    cfg = {"depth": 1, "base_channels": 8, "hr_factor": F_HR, "psf_size": PSF_K, "dropout": 0.0}
+    return SimUQNet(SimNetConfig(**{**cfg, **kw})).eval()
+
+
+def _local_net(seed: int = 0, **kw) -> SimUQNet:
+    """A variant whose outputs depend on a bounded neighbourhood only: GroupNorm (statistics
+    over the whole image) replaced by the identity, and the pooled PSF/background heads made
+    input-independent (their input weights zeroed)."""
+    net = _net(seed, **kw)
+    for mod in list(net.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(mod, name, nn.Identity())
+    with torch.no_grad():
+        net.psf_logits.weight.zero_()
+        net.psf_logvar_head.weight.zero_()
+        net.background_head.weight.zero_()
+    return net
+
+
+def _frames(h: int, w: int, seed: int = 1, n: int = 9) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, h, w), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- running statistics
+
+
+@pytest.mark.parametrize("chunks", [[3, 1, 5, 2], [11], [1] * 11, [4, 0, 7]])
+def test_running_moments_match_numpy(chunks):
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(11, 3, 4)).astype(np.float64)
+    rm_np, rm_t = RunningMoments(), RunningMoments()
+    i = 0
+    for c in chunks:
+        rm_np.update(data[i : i + c])
+        rm_t.update(torch.from_numpy(data[i : i + c]).float())
+        i += c
+    assert rm_np.count == rm_t.count == 11
+    np.testing.assert_allclose(rm_np.mean, data.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(rm_np.variance(), data.var(0), rtol=1e-12)
+    np.testing.assert_allclose(rm_np.variance(ddof=1), data.var(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(rm_t.mean.numpy(), data.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(rm_t.variance().numpy(), data.var(0), rtol=1e-4)
+
+
+def test_welford_merge_edge_cases():
+    a = np.array([1.0, 2.0])
+    assert welford_merge(0, None, None, 2, a, a)[1] is a
+    n, mean, m2 = welford_merge(2, a, np.zeros(2), 0, None, None)
+    assert n == 2 and mean is a
+    n, mean, m2 = welford_merge(1, np.array(0.0), None, 1, np.array(2.0), None)
+    assert n == 2 and mean == 1.0 and m2 is None
+    with pytest.raises(ValueError):
+        RunningMoments(track_var=False).variance()
+
+
+# ---------------------------------------------------------------- MC statistics
+
+
+def _manual_mc(net: SimUQNet, x: np.ndarray, seed: int, chunks: list[int]):
+    """The T per-sample outputs, drawn the way predict_sim documents it (dropout RNG seeded
+    with ``seed``, chunks of samples by repeating the input)."""
+    xt = torch.from_numpy(x)[None]
+    outs = []
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        with torch.no_grad(), mc_dropout_mode(net):
+            for c in chunks:
+                outs.append(net(xt.repeat(c, 1, 1, 1)))
+    finally:
+        torch.set_rng_state(state)
+    return {k: torch.cat([getattr(o, k) for o in outs]).double().numpy() for k in outs[0]._fields}
+
+
+def test_mc_statistics_equal_numpy_over_the_same_samples():
+    net = _net(dropout=0.5)
+    x = _frames(12, 14)
+    res = predict_sim_sync(net, x, mc_samples=7, mc_batch=3, seed=5)
+    s = _manual_mc(net, x, 5, [3, 3, 1])
+    e = s["emitter"][:, 0]
+    assert e.std(0).max() > 1e-3  # the samples really differ
+    np.testing.assert_allclose(res.emitter, e.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.emitter_epistemic_std**2, e.var(0), rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(
+        res.emitter_aleatoric_std**2, s["emitter_var"][:, 0].mean(0), rtol=1e-4, atol=1e-10
+    )
+    np.testing.assert_allclose(res.lp, s["lp"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.lp_epistemic_std**2, s["lp"].var(0), rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(res.psf, s["psf"].mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res.background, s["background"].mean(), rtol=1e-5)
+    np.testing.assert_allclose(res.background_std, s["background"].std(), rtol=1e-3)
+
+
+def test_law_of_total_variance():
+    res = predict_sim_sync(_net(dropout=0.5), _frames(12, 14), mc_samples=6, mc_batch=4)
+    for q in ("emitter", "lp", "psf", "rec"):
+        tot, al, ep = (
+            getattr(res, f"{q}{s}") for s in ("_std", "_aleatoric_std", "_epistemic_std")
+        )
+        assert ep.max() > 0 and al.max() > 0
+        np.testing.assert_allclose(tot**2, al**2 + ep**2, rtol=1e-5, atol=1e-12)
+
+
+def test_rec_epistemic_equals_spread_of_sample_predictions():
+    net = _net(dropout=0.5)
+    x = _frames(12, 14)
+    res = predict_sim_sync(net, x, mc_samples=5, mc_batch=2, seed=3)
+    s = {k: torch.from_numpy(v) for k, v in _manual_mc(net, x, 3, [2, 2, 1]).items()}
+    ys = sim_forward(s["emitter"], s["lp"], s["psf"], F_HR, s["background"])
+    rec = torch.from_numpy(res.rec).double()
+    means = (torch.from_numpy(getattr(res, k)) for k in ("emitter", "lp", "psf"))
+    ref_rec = sim_forward(*means, F_HR, res.background)
+    np.testing.assert_allclose(res.rec, ref_rec.numpy(), rtol=1e-5, atol=1e-6)
+    ref = (ys - rec).square().mean(0).numpy()
+    np.testing.assert_allclose(res.rec_epistemic_std**2, ref, rtol=2e-3, atol=1e-9)
+
+
+# ---------------------------------------------------------------- reconstruction
+
+
+def test_rec_is_forward_model_of_means_and_rec_std_is_exact_propagation():
+    net = _net()
+    x = _frames(16, 20)
+    res = predict_sim_sync(net, x)
+    assert isinstance(res, SimPrediction)
+    assert res.emitter.shape == (32, 40) and res.lp.shape == (9, 32, 40)
+    assert res.psf.shape == (PSF_K, PSF_K) and res.rec.shape == (9, 16, 20)
+    assert all(
+        a.dtype == np.float32
+        for a in (res.emitter, res.emitter_std, res.lp, res.lp_std, res.psf, res.rec, res.rec_std)
+    )
+    assert res.emitter_epistemic_std is None and res.background_std is None
+    ref = sim_forward(
+        torch.from_numpy(res.emitter),
+        torch.from_numpy(res.lp),
+        torch.from_numpy(res.psf),
+        F_HR,
+        res.background,
+    )
+    np.testing.assert_allclose(res.rec, ref.numpy(), rtol=1e-5, atol=1e-6)
+    assert (res.rec_std > 0).all()
+    # rec_std: exact propagation with the full softmax-PSF covariance
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)[None])
+        w, lowrank = softmax_psf_covariance(out.psf, out.psf_logvar.exp())
+        _, var = forward_mean_and_variance(
+            out.emitter,
+            out.lp,
+            out.psf,
+            F_HR,
+            out.background,
+            var_emitter=out.emitter_var,
+            var_patterns=out.lp_var,
+            var_psf=w,
+            psf_lowrank=lowrank,
+        )
+    np.testing.assert_allclose(res.rec_std, var[0].sqrt().numpy(), rtol=1e-4)
+    np.testing.assert_allclose(res.emitter_std, out.emitter_var[0, 0].sqrt().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(res.psf_std, out.psf_var[0].sqrt().numpy(), rtol=1e-5)
+
+
+def test_model_without_variance_heads():
+    net = _net(uq_targets=(), dropout=0.5)
+    res = predict_sim_sync(net, _frames(10, 12))
+    assert res.emitter_std is None and res.lp_std is None and res.psf_std is None
+    assert res.rec_std is None and res.rec.shape == (9, 10, 12)
+    mc = predict_sim_sync(net, _frames(10, 12), mc_samples=3)
+    assert mc.emitter_aleatoric_std is None and mc.rec_aleatoric_std is None
+    np.testing.assert_array_equal(mc.emitter_std, mc.emitter_epistemic_std)
+    assert mc.rec_std.max() > 0
+
+
+def test_sigma_scale_multiplies_std_maps():
+    net, x = _net(dropout=0.5), _frames(10, 12)
+    kw = {"mc_samples": 3, "mc_batch": 3}
+    a = predict_sim_sync(net, x, **kw)
+    b = predict_sim_sync(net, x, sigma_scale={"emitter": 2.0, "raw": 0.5}, **kw)
+    np.testing.assert_allclose(b.emitter_std, 2 * a.emitter_std, rtol=1e-6)
+    np.testing.assert_allclose(b.emitter_epistemic_std, 2 * a.emitter_epistemic_std, rtol=1e-6)
+    np.testing.assert_allclose(b.rec_std, 0.5 * a.rec_std, rtol=1e-6)
+    np.testing.assert_array_equal(b.lp_std, a.lp_std)
+    np.testing.assert_array_equal(b.emitter, a.emitter)
+    assert b.meta["sigma_scale"]["emitter"] == 2.0 and b.meta["sigma_scale"]["lp"] == 1.0
+
+
+# ---------------------------------------------------------------- tiling
+
+
+def _receptive_radius(net: SimUQNet, size: int = 48) -> int:
+    """Largest LR distance at which perturbing one input pixel changes an HR output."""
+    x = torch.from_numpy(_frames(size, size, seed=7))[None]
+    x2 = x.clone()
+    c = size // 2
+    x2[..., c, c] += 1.0
+    with torch.no_grad():
+        a, b = net(x), net(x2)
+    r = 0
+    for k in ("emitter", "lp", "emitter_var", "lp_var"):
+        d = (getattr(a, k) - getattr(b, k)).abs().amax(dim=(0, 1))
+        idx = (d > 0).nonzero().double() / F_HR - (c + 0.5 - 0.5 / F_HR)
+        r = max(r, math.ceil(idx.abs().max().item()))
+    assert r < c - 2, "the perturbation reached the image border: use a larger probe"
+    return r
+
+
+def test_groupnorm_model_is_not_local():
+    # documents why the tiling test uses a variant: with GroupNorm every output depends on
+    # the statistics of the whole tile
+    net = _net()
+    x = torch.from_numpy(_frames(48, 48, seed=7))[None]
+    x2 = x.clone()
+    x2[..., 24, 24] += 1.0
+    with torch.no_grad():
+        d = (net(x).emitter - net(x2).emitter).abs()[0, 0]
+    assert d[:4, :4].max() > 0
+
+
+def test_tiled_equals_untiled_away_from_borders():
+    net = _local_net()
+    radius = _receptive_radius(net)
+    psf_radius = math.ceil((PSF_K // 2) / F_HR)  # rec depends on the emitter over the PSF
+    # blend margin = overlap // 4 must cover the receptive field (and the PSF for rec); odd
+    # overlap: rounded up to the model's alignment (2^depth = 2)
+    overlap = 4 * (radius + psf_radius) + 1
+    tile = 2 * overlap + 10
+    h, w = tile + 40, tile + 51  # 2 x 2 tiles, odd width (padded to a multiple of 2)
+    x = _frames(h, w, seed=3)
+    full = predict_sim_sync(net, x)
+    tiled = predict_sim_sync(net, x, tile=tile, overlap=overlap)
+    assert tiled.meta["n_tiles"] == 4 and tiled.meta["overlap"] % 2 == 0
+    assert tiled.meta["blend_margin"] >= radius + psf_radius
+    assert full.meta["n_tiles"] == 1
+    b = radius + psf_radius  # away from the image border
+    for k in ("emitter", "emitter_std", "lp", "lp_std", "rec", "rec_std"):
+        a, t = getattr(full, k), getattr(tiled, k)
+        assert a.shape == t.shape
+        s = F_HR if k.startswith(("emitter", "lp")) else 1
+        inner = (..., slice(s * b, -s * b), slice(s * b, -s * b))
+        err = np.abs(a[inner] - t[inner]).max() / np.abs(a).max()
+        assert err < 1e-4, (k, err)
+    # the stack is padded as the model pads it, and the forward model sees no emitter in the
+    # padding: here (local model) even the border pixels agree
+    for k in ("emitter", "rec", "rec_std"):
+        a, t = getattr(full, k), getattr(tiled, k)
+        assert np.abs(a - t).max() / np.abs(a).max() < 1e-4, k
+    np.testing.assert_allclose(tiled.psf, full.psf, rtol=1e-6)
+    np.testing.assert_allclose(tiled.background, full.background, rtol=1e-6)
+
+    # a tiling whose blend margin is smaller than the receptive field is NOT exact (the
+    # comparison above can fail)
+    small = predict_sim_sync(net, x, tile=tile, overlap=4)
+    assert np.abs(small.emitter - full.emitter).max() / np.abs(full.emitter).max() > 1e-4
+
+    # a tile at least as large as the image is the untiled computation
+    big = predict_sim_sync(net, x, tile=max(h, w), overlap=overlap)
+    assert big.meta["n_tiles"] == 1
+    for k in ("emitter", "emitter_std", "lp_std", "rec", "rec_std", "psf"):
+        np.testing.assert_array_equal(getattr(big, k), getattr(full, k))
+
+
+def test_tiled_mc_uses_one_network_per_sample():
+    # dropout masks are re-drawn identically in every tile: MC sample t is the same network
+    # over the whole field, so tiled MC equals untiled MC (local model) away from borders
+    net = _local_net(dropout=0.5)
+    x = _frames(100, 100, seed=4)
+    kw = {"mc_samples": 3, "mc_batch": 3, "seed": 2}
+    full = predict_sim_sync(net, x, **kw)
+    tiled = predict_sim_sync(net, x, tile=64, overlap=28, **kw)
+    assert tiled.meta["n_tiles"] == 4 and tiled.meta["blend_margin"] == 7
+    b = 2 * 7
+    for k in ("emitter", "emitter_epistemic_std", "lp"):
+        a, t = getattr(full, k), getattr(tiled, k)
+        err = np.abs(a - t)[..., b:-b, b:-b].max() / np.abs(a).max()
+        assert err < 1e-4, (k, err)
+    assert full.emitter_epistemic_std.max() > 1e-3
+
+
+def test_stock_model_tiles_with_alignment():
+    net = _net(depth=2)  # alignment 4, image not a multiple of 4 (padded like the model)
+    x = _frames(37, 45, seed=5)
+    res = predict_sim_sync(net, x, tile=26, overlap=3)
+    assert res.meta["tile"] == 24 and res.meta["overlap"] == 4 and res.meta["tile_align"] == 4
+    assert res.meta["n_tiles"] == 2 * 3
+    for y0, y1, x0, x1 in res.meta["tile_boxes"]:
+        assert y1 - y0 == 24 and x1 - x0 == 24
+    assert res.emitter.shape == (74, 90) and res.rec.shape == (9, 37, 45)
+    for v in (res.emitter, res.emitter_std, res.lp, res.lp_std, res.rec, res.rec_std, res.psf):
+        assert np.isfinite(v).all()
+    np.testing.assert_allclose(res.psf.sum(), 1.0, rtol=1e-5)
+    full = predict_sim_sync(net, x)  # GroupNorm: close, not equal
+    assert np.abs(res.emitter - full.emitter).mean() < 0.2 * np.abs(full.emitter).mean()
+
+
+def test_tile_helpers():
+    assert tile_starts(10, 16, 8) == [0]
+    assert tile_starts(40, 16, 8) == [0, 8, 16, 24]
+    assert tile_starts(41, 16, 8) == [0, 8, 16, 24, 25]
+    r = blend_ramp(16)
+    np.testing.assert_allclose(r + r[::-1], 1.0, atol=1e-12)
+    assert (r[:4] == 0).all() and (r[-4:] == 1).all() and (np.diff(r) >= 0).all()
+    assert blend_ramp(0).size == 0
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_eval_mode_deterministic_and_modes_restored():
+    net = _net(dropout=0.5).train()
+    x = _frames(12, 14)
+    a, b = predict_sim_sync(net, x), predict_sim_sync(net, x)
+    for k in ("emitter", "emitter_std", "lp", "rec", "rec_std", "psf"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert all(m.training for m in net.modules())  # modes restored
+
+
+def test_mc_reproducible_per_seed_and_rng_untouched():
+    net = _net(dropout=0.5)
+    x = _frames(12, 14)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = predict_sim_sync(net, x, mc_samples=4, mc_batch=2, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is not consumed
+    b = predict_sim_sync(net, x, mc_samples=4, mc_batch=2, seed=1)
+    c = predict_sim_sync(net, x, mc_samples=4, mc_batch=2, seed=2)
+    np.testing.assert_array_equal(a.emitter, b.emitter)
+    np.testing.assert_array_equal(a.emitter_epistemic_std, b.emitter_epistemic_std)
+    assert np.abs(a.emitter - c.emitter).max() > 1e-4
+    assert not any(m.training for m in net.modules())
+
+
+def test_mc_without_dropout_warns_and_gives_zero_epistemic():
+    net = _net(dropout=0.0)
+    with pytest.warns(UserWarning, match="identical"):
+        res = predict_sim_sync(net, _frames(10, 12), mc_samples=5)
+    assert res.meta["mc_samples_drawn"] == 1
+    for q in ("emitter", "lp", "psf", "rec"):
+        ep = getattr(res, f"{q}_epistemic_std")
+        assert ep is not None and (ep == 0).all()
+    np.testing.assert_allclose(res.emitter_std, res.emitter_aleatoric_std)
+
+
+# ---------------------------------------------------------------- events
+
+
+def test_progress_events_and_result():
+    net = _net(dropout=0.5)
+    x = _frames(40, 40)
+    gen = predict_sim(net, x, mc_samples=5, mc_batch=2, tile=24, overlap=4)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    n_tiles = result.meta["n_tiles"]
+    assert n_tiles == 4
+    total = n_tiles * 3  # ceil(5 / 2) chunks per tile
+    assert len(events) == total
+    assert all(e.stage == "reconstruct" and e.total == total for e in events)
+    assert [e.step for e in events] == list(range(1, total + 1))
+    assert "MC samples 5/5" in events[-1].message
+    assert isinstance(result, SimPrediction)
+
+
+def test_close_early_stops_cleanly():
+    net = _net(dropout=0.5).train()
+    gen = predict_sim(net, _frames(40, 40), mc_samples=4, mc_batch=1, tile=24, overlap=4)
+    ev = next(gen)
+    assert ev.step == 1
+    assert not any(m.training for m in net.modules() if not isinstance(m, nn.Dropout2d))
+    assert torch.is_grad_enabled()  # no grad-mode leaks across the yield
+    gen.close()
+    assert all(m.training for m in net.modules())
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("frames", "kw", "match"),
+    [
+        (np.zeros((8, 10, 10), np.float32), {}, "expects 9 frames"),
+        (np.zeros((2, 9, 10, 10), np.float32), {}, "time series"),
+        (np.zeros((9, 10), np.float32), {}, "one SIM stack"),
+        (np.zeros((9, 10, 10), np.uint16), {}, "floating point"),
+        ([[0.0]], {}, "NumPy array or a torch tensor"),
+        ("nan", {}, "NaN"),
+        (None, {"tile": 32, "overlap": 16}, "larger than twice the overlap"),
+        (None, {"tile": 10, "overlap": 5}, "larger than twice the overlap"),
+        (None, {"mc_samples": -1}, "mc_samples"),
+        (None, {"mc_batch": 0}, "mc_batch"),
+        (None, {"tile": 0}, "tile"),
+        (None, {"sigma_scale": {"emitr": 2.0}}, "unknown sigma_scale"),
+        (None, {"sigma_scale": {"raw": -1.0}}, "sigma_scale"),
+    ],
+)
+def test_bad_input(frames, kw, match):
+    if frames is None:
+        frames = _frames(40, 40)
+    elif isinstance(frames, str):
+        frames = _frames(10, 10)
+        frames[3, 2, 2] = np.nan
+    with pytest.raises(InputError, match=match):
+        predict_sim_sync(_net(), frames, **kw)
+
+
+def test_alignment_too_small_tile_is_input_error():
+    # depth 3 -> multiples of 8: tile 33 -> 32, overlap 16 -> 16: 32 is not > 32
+    with pytest.raises(InputError, match="multiples of 8"):
+        predict_sim_sync(_net(depth=3), _frames(48, 48), tile=33, overlap=16)
+
+
+def test_accepts_tensor_and_angle_phase_layout():
+    net = _net()
+    x = _frames(10, 12)
+    a = predict_sim_sync(net, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = predict_sim_sync(net, torch.from_numpy(x).double())
+        c = predict_sim_sync(net, x.reshape(3, 3, 10, 12))
+    np.testing.assert_array_equal(a.emitter, b.emitter)
+    np.testing.assert_array_equal(a.rec, c.rec)
