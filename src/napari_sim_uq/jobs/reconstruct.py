@@ -1,0 +1,239 @@
+"""SIM reconstruction with uncertainty from a trained checkpoint (a job, DESIGN.md 2).
+
+``reconstruct_sim_job(data, checkpoint, ...)`` reads a raw stack (array or file, any
+supported layout; time series are reconstructed per time point), normalises each stack as
+in training, runs :func:`napari_sim_uq.uq.inference.predict_sim` (tiled, MC dropout),
+maps intensities back to the input's units and returns a :class:`SimReconstruction`.
+``write_reconstruction`` saves it as ``<name>_emitter.tif``, ``<name>_emitter_std.tif``,
+``<name>_lp.tif``, ``<name>_lp_std.tif``, ``<name>_psf.tif``, ``<name>_psf_std.tif``,
+``<name>_rec_std.tif`` and ``<name>_uq.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_sim_uq.errors import InputError
+
+OUTPUTS = ("emitter", "emitter_std", "lp", "lp_std", "psf", "psf_std", "rec_std")
+
+
+@dataclass
+class SimReconstruction:
+    """Means and std maps; a leading T axis only for time series."""
+
+    arrays: dict[str, np.ndarray]
+    hr_factor: int
+    time_series: bool
+    metadata: dict = field(default_factory=dict)
+
+
+def load_sim_model(checkpoint, device="cpu"):
+    """(model in eval mode, Checkpoint) from a checkpoint path; clear errors otherwise."""
+    from napari_sim_uq.data.checkpoint import load_checkpoint
+    from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
+    from napari_sim_uq.training.sim_train import MODEL_TYPE
+
+    ck = load_checkpoint(checkpoint, expected_model_type=MODEL_TYPE, map_location="cpu")
+    model_cfg = ck.config.get("model")
+    if not isinstance(model_cfg, dict):
+        raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
+    model = SimUQNet(SimNetConfig.from_dict(model_cfg))
+    try:
+        model.load_state_dict(ck.model_state)
+    except RuntimeError as err:
+        raise InputError(
+            f"checkpoint '{checkpoint}': weights do not fit the stored model configuration "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    model.eval().to(device)
+    return model, ck
+
+
+def reconstruct_sim_job(
+    data,
+    checkpoint,
+    *,
+    mc_samples: int = 0,
+    tile: int | None = None,
+    overlap: int = 16,
+    device: str = "auto",
+    angles: int | None = None,
+    phases: int | None = None,
+    seed: int = 0,
+):
+    """Job: reconstruct ``data`` (array, ImageRecord or path) with ``checkpoint``."""
+    from napari_sim_uq.data.sim_dataset import Normalization, frames_from_array
+    from napari_sim_uq.data.tiff_io import ImageRecord, read_image
+    from napari_sim_uq.training.sim_train import resolve_device
+    from napari_sim_uq.uq.inference import predict_sim
+
+    dev = resolve_device(device)
+    model, ck = load_sim_model(checkpoint, dev)
+    what = "array"
+    if isinstance(data, (str, os.PathLike)):
+        what = f"'{data}'"
+        data = read_image(data, angles=angles, phases=phases)
+    if isinstance(data, ImageRecord):
+        what = f"'{data.path}'"
+        angles = angles or data.layout.angles
+        phases = phases or data.layout.phases
+        data = data.data
+    frames, layout = frames_from_array(
+        np.asarray(data), angles, phases, expected_frames=model.expected_frames, what=what
+    )
+    norm_cfg = ck.normalization or {}
+    mode = norm_cfg.get("mode", "percentile")
+    gt_norm = norm_cfg.get("gt_norm", "raw")
+    sigma_scale = {k: float(v) for k, v in (ck.sigma_scale or {}).items()}
+    per_t: list[dict[str, np.ndarray]] = []
+    n_t = frames.shape[0]
+    for t in range(n_t):
+        norm = Normalization(mode=mode).fit(frames[t], what=what)
+        x = norm.apply(frames[t]).astype(np.float32)
+        job = predict_sim(
+            model,
+            x,
+            mc_samples=mc_samples,
+            tile=tile,
+            overlap=overlap,
+            device=str(dev),
+            sigma_scale=sigma_scale,
+            seed=seed,
+        )
+        try:
+            while True:
+                ev = next(job)
+                ev.message = f"time point {t + 1}/{n_t}: {ev.message}"
+                yield ev
+        except StopIteration as stop:
+            pred = stop.value
+        finally:
+            job.close()
+        # back to the input's intensity units: the emitter lives in the raw data's scale
+        # (gt_norm "raw"), patterns and PSF are unitless, rec is a raw-frame prediction
+        e_scale = norm.scale if gt_norm == "raw" else 1.0
+        per_t.append(
+            {
+                "emitter": pred.emitter * e_scale,
+                "emitter_std": _std(pred.emitter_std, pred.emitter) * e_scale,
+                "lp": pred.lp,
+                "lp_std": _std(pred.lp_std, pred.lp),
+                "psf": pred.psf,
+                "psf_std": _std(pred.psf_std, pred.psf),
+                "rec": norm.invert(pred.rec),
+                "rec_std": norm.invert_std(pred.rec_std),
+            }
+        )
+    arrays = {
+        k: (np.stack([p[k] for p in per_t]) if n_t > 1 else per_t[0][k]).astype(np.float32)
+        for k in per_t[0]
+    }
+    meta = {
+        "model_type": ck.model_type,
+        "config_hash": ck.config_hash,
+        "checkpoint": str(checkpoint),
+        "package_version": ck.package_version,
+        "hr_factor": model.hr_factor,
+        "layout": layout.to_dict(),
+        "mc_samples": int(mc_samples),
+        "tile": tile,
+        "overlap": overlap,
+        "sigma_scale": sigma_scale,
+        "normalization": {
+            "mode": mode,
+            "gt_norm": gt_norm,
+            "emitter_units": "input intensity" if gt_norm == "raw" else f"normalised ({gt_norm})",
+        },
+        "std_definition": "sqrt(aleatoric + epistemic variance)"
+        if mc_samples
+        else "sqrt(aleatoric variance)",
+    }
+    return SimReconstruction(arrays, model.hr_factor, n_t > 1 and layout.kind == "sim_t", meta)
+
+
+def _std(std, like):
+    return np.zeros_like(like) if std is None else std
+
+
+def write_reconstruction(
+    rec: SimReconstruction,
+    out_dir,
+    name: str,
+    *,
+    scale_lr=(1.0, 1.0),
+    translate_lr=(0.0, 0.0),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the outputs of one input as TIFFs (+ ``<name>_uq.json``) into ``out_dir``."""
+    from napari_sim_uq.data.samples import hr_scale_translate
+    from napari_sim_uq.data.tiff_io import atomic_write, write_image
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder '{out_dir}' is a file")
+    targets = {k: out_dir / f"{name}_{k}.tif" for k in OUTPUTS}
+    targets["json"] = out_dir / f"{name}_uq.json"
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"not overwriting existing results: {', '.join(existing)} (use --overwrite)"
+        )
+    sc_hr, tr_hr = hr_scale_translate(scale_lr, translate_lr, rec.hr_factor)
+    lead = (1.0,) if rec.time_series else ()
+    lead0 = (0.0,) if rec.time_series else ()
+    grids = {
+        "emitter": (sc_hr, tr_hr, 0),
+        "emitter_std": (sc_hr, tr_hr, 0),
+        "lp": (sc_hr, tr_hr, 1),
+        "lp_std": (sc_hr, tr_hr, 1),
+        "psf": ((1.0, 1.0), (0.0, 0.0), 0),
+        "psf_std": ((1.0, 1.0), (0.0, 0.0), 0),
+        "rec_std": (tuple(scale_lr), tuple(translate_lr), 1),
+    }
+    written = []
+    md = {"sim_uq": {"reconstruction": rec.metadata}}
+    for k in OUTPUTS:
+        arr = rec.arrays[k]
+        sc, tr, n_frame_axes = grids[k]
+        pre_s = lead + (1.0,) * n_frame_axes
+        pre_t = lead0 + (0.0,) * n_frame_axes
+        if arr.ndim != len(pre_s) + 2:
+            raise InputError(f"internal: {k} has shape {arr.shape}, expected {len(pre_s) + 2}D")
+        written.append(
+            write_image(
+                targets[k],
+                arr,
+                name=f"{name} {k.replace('_', ' ')}",
+                scale=pre_s + tuple(sc),
+                translate=pre_t + tuple(tr),
+                metadata=md,
+                overwrite=overwrite,
+                display={"colormap": "magma" if k.endswith("std") else "inferno"},
+            )
+        )
+    summary = {
+        **rec.metadata,
+        "outputs": {k: str(targets[k].name) for k in OUTPUTS},
+        "summary": {
+            k: {
+                "mean": float(np.mean(rec.arrays[k])),
+                "p95": float(np.percentile(rec.arrays[k], 95)),
+            }
+            for k in OUTPUTS
+            if k.endswith("std")
+        },
+    }
+    written.append(
+        atomic_write(
+            targets["json"],
+            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)),
+            overwrite=overwrite,
+        )
+    )
+    return written
