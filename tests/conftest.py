@@ -7,9 +7,6 @@ import os
 import numpy as np
 import pytest
 
-# jobs started from widgets run synchronously in tests where a test asks for it
-os.environ.setdefault("NAPARI_SIM_UQ_TEST", "1")
-
 
 def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

@@ -154,3 +154,25 @@ def test_reader_declines_other_files(tmp_path):
     assert napari_get_reader(str(tmp_path)) is None
     assert napari_get_reader([]) is None
     assert napari_get_reader(str(tmp_path / "a.tif")) is not None
+
+
+def test_pixel_size_and_unit_survive_open_save_open(make_napari_viewer, tmp_path, rng):
+    viewer = make_napari_viewer()
+    src = tmp_path / "fiji.tif"
+    tifffile.imwrite(
+        src,
+        rng.random((9, 16, 16), dtype=np.float32),
+        imagej=True,
+        resolution=(1 / 0.065, 1 / 0.065),
+        metadata={"axes": "ZYX", "unit": "micron"},
+    )
+    (layer,) = viewer.open(str(src), plugin=PLUGIN)
+    np.testing.assert_allclose(layer.scale[1:], (0.065, 0.065))
+    out = tmp_path / "again.tif"
+    viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    with tifffile.TiffFile(out) as tif:  # Fiji sees micrometres
+        assert tif.imagej_metadata["unit"] == "um"
+    viewer.layers.clear()
+    (again,) = viewer.open(str(out), plugin=PLUGIN)
+    np.testing.assert_allclose(again.scale[1:], (0.065, 0.065))
+    assert str(again.units[-1]) == str(layer.units[-1])

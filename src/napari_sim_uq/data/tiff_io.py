@@ -36,7 +36,14 @@ FORMAT_VERSION = 1
 # type is restored on read (exact for integers up to 2**24, float64 is rounded to float32).
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
 
-_UNIT_ALIASES = {"micron": "um", "microns": "um", "\\u00B5m": "um", "µm": "um", "μm": "um"}
+_UNIT_ALIASES = {
+    "micron": "um",
+    "microns": "um",
+    "micrometer": "um",
+    "\\u00B5m": "um",
+    "µm": "um",
+    "μm": "um",
+}
 
 
 @dataclass
@@ -426,6 +433,7 @@ def write_image(
     nd = data.ndim
     if not 2 <= nd <= 4:
         raise InputError(f"'{path}': can write 2D to 4D images, got shape {data.shape}")
+    unit = _parse_unit(unit)  # "micrometer" (napari/pint) -> "um" (ImageJ)
     md = dict(metadata or {})
     sim_md = md.get("sim_uq") if isinstance(md.get("sim_uq"), dict) else {}
     lay_d = sim_md.get("layout") if isinstance(sim_md.get("layout"), dict) else {}
