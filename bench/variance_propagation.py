@@ -12,7 +12,8 @@ correlation-correct binning rule with uncertain emitter, patterns and PSF):
 
 Default (full) case: batch 8, 9 frames, HR 480 x 480, hr_factor 2, one Gaussian PSF per
 sample of 31 and 49 px. ``--quick`` runs a small smoke case. Prints a table and writes JSON
-to ``bench/results/variance_propagation.json`` (or ``--out``).
+to ``bench/results/variance_propagation.json`` (``..._tuned_malloc.json`` with
+``--tune-malloc``; or ``--out``).
 
 "max rel diff" is ``max |v_fft - v_direct| / max |v_direct|``; "max pointwise rel" is
 ``max |v_fft - v_direct| / v_direct`` over pixels with ``v_direct > 1e-3 max(v_direct)``.
@@ -126,7 +127,8 @@ def main(argv=None):
     else:
         batch, frames, size, ksizes, hr_factor = 8, 9, 480, [31, 49], 2
     device = torch.device(args.device)
-    out_path = args.out or Path(__file__).parent / "results" / "variance_propagation.json"
+    stem = "variance_propagation" + ("_tuned_malloc" if args.tune_malloc else "")
+    out_path = args.out or Path(__file__).parent / "results" / f"{stem}.json"
 
     print(
         f"variance propagation, batch {batch}, {frames} frames, HR {size}x{size}, "
