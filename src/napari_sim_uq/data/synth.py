@@ -28,19 +28,22 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from napari_sim_uq._config import JsonConfig
 from napari_sim_uq.errors import InputError
 
 Range = tuple[float, float]
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(JsonConfig):
     """Parameters of the generator (ranges are sampled uniformly per sample)."""
+
+    _what = "generator parameters"
 
     lr_size: tuple[int, int] = (80, 80)
     hr_factor: int = 6
@@ -113,18 +116,6 @@ class SynthConfig:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.phase_jitter < 0 or self.high_noise_regions < 0:
             raise InputError("phase_jitter and high_noise_regions must be >= 0")
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SynthConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown generator parameters: {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
 
 
 def _pair(v) -> tuple[int, int]:

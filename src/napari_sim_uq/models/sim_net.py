@@ -77,10 +77,9 @@ is smaller than the padding) to a multiple of ``2^depth`` and the HR outputs cro
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -88,6 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from napari_sim_uq._config import JsonConfig
 from napari_sim_uq.errors import InputError
 
 __all__ = [
@@ -130,9 +130,11 @@ def _check_real(name: str, v: object) -> float:
 
 
 @dataclass
-class SimNetConfig:
+class SimNetConfig(JsonConfig):
     """Hyper-parameters of :class:`SimUQNet` (JSON round trip: :meth:`to_dict` /
     :meth:`from_dict`). Invalid values raise :class:`~napari_sim_uq.errors.InputError`."""
+
+    _what = "SIM network parameters"
 
     n_angles: int = 3
     n_phases: int = 3
@@ -198,22 +200,6 @@ class SimNetConfig:
             raise InputError(
                 f"predict_background must be true or false, got {self.predict_background!r}"
             )
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SimNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
-        if not isinstance(d, dict):
-            raise InputError(f"a model config must be a dict, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown SIM network parameters: {unknown}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
 
 
 # --------------------------------------------------------------------------------------

@@ -66,16 +66,16 @@ Total: ``raw_weight * raw_nll + aux_rec_weight * aux + sup_emitter_weight * sup_
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sim_uq._config import JsonConfig
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.models.sim_net import SimOutput
 from napari_sim_uq.physics import forward_mean_and_variance, softmax_psf_covariance
@@ -127,12 +127,14 @@ def _real(name: str, v: object, *, minimum: float | None = None, positive: bool 
 
 
 @dataclass
-class SimLossConfig:
+class SimLossConfig(JsonConfig):
     """Options of :class:`SimLoss` (JSON round trip: :meth:`to_dict` / :meth:`from_dict`).
 
     Invalid values raise :class:`~napari_sim_uq.errors.InputError`. See the module
     docstring for the meaning and units of every term.
     """
+
+    _what = "loss parameters"
 
     var_floor: float = 1e-6  # absolute, normalised intensity^2, added to every variance
     psf_var_weight: float = 1.0  # factor on the PSF covariance in Var(y); 0 disables it
@@ -182,21 +184,6 @@ class SimLossConfig:
                 "the loss has no term left: raw_weight and aux_rec_weight are 0 and there is "
                 "no weighted supervised term; set raw_weight > 0"
             )
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SimLossConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
-        if not isinstance(d, dict):
-            raise InputError(f"a loss config must be a dict, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown loss parameters: {unknown}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------

@@ -23,17 +23,20 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_sim_uq._config import JsonConfig
 from napari_sim_uq.errors import InputError
 
 MODEL_TYPE = "sim_uq_net"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything a SIM training run needs (JSON-serialisable; stored in checkpoints)."""
+
+    _what = "training options"
 
     train_glob: str = ""
     ckpt_dir: str = "checkpoints"
@@ -69,17 +72,6 @@ class TrainConfig:
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1, got {self.max_steps!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown training options: {sorted(unknown)}")
-        return cls(**d)
 
 
 def resolve_device(name: str):
@@ -229,33 +221,26 @@ def train_sim_job(cfg: TrainConfig):
         )
 
     model_cfg = SimNetConfig.from_dict(dict(cfg.model)) if cfg.model else SimNetConfig()
-    crop = (cfg.crop, cfg.crop) if cfg.crop else None
-    train_ds = SimStackDataset(
-        cfg.train_glob,
-        supervised=cfg.supervised,
-        gt_norm=cfg.gt_norm,
-        norm_mode=cfg.norm_mode,
-        expected_frames=model_cfg.n_frames,
-        hr_factor=model_cfg.hr_factor if cfg.supervised else None,
-        crop=crop,
-        seed=cfg.seed,
-    )
-    if cfg.supervised and train_ds.hr_factor != model_cfg.hr_factor:
-        raise InputError(
-            f"the ground truth is {train_ds.hr_factor}x finer than the raw data but the model "
-            f"is configured for hr_factor {model_cfg.hr_factor}"
-        )
-    val_ds = None
-    if cfg.val_glob:
-        val_ds = SimStackDataset(
-            cfg.val_glob,
+
+    def dataset(pattern: str, crop: int | None) -> SimStackDataset:
+        return SimStackDataset(
+            pattern,
             supervised=cfg.supervised,
             gt_norm=cfg.gt_norm,
             norm_mode=cfg.norm_mode,
             expected_frames=model_cfg.n_frames,
             hr_factor=model_cfg.hr_factor if cfg.supervised else None,
+            crop=(crop, crop) if crop else None,
             seed=cfg.seed,
         )
+
+    train_ds = dataset(cfg.train_glob, cfg.crop)
+    if cfg.supervised and train_ds.hr_factor != model_cfg.hr_factor:
+        raise InputError(
+            f"the ground truth is {train_ds.hr_factor}x finer than the raw data but the model "
+            f"is configured for hr_factor {model_cfg.hr_factor}"
+        )
+    val_ds = dataset(cfg.val_glob, None) if cfg.val_glob else None
     train_loader = make_loader(
         train_ds,
         cfg.batch_size,
