@@ -31,3 +31,14 @@ class JsonConfig:
         if unknown:
             raise InputError(f"unknown {cls._what}: {unknown}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @classmethod
+    def coerce(cls, cfg):
+        """A validated private copy from ``None`` (defaults), a dict or an instance."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, dict):
+            return cls.from_dict(cfg)
+        if isinstance(cfg, cls):
+            return cls.from_dict(cfg.to_dict())
+        raise InputError(f"cfg must be a {cls.__name__} or a dict, got {type(cfg).__name__}")

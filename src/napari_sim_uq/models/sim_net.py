@@ -372,14 +372,7 @@ class SimUQNet(nn.Module):
 
     def __init__(self, cfg: SimNetConfig | dict | None = None):
         super().__init__()
-        if cfg is None:
-            cfg = SimNetConfig()
-        elif isinstance(cfg, dict):
-            cfg = SimNetConfig.from_dict(cfg)
-        elif isinstance(cfg, SimNetConfig):
-            cfg = SimNetConfig.from_dict(cfg.to_dict())  # validated private copy
-        else:
-            raise InputError(f"cfg must be a SimNetConfig or a dict, got {type(cfg).__name__}")
+        cfg = SimNetConfig.coerce(cfg)  # validated private copy
         self.cfg = cfg
         n_frames = cfg.n_frames
         depth = cfg.depth

@@ -374,14 +374,7 @@ class SimLoss(nn.Module):
 
     def __init__(self, cfg: SimLossConfig | dict | None = None, hr_factor: int = 2):
         super().__init__()
-        if cfg is None:
-            cfg = SimLossConfig()
-        elif isinstance(cfg, dict):
-            cfg = SimLossConfig.from_dict(cfg)
-        elif isinstance(cfg, SimLossConfig):
-            cfg = SimLossConfig.from_dict(cfg.to_dict())  # validated private copy
-        else:
-            raise InputError(f"cfg must be a SimLossConfig or a dict, got {type(cfg).__name__}")
+        cfg = SimLossConfig.coerce(cfg)  # validated private copy
         if isinstance(hr_factor, bool) or not isinstance(hr_factor, numbers.Integral):
             raise InputError(f"hr_factor must be an integer >= 1, got {hr_factor!r}")
         if hr_factor < 1:
