@@ -19,6 +19,7 @@ from napari_sim_uq.uq.inference import (
     RunningMoments,
     SimPrediction,
     blend_ramp,
+    mc_chunk_seed,
     predict_sim,
     predict_sim_sync,
     tile_starts,
@@ -43,22 +44,6 @@ def _net(seed: int = 0, **kw) -> SimUQNet:
     torch.manual_seed(seed)
     cfg = {"depth": 1, "base_channels": 8, "hr_factor": F_HR, "psf_size": PSF_K, "dropout": 0.0}
     return SimUQNet(SimNetConfig(**{**cfg, **kw})).eval()
-
-
-def _local_net(seed: int = 0, **kw) -> SimUQNet:
-    """A variant whose outputs depend on a bounded neighbourhood only: GroupNorm (statistics
-    over the whole image) replaced by the identity, and the pooled PSF/background heads made
-    input-independent (their input weights zeroed)."""
-    net = _net(seed, **kw)
-    for mod in list(net.modules()):
-        for name, child in list(mod.named_children()):
-            if isinstance(child, nn.GroupNorm):
-                setattr(mod, name, nn.Identity())
-    with torch.no_grad():
-        net.psf_logits.weight.zero_()
-        net.psf_logvar_head.weight.zero_()
-        net.background_head.weight.zero_()
-    return net
 
 
 def _frames(h: int, w: int, seed: int = 1, n: int = 9) -> np.ndarray:
@@ -106,9 +91,9 @@ def _manual_mc(net: SimUQNet, x: np.ndarray, seed: int, chunks: list[int]):
     outs = []
     state = torch.get_rng_state()
     try:
-        torch.manual_seed(seed)
         with torch.no_grad(), mc_dropout_mode(net):
-            for c in chunks:
+            for ci, c in enumerate(chunks):
+                torch.manual_seed(mc_chunk_seed(seed, ci))
                 outs.append(net(xt.repeat(c, 1, 1, 1)))
     finally:
         torch.set_rng_state(state)
@@ -229,11 +214,11 @@ def test_sigma_scale_multiplies_std_maps():
 # ---------------------------------------------------------------- tiling
 
 
-def _receptive_radius(net: SimUQNet, size: int = 48) -> int:
+def _receptive_radius(net: SimUQNet, size: int = 48, offset: int = 0) -> int:
     """Largest LR distance at which perturbing one input pixel changes an HR output."""
     x = torch.from_numpy(_frames(size, size, seed=7))[None]
     x2 = x.clone()
-    c = size // 2
+    c = size // 2 + offset
     x2[..., c, c] += 1.0
     with torch.no_grad():
         a, b = net(x), net(x2)
@@ -246,83 +231,85 @@ def _receptive_radius(net: SimUQNet, size: int = 48) -> int:
     return r
 
 
+def test_receptive_radius_bounds_the_measured_one():
+    # the analytic bound is an upper bound and tight for this architecture
+    for depth in (1, 2):
+        net = _net(depth=depth)
+        # the reach depends on the pixel's position on the 2^depth grid: try them all
+        measured = max(_receptive_radius(net, 64, off) for off in range(2**depth))
+        assert measured <= net.receptive_radius <= measured + 1, (depth, measured)
+
+
 def test_groupnorm_model_is_not_local():
-    # documents why the tiling test uses a variant: with GroupNorm every output depends on
-    # the statistics of the whole tile
-    net = _net()
+    # with norm="group" every output depends on the statistics of the whole image, so tiling
+    # cannot be exact; the default per-pixel norm is local
     x = torch.from_numpy(_frames(48, 48, seed=7))[None]
     x2 = x.clone()
     x2[..., 24, 24] += 1.0
-    with torch.no_grad():
-        d = (net(x).emitter - net(x2).emitter).abs()[0, 0]
-    assert d[:4, :4].max() > 0
+    for norm, local in (("group", False), ("pixel", True), ("none", True)):
+        net = _net(norm=norm)
+        assert net.tiling_exact is local
+        with torch.no_grad():
+            d = (net(x).emitter - net(x2).emitter).abs()[0, 0]
+        assert (d[:4, :4].max() > 0) is not local, norm
 
 
-def test_tiled_equals_untiled_away_from_borders():
-    net = _local_net()
-    radius = _receptive_radius(net)
-    psf_radius = math.ceil((PSF_K // 2) / F_HR)  # rec depends on the emitter over the PSF
-    # blend margin = overlap // 4 must cover the receptive field (and the PSF for rec); odd
-    # overlap: rounded up to the model's alignment (2^depth = 2)
-    overlap = 4 * (radius + psf_radius) + 1
-    tile = 2 * overlap + 10
-    h, w = tile + 40, tile + 51  # 2 x 2 tiles, odd width (padded to a multiple of 2)
+@pytest.mark.parametrize("mc", [False, True])
+def test_tiled_equals_untiled(mc):
+    # default (per-pixel norm) model, PSF/background heads reading the pooled bottleneck:
+    # with the automatic overlap the tiled result equals the untiled one everywhere, the
+    # pooled PSF/background included (the pooling pass averages over the whole image)
+    net = _net(depth=2, dropout=0.5 if mc else 0.0)
+    kw = {"mc_samples": 3, "mc_batch": 2, "seed": 4} if mc else {}
+    need = net.receptive_radius + math.ceil((PSF_K // 2) / F_HR)
+    overlap = -(-(2 * need + 16) // 4) * 4  # the automatic overlap, aligned to 2^depth
+    tile = 2 * overlap + 12
+    h, w = tile + 41, 2 * tile - 10  # 2 x 3 tiles, odd height (padded like the model)
     x = _frames(h, w, seed=3)
-    full = predict_sim_sync(net, x)
-    tiled = predict_sim_sync(net, x, tile=tile, overlap=overlap)
-    assert tiled.meta["n_tiles"] == 4 and tiled.meta["overlap"] % 2 == 0
-    assert tiled.meta["blend_margin"] >= radius + psf_radius
+    full = predict_sim_sync(net, x, **kw)
+    tiled = predict_sim_sync(net, x, tile=tile, **kw)
+    assert tiled.meta["n_tiles"] == 6 and tiled.meta["overlap"] == overlap
+    assert tiled.meta["blend_margin"] == need and tiled.meta["tiling_exact"]
     assert full.meta["n_tiles"] == 1
-    b = radius + psf_radius  # away from the image border
-    for k in ("emitter", "emitter_std", "lp", "lp_std", "rec", "rec_std"):
+    keys = ["emitter", "emitter_std", "lp", "lp_std", "rec", "rec_std", "psf", "psf_std"]
+    if mc:
+        keys += ["emitter_epistemic_std", "rec_epistemic_std"]
+        assert full.emitter_epistemic_std.max() > 1e-3
+    for k in keys:
         a, t = getattr(full, k), getattr(tiled, k)
         assert a.shape == t.shape
-        s = F_HR if k.startswith(("emitter", "lp")) else 1
-        inner = (..., slice(s * b, -s * b), slice(s * b, -s * b))
-        err = np.abs(a[inner] - t[inner]).max() / np.abs(a).max()
+        err = np.abs(a - t).max() / np.abs(a).max()
         assert err < 1e-4, (k, err)
-    # the stack is padded as the model pads it, and the forward model sees no emitter in the
-    # padding: here (local model) even the border pixels agree
-    for k in ("emitter", "rec", "rec_std"):
-        a, t = getattr(full, k), getattr(tiled, k)
-        assert np.abs(a - t).max() / np.abs(a).max() < 1e-4, k
-    np.testing.assert_allclose(tiled.psf, full.psf, rtol=1e-6)
-    np.testing.assert_allclose(tiled.background, full.background, rtol=1e-6)
-
-    # a tiling whose blend margin is smaller than the receptive field is NOT exact (the
-    # comparison above can fail)
-    small = predict_sim_sync(net, x, tile=tile, overlap=4)
+    np.testing.assert_allclose(tiled.background, full.background, rtol=1e-5)
+    if mc:
+        return
+    # an explicit overlap that leaves no room for the receptive field is NOT exact
+    small = predict_sim_sync(net, x, tile=tile, overlap=8)
+    assert not small.meta["tiling_exact"]
     assert np.abs(small.emitter - full.emitter).max() / np.abs(full.emitter).max() > 1e-4
-
     # a tile at least as large as the image is the untiled computation
-    big = predict_sim_sync(net, x, tile=max(h, w), overlap=overlap)
+    big = predict_sim_sync(net, x, tile=max(h, w))
     assert big.meta["n_tiles"] == 1
     for k in ("emitter", "emitter_std", "lp_std", "rec", "rec_std", "psf"):
         np.testing.assert_array_equal(getattr(big, k), getattr(full, k))
 
 
-def test_tiled_mc_uses_one_network_per_sample():
-    # dropout masks are re-drawn identically in every tile: MC sample t is the same network
-    # over the whole field, so tiled MC equals untiled MC (local model) away from borders
-    net = _local_net(dropout=0.5)
-    x = _frames(100, 100, seed=4)
-    kw = {"mc_samples": 3, "mc_batch": 3, "seed": 2}
-    full = predict_sim_sync(net, x, **kw)
-    tiled = predict_sim_sync(net, x, tile=64, overlap=28, **kw)
-    assert tiled.meta["n_tiles"] == 4 and tiled.meta["blend_margin"] == 7
-    b = 2 * 7
-    for k in ("emitter", "emitter_epistemic_std", "lp"):
-        a, t = getattr(full, k), getattr(tiled, k)
-        err = np.abs(a - t)[..., b:-b, b:-b].max() / np.abs(a).max()
-        assert err < 1e-4, (k, err)
-    assert full.emitter_epistemic_std.max() > 1e-3
+def test_tile_too_small_for_exact_tiling_says_why():
+    net = _net(depth=2)
+    with pytest.raises(InputError, match="too small for exact tiling"):
+        predict_sim_sync(net, _frames(80, 80), tile=40)
+    # an explicit small overlap gives approximate tiling instead
+    res = predict_sim_sync(net, _frames(80, 80), tile=40, overlap=8)
+    assert res.meta["n_tiles"] == 9 and not res.meta["tiling_exact"]
 
 
 def test_stock_model_tiles_with_alignment():
-    net = _net(depth=2)  # alignment 4, image not a multiple of 4 (padded like the model)
+    # GroupNorm model: alignment 4, image not a multiple of 4 (padded like the model)
+    net = _net(depth=2, norm="group")
     x = _frames(37, 45, seed=5)
     res = predict_sim_sync(net, x, tile=26, overlap=3)
     assert res.meta["tile"] == 24 and res.meta["overlap"] == 4 and res.meta["tile_align"] == 4
+    assert not res.meta["tiling_exact"]
     assert res.meta["n_tiles"] == 2 * 3
     for y0, y1, x0, x1 in res.meta["tile_boxes"]:
         assert y1 - y0 == 24 and x1 - x0 == 24
@@ -398,7 +385,7 @@ def test_progress_events_and_result():
             break
     n_tiles = result.meta["n_tiles"]
     assert n_tiles == 4
-    total = n_tiles * 3  # ceil(5 / 2) chunks per tile
+    total = 2 * n_tiles * 3  # ceil(5 / 2) chunks per tile, pooling pass + main pass
     assert len(events) == total
     assert all(e.stage == "reconstruct" and e.total == total for e in events)
     assert [e.step for e in events] == list(range(1, total + 1))

@@ -319,3 +319,25 @@ def test_icnr_init_has_no_checkerboard():
         hr = shuffle(torch.randn(1, 8, 4, 5))
     blocks = hr.unflatten(-2, (4, 3)).unflatten(-1, (5, 3))  # (1, C, 4, 3, 5, 3)
     torch.testing.assert_close(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))
+
+
+def test_norm_option_and_pooled_override():
+    with pytest.raises(InputError, match="norm must be one of"):
+        SimNetConfig(norm="batch")
+    torch.manual_seed(0)
+    net = SimUQNet(SimNetConfig(base_channels=4, depth=2, psf_size=5, norm="pixel")).eval()
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    x = torch.rand(2, 9, 13, 10)
+    with torch.no_grad():
+        ref = net(x)
+        bottom = net.bottleneck(x)
+        assert bottom.shape == (2, 16, 4, 3)  # padded to 16 x 12, then / 2^depth
+        same = net(x, pooled=bottom.mean(dim=(-2, -1)))
+        other = net(x, pooled=torch.zeros(2, 16))
+    for k in ("emitter", "lp", "psf", "psf_var", "background"):
+        torch.testing.assert_close(getattr(same, k), getattr(ref, k), rtol=0, atol=0)
+    # the pooled vector drives only the PSF and background heads
+    torch.testing.assert_close(other.emitter, ref.emitter, rtol=0, atol=0)
+    assert not torch.allclose(other.psf, ref.psf)
+    with pytest.raises(InputError, match="pooled must have shape"):
+        net(x, pooled=torch.zeros(2, 3))

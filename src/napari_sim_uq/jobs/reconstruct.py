@@ -61,7 +61,7 @@ def reconstruct_sim_job(
     *,
     mc_samples: int = 0,
     tile: int | None = None,
-    overlap: int = 16,
+    overlap: int | None = None,
     device: str = "auto",
     angles: int | None = None,
     phases: int | None = None,
@@ -144,6 +144,10 @@ def reconstruct_sim_job(
         "mc_samples": int(mc_samples),
         "tile": tile,
         "overlap": overlap,
+        "tiling": {
+            k: pred.meta.get(k)
+            for k in ("tile", "overlap", "blend_margin", "n_tiles", "tiling_exact")
+        },
         "sigma_scale": sigma_scale,
         "normalization": {
             "mode": mode,

@@ -59,16 +59,23 @@ Architecture
 ------------
 U-Net at LR resolution: a stem block, ``depth`` strided encoder blocks (the last one is
 the bottleneck), ``depth`` decoder blocks (bilinear x2 upsampling, 1x1 conv, concatenation
-with the skip, block). A block is ``(Conv3x3 - GroupNorm - SiLU) x 2``; decoder blocks and
+with the skip, block). A block is ``(Conv3x3 - norm - SiLU) x 2``; decoder blocks and
 the bottleneck end with ``Dropout2d(dropout)`` (the layers used for MC dropout, see
 :func:`mc_dropout_mode`). Channels ``base * 2^min(level, 3)``. The LR features are brought
 to HR by ``Conv3x3 (ICNR init) - PixelShuffle(f)`` (skipped for ``f = 1``) and one more
-``Conv3x3 - GroupNorm - SiLU``; 1x1 convolutions give the emitter and pattern means and
+``Conv3x3 - norm - SiLU``; 1x1 convolutions give the emitter and pattern means and
 log-variances. The PSF comes from the global average of the bottleneck features through an
 MLP (``Linear - SiLU``, then one linear layer for the ``k*k`` logits and one for their
 log-variances); its logits start as a centred Gaussian of standard deviation
 ``max(1, (k - 1) / 6)`` HR pixels. The background is ``softplus(Linear(pooled))``, starting
-at 0.1 (normalised units).
+at 0.1 (normalised units). ``forward(x, pooled=...)`` accepts the pooled vector from outside
+(tiled inference passes the whole image's, see :meth:`SimUQNet.bottleneck`).
+
+``norm`` (``SimNetConfig.norm``) is ``"pixel"`` by default: a LayerNorm over the channels of
+each pixel (:class:`PixelNorm`), so that apart from the pooled heads every output depends
+only on the inputs within :func:`receptive_radius` LR pixels (53 for depth 3), which makes
+tiled inference exact. ``"group"`` (GroupNorm, 8 groups) normalises with statistics of the
+whole image (not tiling-exact); ``"none"`` has no normalisation.
 
 Inputs of any ``H, W`` are accepted: they are padded (reflect, or replicate when the image
 is smaller than the padding) to a multiple of ``2^depth`` and the HR outputs cropped back to
@@ -98,6 +105,7 @@ __all__ = [
     "bounded_tanh_variance",
     "count_parameters",
     "mc_dropout_mode",
+    "receptive_radius",
     "soft_clamp",
     "softmax_covariance_factors",
     "softmax_variance",
@@ -106,6 +114,9 @@ __all__ = [
 
 #: The quantities that can carry a predicted variance.
 UQ_TARGETS = ("emitter", "lp", "psf")
+
+#: Feature normalisations of the conv blocks (``SimNetConfig.norm``).
+NORMS = ("pixel", "group", "none")
 
 _BACKGROUND_INIT = 0.1  # initial background, normalised intensity units
 
@@ -148,6 +159,11 @@ class SimNetConfig(JsonConfig):
     logvar_min: float = -12.0  # soft clamp of the log-variances
     logvar_max: float = 6.0
     predict_background: bool = True
+    # feature normalisation in the conv blocks: "pixel" (LayerNorm over the channels of each
+    # pixel), "group" (GroupNorm: statistics over the whole image) or "none". "pixel" and
+    # "none" keep every output a function of a bounded neighbourhood, so tiled inference
+    # equals whole-image inference exactly; "group" does not.
+    norm: str = "pixel"
 
     def __post_init__(self) -> None:
         targets = self.uq_targets
@@ -196,6 +212,8 @@ class SimNetConfig(JsonConfig):
                 f"logvar_init must lie strictly between logvar_min and logvar_max "
                 f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
             )
+        if self.norm not in NORMS:
+            raise InputError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         if not isinstance(self.predict_background, bool):
             raise InputError(
                 f"predict_background must be true or false, got {self.predict_background!r}"
@@ -319,17 +337,50 @@ def _groups(channels: int) -> int:
     return 1
 
 
+class PixelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (``(B, C, H, W)``), with a per-channel
+    affine map. Unlike GroupNorm it uses no statistics over the image, so an output pixel
+    depends only on its receptive field (tiling-exact)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).square().mean(dim=1, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(_groups(channels), channels)
+    if kind == "pixel":
+        return PixelNorm(channels)
+    return nn.Identity()
+
+
 class _ConvBlock(nn.Sequential):
-    """``(Conv3x3 - GroupNorm - SiLU) x 2`` (first conv optionally strided), then optional
+    """``(Conv3x3 - norm - SiLU) x 2`` (first conv optionally strided), then optional
     ``Dropout2d``."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, dropout: float | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int = 1,
+        dropout: float | None = None,
+        norm: str = "pixel",
+    ):
         layers: list[nn.Module] = [
             nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
-            nn.GroupNorm(_groups(c_out), c_out),
+            _norm_layer(norm, c_out),
             nn.SiLU(),
             nn.Conv2d(c_out, c_out, 3, padding=1),
-            nn.GroupNorm(_groups(c_out), c_out),
+            _norm_layer(norm, c_out),
             nn.SiLU(),
         ]
         if dropout is not None:
@@ -340,10 +391,10 @@ class _ConvBlock(nn.Sequential):
 class _Up(nn.Module):
     """Bilinear x2 upsampling, 1x1 conv to ``c_out``, concatenation with the skip, block."""
 
-    def __init__(self, c_in: int, c_out: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, dropout: float, norm: str = "pixel"):
         super().__init__()
         self.reduce = nn.Conv2d(c_in, c_out, 1)
-        self.block = _ConvBlock(2 * c_out, c_out, dropout=dropout)
+        self.block = _ConvBlock(2 * c_out, c_out, dropout=dropout, norm=norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -382,12 +433,15 @@ class SimUQNet(nn.Module):
         k, f = cfg.psf_size, cfg.hr_factor
 
         # U-Net at LR resolution
-        self.stem = _ConvBlock(n_frames, c0)
+        norm = cfg.norm
+        self.stem = _ConvBlock(n_frames, c0, norm=norm)
         self.down = nn.ModuleList(
-            _ConvBlock(ch[i], ch[i + 1], stride=2, dropout=p if i == depth - 1 else None)
+            _ConvBlock(ch[i], ch[i + 1], stride=2, dropout=p if i == depth - 1 else None, norm=norm)
             for i in range(depth)
         )
-        self.up = nn.ModuleList(_Up(ch[i + 1], ch[i], dropout=p) for i in reversed(range(depth)))
+        self.up = nn.ModuleList(
+            _Up(ch[i + 1], ch[i], dropout=p, norm=norm) for i in reversed(range(depth))
+        )
 
         # LR -> HR
         hr_layers: list[nn.Module] = []
@@ -397,7 +451,7 @@ class SimUQNet(nn.Module):
             hr_layers += [shuffle_conv, nn.PixelShuffle(f)]
         hr_layers += [
             nn.Conv2d(c0, c0, 3, padding=1),
-            nn.GroupNorm(_groups(c0), c0),
+            _norm_layer(norm, c0),
             nn.SiLU(),
         ]
         self.to_hr = nn.Sequential(*hr_layers)
@@ -487,10 +541,51 @@ class SimUQNet(nn.Module):
                 "clean the data before reconstruction"
             )
 
-    def forward(self, x: torch.Tensor, *, check_input: bool = True) -> SimOutput:
+    @property
+    def receptive_radius(self) -> int:
+        """Receptive-field radius of the per-pixel outputs in LR (camera) pixels: an HR
+        output pixel inside LR pixel ``p`` depends only on input pixels within this distance
+        of ``p`` (an upper bound from the architecture, :func:`receptive_radius`). The pooled
+        PSF/background and ``norm="group"`` see the whole image regardless."""
+        return receptive_radius(self.cfg)
+
+    @property
+    def tiling_exact(self) -> bool:
+        """Whether per-pixel outputs depend only on a bounded neighbourhood (no GroupNorm),
+        so that tiled inference with enough overlap equals whole-image inference."""
+        return self.cfg.norm != "group"
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        bottom = skips.pop()
+        return bottom, skips
+
+    def bottleneck(self, x: torch.Tensor, *, check_input: bool = True) -> torch.Tensor:
+        """Bottleneck features ``(B, C, H'/m, W'/m)`` of ``x`` after the model's padding to a
+        multiple of ``m = 2^depth`` (``H' >= H``); their mean over the grid is the pooled
+        vector the PSF and background heads read (see ``pooled`` in :meth:`forward`)."""
+        if check_input:
+            self.check_input(x)
+        dtype = self.stem[0].weight.dtype
+        x, _, _ = _pad_to_multiple(x.to(dtype), 2**self.cfg.depth)
+        return self._features(x)[0]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        check_input: bool = True,
+        pooled: torch.Tensor | None = None,
+    ) -> SimOutput:
         """Reconstruct ``x`` ``(B, A*P, H, W)`` (normalised). ``check_input=False`` skips the
         shape/finiteness checks (the finiteness check synchronises a GPU). Floating inputs of
-        another dtype are cast to the model's dtype."""
+        another dtype are cast to the model's dtype.
+
+        ``pooled`` ``(B, C)`` replaces the mean of this input's bottleneck features as the
+        input of the PSF and background heads: tiled inference passes the mean over the
+        whole image, so that every tile gets the PSF/background of the whole field."""
         if check_input:
             self.check_input(x)
         cfg = self.cfg
@@ -502,15 +597,20 @@ class SimUQNet(nn.Module):
         x, top, left = _pad_to_multiple(x, 2**cfg.depth)
 
         # U-Net
-        skips = [self.stem(x)]
-        for down in self.down:
-            skips.append(down(skips[-1]))
-        bottom = skips.pop()
+        bottom, skips = self._features(x)
         feat = bottom
         for up in self.up:
             feat = up(feat, skips.pop())
         feat = self.to_hr(feat)
         feat = feat[..., f * top : f * (top + h), f * left : f * (left + w)]
+        if pooled is None:
+            pooled = bottom.mean(dim=(-2, -1))
+        elif pooled.shape != (b, bottom.shape[1]):
+            raise InputError(
+                f"pooled must have shape ({b}, {bottom.shape[1]}), got {tuple(pooled.shape)}"
+            )
+        else:
+            pooled = pooled.to(dtype)
 
         # emitter, light patterns
         a_e = self.emitter_head(feat)
@@ -527,7 +627,6 @@ class SimUQNet(nn.Module):
             lp_var = bounded_tanh_variance(a_l, lp_logvar.exp())
 
         # PSF, background (pooled bottleneck)
-        pooled = bottom.mean(dim=(-2, -1))
         hid = self.psf_mlp(pooled)
         psf_flat = torch.softmax(self.psf_logits(hid), dim=-1)
         psf = psf_flat.view(b, k, k)
@@ -552,6 +651,38 @@ class SimUQNet(nn.Module):
             lp_logvar=lp_logvar,
             psf_logvar=psf_logvar,
         )
+
+
+def receptive_radius(cfg: SimNetConfig) -> int:
+    """Upper bound, in LR pixels, of the distance between an output pixel and the input
+    pixels it depends on, for :class:`SimUQNet` with ``cfg`` (``norm`` other than
+    ``"group"``; the pooled PSF/background heads excepted).
+
+    Computed by propagating the index interval of one output pixel backwards through the
+    layers (3x3 convolutions widen it by 1 at their level, a stride-2 convolution maps
+    level-``l+1`` index ``c`` to ``2c - 1 .. 2c + 1``, bilinear x2 upsampling maps fine index
+    ``p`` to coarse ``floor((p - 1) / 2) .. floor((p - 1) / 2) + 1``), maximised over the
+    positions of the output pixel relative to the ``2^depth`` grid."""
+    depth = cfg.depth
+    m = 2**depth
+    worst = 0
+    for p in range(2 * m, 4 * m):
+        lo, hi = p - 1, p + 1  # HR 3x3 conv (f > 1: neighbouring LR pixels) or LR conv
+        if cfg.hr_factor > 1:
+            lo, hi = lo - 1, hi + 1  # the LR conv before PixelShuffle
+        # decoder, level 0 up to depth - 1: block (2 convs), then upsampling from level + 1
+        # (the skip connections reach less far than this deepest path)
+        for _level in range(depth):
+            lo, hi = lo - 2, hi + 2  # the block's two 3x3 convolutions
+            lo, hi = (lo - 1) // 2, (hi - 1) // 2 + 1  # bilinear x2 from the coarser level
+        # (lo, hi) is now an interval of bottleneck (level depth) indices; go down the
+        # encoder: second conv of each down block at level l+1, then the strided conv
+        for _level in reversed(range(depth)):
+            lo, hi = lo - 1, hi + 1
+            lo, hi = 2 * lo - 1, 2 * hi + 1
+        lo, hi = lo - 2, hi + 2  # stem
+        worst = max(worst, p - lo, hi - p)
+    return int(worst)
 
 
 def _gaussian_logits(k: int) -> torch.Tensor:

@@ -28,12 +28,12 @@ per-sample predicted mean ``mu_t`` and variance ``v_t``:
   distribution of the ``T`` samples);
 - total variance = aleatoric + epistemic; every ``*_std`` is the square root of a variance.
 
-The dropout RNG is seeded with ``seed`` in a private stream (the global torch RNG state is
-saved and restored around each chunk), so the same call gives the same result, and it is
-re-seeded at the start of every tile: MC sample ``t`` uses the same channel dropout masks
-(``Dropout2d`` draws one number per channel, independent of the tile size) in every tile,
+The dropout RNG is seeded per chunk with :func:`mc_chunk_seed` ``(seed, chunk)`` (the
+global torch RNG state is saved and restored around each chunk), so the same call gives the
+same result, and chunk ``c`` draws the same channel dropout masks (``Dropout2d`` draws one
+number per channel, independent of the tile size) in every tile and in the pooling pass,
 i.e. sample ``t`` is one network applied to the whole field. The samples depend on
-``mc_batch`` (the order of the draws), not only on ``seed``. A model without active dropout
+``mc_batch`` (the grouping of the draws), not only on ``seed``. A model without active dropout
 (``p = 0`` everywhere) gives identical samples: a ``UserWarning`` is issued, the model runs
 once per tile and the epistemic variances are 0.
 
@@ -68,8 +68,13 @@ stride phase as the whole image; the effective values are in ``meta``.
 
 Every tile's outputs are weighted by a separable window that is exactly 1 in the tile's
 core and along image borders, and, along each edge shared with a neighbour, rises over the
-``overlap`` band as ``0`` for the outer ``margin = overlap // 4`` pixels, then a raised
-cosine ``0.5 - 0.5 cos(pi t)``, then 1 for the inner ``margin`` pixels. The ramp satisfies
+``overlap`` band as ``0`` for the outer ``margin`` pixels, then a raised cosine
+``0.5 - 0.5 cos(pi t)``, then 1 for the inner ``margin`` pixels. ``margin`` is the
+distance an output needs to be exact, ``need = model.receptive_radius +
+ceil((psf_size // 2) / f)`` (the receptive field of the per-pixel outputs plus the PSF
+support that ``rec`` reads), when the overlap leaves room for it (``overlap >= 2 need + 4``;
+the default ``overlap=None`` chooses ``2 need + 16``); otherwise ``overlap // 4``
+(approximate tiling; ``meta["tiling_exact"]`` tells which). The ramp satisfies
 ``r(x) + r(overlap - 1 - x) = 1`` (the window of two neighbours sums to 1 in their overlap);
 weights are in any case normalised per pixel. Consequently a tile output contributes only
 at distance ``>= margin`` from the tile's cut edges: for a model whose receptive field
@@ -87,14 +92,20 @@ the seam is a tiling artefact, not posterior uncertainty, and the mixture formul
 epistemic parts are blended separately, so total = aleatoric + epistemic still holds.
 ``rec``/``rec_std`` are computed per tile from the tile's own outputs (the forward model
 couples pixels over the PSF support, and a tile's PSF belongs to its tile) and blended on
-the LR grid. The PSF and the background are global per tile (the network pools its
-bottleneck); they are averaged over the tiles weighted by each tile's total window weight
-inside the image (means and variances alike).
+the LR grid. The PSF and the background come from the mean of the bottleneck features over
+the image. Tiled, a first pass runs only the encoder
+(:meth:`~napari_sim_uq.models.sim_net.SimUQNet.bottleneck`) over every tile (and MC chunk,
+with the same dropout masks) and averages the bottleneck cells over the whole padded field,
+each cell taken from the tile in which it lies farthest from a cut edge
+(:func:`_cell_owners`); the second pass gives every tile that ``pooled`` vector, so the PSF
+and background of every tile are those of the whole image. (They are still blended with the
+tiles' window weights, which is then the identity; a model without ``bottleneck`` gets its
+per-tile values averaged that way.)
 
-Caveats: ``GroupNorm`` (used by :class:`~napari_sim_uq.models.sim_net.SimUQNet`) normalises
-over the whole tile and the PSF/background head pools over the whole tile, so for that
-network tiled and untiled results differ slightly everywhere (tile statistics), not only
-at seams; tiling then is an approximation that bounds memory.
+Hence, for a model whose conv blocks use a per-pixel norm or none (``SimNetConfig.norm``
+``"pixel"``, the default, or ``"none"``) tiling with ``margin >= need`` reproduces the
+untiled result exactly (to float rounding), borders included. ``norm="group"`` normalises
+over the whole tile, so such models tile only approximately (``tiling_exact`` False).
 
 Memory: per tile, the device holds the tile input repeated ``mc_batch`` times and the
 network activations for it, plus the running statistics of one tile; the whole-field
@@ -401,6 +412,10 @@ def _pad_like_model(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
     return F.pad(x[None], (left, right, top, bottom), mode=mode)[0], top, left
 
 
+#: Width of the blend ramp (LR pixels) kept inside the overlap by the automatic overlap.
+AUTO_RAMP = 16
+
+
 @dataclass
 class _TilePlan:
     tiled: bool
@@ -411,21 +426,45 @@ class _TilePlan:
     pad_top: int
     pad_left: int
     padded_shape: tuple[int, int]
-    boxes: list[tuple[int, int, int, int]]  # (y0, y1, x0, x1) on the padded LR grid
+    spans: list[list[tuple[int, int]]]  # per axis (y, x): tile extents on the padded grid
+    boxes: list[tuple[int, int, int, int]]  # (y0, y1, x0, x1), y outer, x inner
+    exact: bool = False  # tiled result equals the untiled one (away from image borders)
 
 
-def _plan_tiles(h: int, w: int, tile: int | None, overlap: int, align: int) -> _TilePlan:
+def _plan_tiles(
+    h: int, w: int, tile: int | None, overlap: int | None, align: int, need: int | None
+) -> _TilePlan:
+    """Tiles for an ``h x w`` image. ``need``: the blend margin (LR px) that makes tiling
+    exact for this model (receptive field incl. PSF support), ``None`` if it cannot be
+    exact. ``overlap=None``: the smallest overlap that is exact (``2 need + AUTO_RAMP``),
+    or 16 for a model that cannot be exact."""
     if tile is None or (h <= tile and w <= tile):
-        return _TilePlan(False, None, 0, 0, align, 0, 0, (h, w), [(0, h, 0, w)])
+        return _TilePlan(
+            False, None, 0, 0, align, 0, 0, (h, w), [[(0, h)], [(0, w)]], [(0, h, 0, w)], exact=True
+        )
+    auto = overlap is None
+    if auto:
+        overlap = 2 * need + AUTO_RAMP if need is not None else 16
     t_eff = tile // align * align
     ov_eff = -(-overlap // align) * align
     if t_eff <= 2 * ov_eff:
+        if auto and need is not None:
+            raise InputError(
+                f"tile={tile} is too small for exact tiling with this model: its receptive "
+                f"field ({need} raw pixels incl. the PSF) needs an overlap of {ov_eff}, so "
+                f"tiles of at least {2 * ov_eff + align} pixels; use a larger tile, or pass a "
+                "smaller overlap for approximate tiling"
+            )
         raise InputError(
             f"tile={tile}, overlap={overlap}: this model needs tile sizes and strides that are "
             f"multiples of {align} (2^depth), which gives tile {t_eff} and overlap {ov_eff}, "
             f"but the tile must be larger than twice the overlap; use tile >= "
             f"{2 * ov_eff + align} or a smaller overlap"
         )
+    # blend margin: the receptive field when the overlap leaves room for it and a ramp of
+    # at least 4 pixels, else a quarter of the overlap (approximate tiling)
+    exact = need is not None and ov_eff >= 2 * need + 4
+    margin = need if exact else ov_eff // 4
     stride = t_eff - ov_eff
     top, bottom = _pad_amounts(h, align)
     left, right = _pad_amounts(w, align)
@@ -437,7 +476,23 @@ def _plan_tiles(h: int, w: int, tile: int | None, overlap: int, align: int) -> _
         else:
             spans.append([(s, s + t_eff) for s in tile_starts(padded, t_eff, stride)])
     boxes = [(y0, y1, x0, x1) for (y0, y1) in spans[0] for (x0, x1) in spans[1]]
-    return _TilePlan(True, t_eff, ov_eff, ov_eff // 4, align, top, left, (hp, wp), boxes)
+    return _TilePlan(True, t_eff, ov_eff, margin, align, top, left, (hp, wp), spans, boxes, exact)
+
+
+def _cell_owners(spans: list[tuple[int, int]], length: int, m: int) -> list[np.ndarray]:
+    """Per tile span along one axis: a boolean mask over its ``m``-pixel cells marking the
+    cells it owns. Every cell of ``[0, length)`` is owned by exactly one span: the one in
+    which the cell centre is farthest from a cut edge (image borders are not cuts)."""
+    n = length // m
+    centre = (np.arange(n) + 0.5) * m
+    dist = np.full((len(spans), n), -np.inf)
+    for i, (s, e) in enumerate(spans):
+        inside = (centre > s) & (centre < e)
+        d_lo = centre - s if s > 0 else np.inf
+        d_hi = e - centre if e < length else np.inf
+        dist[i] = np.where(inside, np.minimum(d_lo, d_hi), -np.inf)
+    owner = np.argmax(dist, axis=0)  # first maximum: ties go to the earlier tile
+    return [(owner == i)[s // m : e // m] for i, (s, e) in enumerate(spans)]
 
 
 def _fov_mask(box, crop, f: int, device, dtype) -> torch.Tensor | None:
@@ -486,41 +541,38 @@ class _Blender:
 # --------------------------------------------------------------------------------------
 
 
+def mc_chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of the dropout RNG for MC chunk ``chunk`` (0-based) of a call with ``seed``."""
+    return (int(seed) * 1_000_003 + 7919 * int(chunk)) % (2**63 - 1)
+
+
 class _RngStream:
-    """A private random stream for dropout on ``device``: inside :meth:`active` the global
-    generator of that device continues this stream; the caller's state is restored on exit
-    (so yields of the job never leak or consume the caller's random state)."""
+    """Private dropout randomness on ``device``: inside :meth:`active(chunk)` the global
+    generator(s) are seeded with :func:`mc_chunk_seed`; the caller's state is restored on
+    exit (yields of the job never leak or consume the caller's random state). Seeding per
+    chunk, not continuing one stream, makes chunk ``c`` draw the same dropout masks in every
+    tile and in the encoder-only pooling pass."""
 
     def __init__(self, seed: int, device: torch.device):
         self.seed = int(seed)
         self.device = device
         self.cuda = device.type == "cuda"
-        self._state: tuple | None = None
-
-    def reset(self) -> None:
-        self._state = None
 
     @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, chunk: int) -> Iterator[None]:
         idx = self.device.index
         if self.cuda and idx is None:
             idx = torch.cuda.current_device()
         devices = [idx] if self.cuda else []
+        s = mc_chunk_seed(self.seed, chunk)
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            if self._state is None:
-                torch.default_generator.manual_seed(self.seed)
-                if self.cuda:
-                    with torch.cuda.device(devices[0]):
-                        torch.cuda.manual_seed(self.seed)
-                elif self.device.type != "cpu":
-                    torch.manual_seed(self.seed)
-            else:
-                torch.set_rng_state(self._state[0])
-                if self.cuda:
-                    torch.cuda.set_rng_state(self._state[1], devices[0])
+            torch.default_generator.manual_seed(s)
+            if self.cuda:
+                with torch.cuda.device(devices[0]):
+                    torch.cuda.manual_seed(s)
+            elif self.device.type != "cpu":
+                torch.manual_seed(s)
             yield
-            cuda_state = torch.cuda.get_rng_state(devices[0]) if self.cuda else None
-            self._state = (torch.get_rng_state(), cuda_state)
 
 
 class _EvalModes:
@@ -603,7 +655,7 @@ def predict_sim(
     mc_samples: int = 0,
     mc_batch: int = 4,
     tile: int | None = None,
-    overlap: int = 16,
+    overlap: int | None = None,
     device: str | torch.device = "cpu",
     sigma_scale: dict[str, float] | None = None,
     seed: int = 0,
@@ -620,7 +672,9 @@ def predict_sim(
     mc_samples : number ``T`` of MC-dropout samples; 0 = one deterministic eval-mode pass.
     mc_batch : samples drawn per forward pass (the input is repeated along the batch).
     tile : tile size in LR pixels (``None``: whole image); ``tile > 2 * overlap``.
-    overlap : overlap of neighbouring tiles in LR pixels.
+    overlap : overlap of neighbouring tiles in LR pixels; ``None`` (default): the smallest
+        overlap for which tiling is exact (``2 * (receptive radius + PSF radius) + 16``),
+        or 16 for a model that cannot tile exactly (GroupNorm).
     device : torch device for the network and the physics.
     sigma_scale : std recalibration factors, keys ``"emitter"``, ``"lp"``, ``"psf"``,
         ``"raw"`` (missing = 1); they multiply the std maps.
@@ -637,10 +691,11 @@ def predict_sim(
     x = _as_stack(frames, model)
     mc_samples = _int_param("mc_samples", mc_samples, 0)
     mc_batch = _int_param("mc_batch", mc_batch, 1)
-    overlap = _int_param("overlap", overlap, 0)
+    if overlap is not None:
+        overlap = _int_param("overlap", overlap, 0)
     if tile is not None:
         tile = _int_param("tile", tile, 1)
-        if tile <= 2 * overlap:
+        if overlap is not None and tile <= 2 * overlap:
             raise InputError(
                 f"tile ({tile}) must be larger than twice the overlap ({overlap}): "
                 f"use tile >= {2 * overlap + 1} or a smaller overlap"
@@ -657,7 +712,14 @@ def predict_sim(
     cfg = getattr(model, "cfg", None)
     align = 2 ** int(getattr(cfg, "depth", 0))
     _, h, w = x.shape
-    plan = _plan_tiles(h, w, tile, overlap, align)
+    radius = getattr(model, "receptive_radius", None)
+    need = None
+    if radius is not None and getattr(model, "tiling_exact", False):
+        # rec at LR pixel p reads the emitter over the PSF support around p's HR pixels
+        k = int(getattr(cfg, "psf_size", 1))
+        need = int(radius) + -(-(k // 2) // f)
+    plan = _plan_tiles(h, w, tile, overlap, align, need)
+    two_pass = plan.tiled and hasattr(model, "bottleneck")
     if plan.tiled:
         x, _, _ = _pad_like_model(x, align)
     hp, wp = plan.padded_shape
@@ -688,26 +750,54 @@ def predict_sim(
             modes = _EvalModes(model)
         chunks = [min(mc_batch, n_draw - i) for i in range(0, n_draw, mc_batch)] if mc else [1]
         n_tiles = len(plan.boxes)
-        total = n_tiles * len(chunks)
+        total = n_tiles * len(chunks) * (2 if two_pass else 1)
         rng = _RngStream(int(seed), dev)
+        step = 0
+        timings = {"model_s": 0.0, "physics_s": 0.0, "pooling_s": 0.0}
+
+        # ---- pass 1 (tiled): the whole-image mean of the bottleneck features, per chunk,
+        # so every tile gets the PSF/background of the whole field (as untiled inference)
+        pooled: list[torch.Tensor | None] = [None] * len(chunks)
+        if two_pass:
+            owners = [_cell_owners(plan.spans[ax], plan.padded_shape[ax], align) for ax in (0, 1)]
+            n_x = len(plan.spans[1])
+            sums: list[torch.Tensor | None] = [None] * len(chunks)
+            for ti, box in enumerate(plan.boxes):
+                y0, y1, x0, x1 = box
+                own = torch.from_numpy(np.outer(owners[0][ti // n_x], owners[1][ti % n_x])).to(dev)
+                xt = x[None, :, y0:y1, x0:x1].to(device=dev, dtype=dtype)
+                for ci, c in enumerate(chunks):
+                    with torch.no_grad(), rng.active(ci):
+                        xb = xt.expand(c, -1, -1, -1).contiguous() if c > 1 else xt
+                        t0 = time.perf_counter()
+                        bt = model.bottleneck(xb, check_input=False)
+                        timings["pooling_s"] += time.perf_counter() - t0
+                        part = bt[..., own].double().sum(dim=-1)
+                    sums[ci] = part if sums[ci] is None else sums[ci] + part
+                    step += 1
+                    yield Event(STAGE, step, total, {}, f"pooling tile {ti + 1}/{n_tiles}")
+            n_cells = (plan.padded_shape[0] // align) * (plan.padded_shape[1] // align)
+            pooled = [None if t is None else (t / n_cells).to(dtype) for t in sums]
+
         blend = _Blender()
         glob: dict[str, Any] = {}  # weighted sums of PSF/background statistics
         glob_w = 0.0
-        timings = {"model_s": 0.0, "physics_s": 0.0}
         have: dict[str, bool] = {}
-        step = 0
 
         for ti, box in enumerate(plan.boxes):
             y0, y1, x0, x1 = box
             xt = x[None, :, y0:y1, x0:x1].to(device=dev, dtype=dtype)
             stats: dict[str, RunningMoments] = {}
             fov = _fov_mask(box, crop_lr, f, dev, dtype)
-            rng.reset()  # sample t gets the same dropout masks in every tile
             for ci, c in enumerate(chunks):
-                with torch.no_grad(), rng.active():
+                # chunk ci draws the same dropout masks in every tile (and in pass 1)
+                with torch.no_grad(), rng.active(ci):
                     t0 = time.perf_counter()
                     xb = xt.expand(c, -1, -1, -1).contiguous() if c > 1 else xt
-                    out = model(xb, check_input=False)
+                    if pooled[ci] is not None:
+                        out = model(xb, check_input=False, pooled=pooled[ci])
+                    else:
+                        out = model(xb, check_input=False)
                     t1 = time.perf_counter()
                     need_var = any(
                         v is not None for v in (out.emitter_var, out.lp_var, out.psf_var)
@@ -809,6 +899,8 @@ def predict_sim(
             "requested_tile": tile,
             "requested_overlap": overlap,
             "tile_align": align,
+            "tiling_exact": plan.exact,
+            "receptive_radius": None if radius is None else int(radius),
             "n_tiles": n_tiles,
             "tile_boxes": [
                 (
