@@ -157,3 +157,30 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     # each rank sees half of the 8 stacks per epoch: 2 steps of 2 stacks
     assert int(rows[-1]["step"]) == 8
     assert ddp[-1] < ddp[0]
+
+
+def test_camera_noise_starts_from_the_data_and_learns_faster(data, tmp_path):
+    import torch.nn.functional as F
+
+    from napari_sim_uq.data.sim_dataset import SimStackDataset
+    from napari_sim_uq.training.sim_loss import CameraNoise
+
+    def camera(ck_dir):
+        state = load_checkpoint(Path(ck_dir) / "latest.pt").extra["loss_state"]
+        return float(F.softplus(state["camera.a"])), float(F.softplus(state["camera.c"]))
+
+    # a tiny learning rate: after one Adam step the values are the starting values
+    run(train_sim_job(_cfg(data, tmp_path / "d", max_steps=1, lr=1e-9)))
+    ds = SimStackDataset(str(data / "train" / "*.tif"), expected_frames=9)
+    ref = CameraNoise()
+    alpha, beta = ref.init_from_data(torch.stack([ds[i]["x"] for i in range(len(ds))]))
+    got = camera(tmp_path / "d")
+    assert got[0] == pytest.approx(alpha, rel=1e-4) and got[1] == pytest.approx(beta, rel=1e-3)
+    run(train_sim_job(_cfg(data, tmp_path / "f", max_steps=1, lr=1e-9, camera_init="fixed")))
+    assert camera(tmp_path / "f")[0] == pytest.approx(1e-3, rel=1e-4)
+    # the camera parameters form their own optimiser group with lr * camera_lr_factor
+    ck = load_checkpoint(tmp_path / "d" / "latest.pt")
+    lrs = [g["lr"] for g in ck.optimizer_state["param_groups"]]
+    assert lrs == pytest.approx([1e-9, 1e-8])
+    with pytest.raises(InputError, match="camera_init"):
+        _cfg(data, tmp_path / "x", camera_init="guess").validate()

@@ -11,7 +11,10 @@ Files in ``ckpt_dir`` (written by rank 0 only, atomically):
 - ``latest.pt``: the last state (weights, optimiser, loss parameters, epoch/step);
 - ``best.pt``: the state with the lowest validation loss (training loss without
   validation data);
-- ``metrics.csv``: one row per epoch (losses and calibration metrics).
+- ``metrics.csv``: one row per epoch (losses and calibration metrics);
+- ``debug_samples/epoch_XXX/``: with ``debug_every_epochs = N > 0``, every ``N`` epochs,
+  predictions, std maps, summaries and plots for a few fixed samples
+  (:mod:`napari_sim_uq.training.debug`; an Event with stage ``"debug"`` names the folder).
 
 Under ``torchrun --nproc_per_node=N`` the same job trains with DistributedDataParallel
 (NCCL on GPUs, gloo on CPU).
@@ -56,6 +59,15 @@ class TrainConfig(JsonConfig):
     supervised: bool = False
     gt_norm: str = "raw"
     norm_mode: str = "percentile"
+    # camera-noise parameters: "data" estimates them from the first training batches at the
+    # start of a new run (CameraNoise.init_from_data), "fixed" starts from the loss config's
+    # initial values; they learn with lr * camera_lr_factor (two scalars that would
+    # otherwise need thousands of Adam steps to move by an order of magnitude)
+    camera_init: str = "data"
+    camera_lr_factor: float = 10.0
+    # debug folders (training/debug.py): every N epochs (0: off), on the first K samples
+    debug_every_epochs: int = 0
+    debug_samples: int = 2
     # model (SimNetConfig fields)
     model: dict = field(default_factory=dict)
     # loss (SimLossConfig fields)
@@ -72,6 +84,18 @@ class TrainConfig(JsonConfig):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1, got {self.max_steps!r}")
+        if self.camera_init not in ("data", "fixed"):
+            raise InputError(f"camera_init must be 'data' or 'fixed', got {self.camera_init!r}")
+        if not (self.camera_lr_factor > 0 and math.isfinite(self.camera_lr_factor)):
+            raise InputError(
+                f"camera_lr_factor must be a positive number, got {self.camera_lr_factor!r}"
+            )
+        d = self.debug_every_epochs
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise InputError(f"debug_every_epochs must be an integer >= 0 (0: off), got {d!r}")
+        k = self.debug_samples
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"debug_samples must be a positive integer, got {k!r}")
 
 
 def resolve_device(name: str):
@@ -255,11 +279,30 @@ def train_sim_job(cfg: TrainConfig):
         else None
     )
 
+    debug_writer = None
+    if cfg.debug_every_epochs and dist.main:
+        from napari_sim_uq.training.debug import DEBUG_DIRNAME, DebugSampleWriter
+
+        # fixed samples, never randomly cropped: validation data, else the training files
+        if val_ds is not None:
+            debug_ds = val_ds
+        else:
+            debug_ds = dataset(cfg.train_glob, None) if cfg.crop else train_ds
+        debug_writer = DebugSampleWriter(
+            debug_ds,
+            ckpt_dir / DEBUG_DIRNAME,
+            n_samples=cfg.debug_samples,
+            supervised=cfg.supervised,
+        )
+
     model = SimUQNet(model_cfg).to(device)
     loss_cfg = SimLossConfig.from_dict({"supervised": cfg.supervised, **dict(cfg.loss)})
     criterion = SimLoss(loss_cfg, model_cfg.hr_factor).to(device)
     params = list(model.parameters()) + list(criterion.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.parameters())}]
+    if list(criterion.parameters()):
+        groups.append({"params": list(criterion.parameters()), "lr": cfg.lr * cfg.camera_lr_factor})
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start_epoch, step, best_val = 0, 0, math.inf
     if cfg.resume and latest.exists():
@@ -278,6 +321,9 @@ def train_sim_job(cfg: TrainConfig):
         start_epoch = int(ck.train_state.get("epoch", 0))
         step = int(ck.train_state.get("step", 0))
         best_val = float(ck.train_state.get("best_metric", math.inf))
+
+    if not (cfg.resume and latest.exists()) and cfg.camera_init == "data":
+        _init_camera(criterion, train_ds, device, dist)
 
     wrapped = model
     if dist.enabled:
@@ -373,6 +419,9 @@ def train_sim_job(cfg: TrainConfig):
                 best_val = score
                 save(best, completed_epoch)
             save(latest, completed_epoch)
+            if debug_writer is not None and completed_epoch % cfg.debug_every_epochs == 0:
+                _, msg = debug_writer(model, criterion, completed_epoch)
+                yield Event("debug", completed_epoch, cfg.epochs, {"epoch": completed_epoch}, msg)
     except GeneratorExit:
         stopped = True
         raise
@@ -400,6 +449,21 @@ def train_sim_job(cfg: TrainConfig):
         "world_size": dist.world,
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def _init_camera(criterion, dataset, device, dist: _Dist, n_stacks: int = 8) -> None:
+    """Start the camera-noise parameters from the data (the first ``n_stacks`` training
+    stacks, the same on every rank). An upper bound in practice (see
+    :meth:`CameraNoise.init_from_data`), which the training then lowers."""
+    import torch
+
+    camera = getattr(criterion, "camera", None)
+    if camera is None or len(dataset) == 0:
+        return
+    xs = [dataset[i]["x"] for i in range(min(n_stacks, len(dataset)))]
+    shapes = {tuple(x.shape) for x in xs}
+    data = torch.stack(xs) if len(shapes) == 1 else xs[0][None]
+    camera.init_from_data(data.to(device))
 
 
 def _validate(model, criterion, loader, device, dist: _Dist) -> dict[str, float]:
