@@ -290,6 +290,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--uq-aux-rec-weight", type=float, default=0.0)
     lo.add_argument("--uq-aux-rec-mode", default="l1", choices=["l1", "ms-ssim"])
     lo.add_argument("--beta-nll", type=float, default=0.0)
+    dbg = p.add_argument_group("debug output")
+    dbg.add_argument(
+        "--debug-every-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N epochs write CKPT_DIR/debug_samples/epoch_XXX/ (predictions, std maps, "
+        "histograms, summaries; 0 = off, the default)",
+    )
+    dbg.add_argument(
+        "--debug-samples",
+        type=int,
+        default=2,
+        metavar="K",
+        help="number of fixed (validation) samples in each debug folder (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -320,6 +336,8 @@ def _train(args: argparse.Namespace) -> int:
         crop=args.crop,
         supervised=args.supervised,
         gt_norm=args.gt_norm,
+        debug_every_epochs=args.debug_every_epochs,
+        debug_samples=args.debug_samples,
         model={
             "hr_factor": args.hr_factor,
             "base_channels": args.base_channels,
@@ -357,6 +375,36 @@ def _train(args: argparse.Namespace) -> int:
             f"checkpoints: {result['latest']}, {result['best']}; metrics: "
             f"{Path(result['ckpt_dir']) / 'metrics.csv'}"
         )
+        if args.debug_every_epochs:
+            print(f"debug folders: {Path(result['ckpt_dir']) / 'debug_samples'}/epoch_XXX/")
+    return 0
+
+
+# --------------------------------------------------------------------------- plot-metrics
+
+
+def _plot_metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "csv", type=Path, help="the metrics.csv of a training run (CKPT_DIR/metrics.csv)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG to write (default: metrics.png next to the CSV; replaced if it exists)",
+    )
+
+
+@command(
+    "plot-metrics",
+    "draw the loss and calibration curves of a training run (metrics.csv) as a PNG",
+    _plot_metrics_args,
+)
+def _plot_metrics(args: argparse.Namespace) -> int:
+    from napari_sim_uq.plots import plot_metrics_csv
+
+    path = plot_metrics_csv(args.csv, args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -373,8 +421,19 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
         default=0,
         help="MC-dropout samples for the epistemic part (default: 0 = off)",
     )
-    p.add_argument("--tile", type=int, default=None, help="tile size in raw pixels")
-    p.add_argument("--overlap", type=int, default=16, help="tile overlap in raw pixels")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile size in raw pixels, bounds memory on large images (default: whole image)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in raw pixels (default: the smallest overlap for which tiling "
+        "gives exactly the whole-image result)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--quiet", action="store_true")
@@ -421,6 +480,225 @@ def _reconstruct(args: argparse.Namespace) -> int:
             f"{path}: wrote {len(written)} files to {args.out_dir}/ "
             f"(mean emitter std {float(rec.arrays['emitter_std'].mean()):.4g})"
         )
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate, calibrate
+
+
+def _eval_common_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a trained model (best.pt)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="dataset folder with <split>/ raw stacks and <split>_gt/ ground truth",
+    )
+    p.add_argument("--split", default=split, help="split folder to use (default: %(default)s)")
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        default=0,
+        help="MC-dropout samples for the epistemic part (default: 0 = off)",
+    )
+    p.add_argument("--tile", type=int, default=None, help="tile size in raw pixels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--max-samples", type=int, default=None, help="use only the first N stacks of the split"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    _eval_common_args(p, "test")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="writes metrics.json and calibration_curves.png here",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+@command(
+    "evaluate",
+    "evaluate a checkpoint on a dataset split: image quality against the ground truth "
+    "(and a widefield baseline) and calibration of the predicted uncertainties",
+    _evaluate_args,
+)
+def _evaluate(args: argparse.Namespace) -> int:
+    from napari_sim_uq.jobs.evaluate import evaluate_sim_job
+    from napari_sim_uq.jobs.events import run_with_progress
+
+    doc = run_with_progress(
+        evaluate_sim_job(
+            args.checkpoint,
+            args.data_dir,
+            args.split,
+            args.out_dir,
+            mc_samples=args.mc_samples,
+            tile=args.tile,
+            device=args.device,
+            max_samples=args.max_samples,
+            overwrite=args.overwrite,
+        ),
+        disable=args.quiet,
+    )
+    iq, cal = doc["image_quality"], doc["calibration"]
+    scales = ", ".join(f"{k} {v:.4g}" for k, v in doc["sigma_scale"]["applied"].items())
+    print(
+        f"{doc['split']}: {doc['n_samples']} stacks, mc_samples={doc['mc_samples']}, "
+        f"sigma scale: {scales}"
+    )
+    print(f"{'':<10} {'PSNR dB':>8} {'SSIM':>6} {'ZMS':>8} {'cov95':>6} {'Spearman':>8}")
+    for name in ("emitter", "widefield", "lp", "raw"):
+        q = iq.get(name) or {}
+        c = cal.get(name) or {}
+        if not q and not c.get("available"):
+            continue
+        print(
+            f"{name:<10} {_fmt(q.get('psnr'), '.2f'):>8} {_fmt(q.get('ssim')):>6} "
+            f"{_fmt(c.get('zms'), '.3g'):>8} {_fmt(c.get('cov95')):>6} "
+            f"{_fmt(c.get('spearman')):>8}"
+        )
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"metrics: {doc['files']['metrics']}")
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    _eval_common_args(p, "val")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write a calibrated copy to this new file instead of updating --checkpoint",
+    )
+    p.add_argument(
+        "--quantities",
+        default=None,
+        help="comma-separated subset of emitter,lp,raw (default: all the data allow)",
+    )
+
+
+@command(
+    "calibrate",
+    "fit the sigma scale s = sqrt(mean(r^2/sigma^2)) per quantity on held-out data and "
+    "store it in the checkpoint",
+    _calibrate_args,
+)
+def _calibrate(args: argparse.Namespace) -> int:
+    from napari_sim_uq.jobs.evaluate import calibrate_sim_job
+    from napari_sim_uq.jobs.events import run_with_progress
+
+    quantities = None
+    if args.quantities is not None:
+        quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
+    res = run_with_progress(
+        calibrate_sim_job(
+            args.checkpoint,
+            args.data_dir,
+            args.split,
+            mc_samples=args.mc_samples,
+            tile=args.tile,
+            device=args.device,
+            max_samples=args.max_samples,
+            quantities=quantities,
+            out=args.out,
+        ),
+        disable=args.quiet,
+    )
+    print(f"{res['split']}: {res['n_samples']} stacks, mc_samples={res['mc_samples']}")
+    print(
+        f"{'':<8} {'old s':>8} {'new s':>8} {'ZMS before':>10} {'ZMS after':>9} "
+        f"{'cov95 before':>12} {'cov95 after':>11}"
+    )
+    for q, s in res["fitted"].items():
+        old = res["previous_sigma_scale"].get(q, 1.0)
+        b, a = res["before"][q], res["after"][q]
+        print(
+            f"{q:<8} {old:>8.4g} {s:>8.4g} {_fmt(b['zms'], '.4g'):>10} "
+            f"{_fmt(a['zms'], '.4g'):>9} {_fmt(b['cov95']):>12} {_fmt(a['cov95']):>11}"
+        )
+    for note in res["notes"]:
+        print(f"note: {note}")
+    print(f"sigma scale stored in {res['written']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    from napari_sim_uq.jobs.demo import DemoConfig
+
+    d = DemoConfig()
+    p.add_argument(
+        "--out-dir", type=Path, default=Path(d.out_dir), help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=d.train_minutes,
+        help="training time budget; it stops between epochs (default: %(default)s)",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="training stacks to generate")
+    p.add_argument("--n-val", type=int, default=d.n_val, help="validation stacks (calibration)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="held-out test stacks")
+    p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
+    p.add_argument("--hr-factor", type=int, default=d.hr_factor)
+    p.add_argument("--mc-samples", type=int, default=d.mc_samples)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command(
+    "demo",
+    "the whole workflow in minutes: generate data, train, calibrate, evaluate on held-out "
+    "data, reconstruct, and draw a summary figure",
+    _demo_args,
+)
+def _demo(args: argparse.Namespace) -> int:
+    from napari_sim_uq.jobs.demo import DemoConfig, demo_job
+    from napari_sim_uq.jobs.events import run_with_progress
+
+    cfg = DemoConfig(
+        out_dir=str(args.out_dir),
+        train_minutes=args.train_minutes,
+        epochs=args.epochs,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        lr_size=args.size,
+        hr_factor=args.hr_factor,
+        mc_samples=args.mc_samples,
+        device=args.device,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    res = run_with_progress(demo_job(cfg), disable=args.quiet)
+    t = res["timings"]
+    print(
+        f"demo finished in {t['total_s'] / 60:.1f} min on {res['device']} "
+        f"({res['epochs_trained']} epochs of training)"
+    )
+    print(f"  summary figure   {res['summary']}")
+    print(f"  test metrics     {res['evaluation']}")
+    print(f"  reconstruction   {Path(res['reconstruction'][0]).parent}/")
+    print(f"  model            {res['checkpoint']}")
+    print(f"  data             {res['data']}/")
+    print(
+        f"open in napari:    napari --plugin napari-sim-uq {res['reconstruction'][0]} "
+        f"{Path(res['data']) / 'test'}/*.tif"
+    )
     return 0
 
 

@@ -1,0 +1,95 @@
+"""`sim-uq demo` (jobs/demo.py) on a tiny configuration: every product is written, the
+figure shows the held-out stack, the sigma scale lands in the checkpoint, nothing of the
+user's is overwritten."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_sim_uq.cli import main
+from napari_sim_uq.data.checkpoint import load_checkpoint
+from napari_sim_uq.data.tiff_io import read_image
+from napari_sim_uq.errors import InputError
+from napari_sim_uq.jobs.demo import DemoConfig, demo_job
+from napari_sim_uq.jobs.events import run
+
+TINY = dict(
+    n_train=4, n_val=2, n_test=2, lr_size=16, depth=1, base_channels=4, epochs=2, batch_size=2
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    (out / "my_notes.txt").write_text("keep me")
+    events = []
+    res = run(demo_job(DemoConfig(out_dir=str(out), device="cpu", **TINY)), events.append)
+    return out, res, events
+
+
+def test_demo_writes_every_product(demo):
+    out, res, events = demo
+    for name in ("data/train", "data/val", "data/test", "data/test_gt", "checkpoints/best.pt"):
+        assert (out / name).exists(), name
+    assert len(list((out / "data" / "train").glob("*.tif"))) == 4
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert "emitter" in json.dumps(metrics)
+    stems = {p.name for p in (out / "reconstruction").iterdir()}
+    assert "sample_00000_emitter.tif" in stems and "sample_00000_emitter_std.tif" in stems
+    img = np.asarray(Image.open(out / "summary.png"))
+    assert img.ndim == 3 and img.shape[0] > 400 and img.shape[1] > 600
+    assert img.std() > 10  # not a blank page
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["summary"] == res["summary"] and saved["epochs_trained"] == 2
+    assert {e.stage for e in events} >= {"generate", "train", "validate", "summary"}
+    assert (out / "my_notes.txt").read_text() == "keep me"
+
+
+def test_demo_calibrates_the_checkpoint_on_validation_data(demo):
+    out, res, _ = demo
+    ck = load_checkpoint(out / "checkpoints" / "best.pt")
+    scale = ck.sigma_scale
+    assert scale["raw"] != 1.0 and scale["emitter"] != 1.0
+    # the reconstruction applies it: its uq.json records the same scale
+    uq = json.loads((out / "reconstruction" / "sample_00000_uq.json").read_text())
+    assert uq["sigma_scale"]["emitter"] == pytest.approx(scale["emitter"])
+    # the written emitter overlays the held-out ground truth (same HR grid)
+    gt = read_image(out / "data" / "test_gt" / "sample_00000.tif")
+    rec = read_image(out / "reconstruction" / "sample_00000_emitter.tif")
+    assert rec.data.shape == gt.data.shape
+    np.testing.assert_allclose(rec.scale, gt.scale, rtol=1e-6)
+
+
+def test_demo_refuses_to_replace_an_earlier_demo(demo, tmp_path):
+    out, _, _ = demo
+    before = (out / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a demo"):
+        run(demo_job(DemoConfig(out_dir=str(out), device="cpu", **TINY)))
+    assert (out / "checkpoints" / "best.pt").read_bytes() == before
+    assert main(["demo", "--out-dir", str(out), "--quiet", "--n-train", "4"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"n_train": 0}, "n_train"),
+        ({"lr_size": 4}, "lr_size"),
+        ({"train_minutes": 0}, "train_minutes"),
+        ({"mc_samples": -1}, "mc_samples"),
+    ],
+)
+def test_demo_bad_options(kw, match, tmp_path):
+    with pytest.raises(InputError, match=match):
+        run(demo_job(DemoConfig(out_dir=str(tmp_path / "o"), **{**TINY, **kw})))
+    assert not (tmp_path / "o").exists()
