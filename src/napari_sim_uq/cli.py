@@ -290,6 +290,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--uq-aux-rec-weight", type=float, default=0.0)
     lo.add_argument("--uq-aux-rec-mode", default="l1", choices=["l1", "ms-ssim"])
     lo.add_argument("--beta-nll", type=float, default=0.0)
+    lo.add_argument(
+        "--camera-init",
+        default="data",
+        choices=["data", "fixed"],
+        help="camera-noise start: estimated from the data, or fixed small values "
+        "(default: %(default)s)",
+    )
     dbg = p.add_argument_group("debug output")
     dbg.add_argument(
         "--debug-every-epochs",
@@ -336,6 +343,7 @@ def _train(args: argparse.Namespace) -> int:
         crop=args.crop,
         supervised=args.supervised,
         gt_norm=args.gt_norm,
+        camera_init=args.camera_init,
         debug_every_epochs=args.debug_every_epochs,
         debug_samples=args.debug_samples,
         model={
