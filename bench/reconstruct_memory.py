@@ -46,7 +46,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -57,59 +56,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import RESULTS, machine_info, resolve_devices, write_result
 from napari_sim_uq.models.sim_net import SimNetConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MARK = "RESULT-JSON "
 MiB = 2**20
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(devices) -> dict:
-    info = {
-        "torch": torch.__version__,
-        "devices": [str(d) for d in devices],
-        "threads": torch.get_num_threads(),
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        info["host_memory_bytes"] = int(pages)
-    except (ValueError, OSError, AttributeError):
-        pass
-    if any(d.type == "cuda" for d in devices):
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_version"] = torch.version.cuda
-    return info
-
-
-def resolve_devices(spec: str) -> list[torch.device]:
-    if spec == "auto":
-        names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    else:
-        names = [s.strip() for s in spec.split(",") if s.strip()]
-    devices = [torch.device(n) for n in names]
-    if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but PyTorch sees no CUDA GPU")
-    return devices
-
-
-# --------------------------------------------------------------------------------------
-# worker (one configuration, in its own process)
-# --------------------------------------------------------------------------------------
 
 
 def _rss_now() -> int:
@@ -368,10 +319,7 @@ def main(argv=None):
         "environment": env,
         "results": rows,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out_path}")
-    return result
+    return write_result(out_path, result)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import platform
 import statistics
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from _common import write_result
 from napari_sim_uq.physics import gaussian_psf, illumination_patterns, propagate_variance
 
 BACKENDS = ("fft", "direct", "direct_strided")
@@ -203,10 +203,7 @@ def main(argv=None):
         },
         "results": rows,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out_path}")
-    return result
+    return write_result(out_path, result)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny tensors on one torch thread (restored afterwards): on a loaded
+    2-core machine the intra-op thread pool waits far longer than it computes (about 20x
+    slower measured). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import spearmanr
 
 from napari_sim_uq.data.checkpoint import checkpoint_summary, load_checkpoint
@@ -20,12 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "example_data"
 MODEL = EXAMPLES / "sim_uq_demo_model.pt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shipped_model_is_small_calibrated_and_safe():

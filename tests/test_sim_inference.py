@@ -30,14 +30,7 @@ F_HR = 2
 PSF_K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on a loaded 2-core machine, torch's intra-op thread pool spends far more
-    # time waiting than computing (about 20x slower here); restored after this module
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int = 0, **kw) -> SimUQNet:

@@ -32,14 +32,7 @@ def tiny_net(**kw) -> SimUQNet:
     return SimUQNet(SimNetConfig(**cfg))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (and stall badly on a
-    loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
