@@ -61,7 +61,9 @@ def test_training_lowers_the_loss_and_writes_files(data, tmp_path):
 
 def test_resume_continues_the_same_run(data, tmp_path):
     run(train_sim_job(_cfg(data, tmp_path / "full", epochs=3)))
-    run(train_sim_job(_cfg(data, tmp_path / "part", epochs=2)))
+    # interrupted after 2 of the 3 planned epochs (same learning-rate schedule), then resumed
+    run(train_sim_job(_cfg(data, tmp_path / "part", epochs=3, max_steps=4)))
+    assert load_checkpoint(tmp_path / "part" / "latest.pt").train_state["epoch"] == 2
     run(train_sim_job(_cfg(data, tmp_path / "part", epochs=3, resume=True)))
     full = load_checkpoint(tmp_path / "full" / "latest.pt")
     part = load_checkpoint(tmp_path / "part" / "latest.pt")
@@ -170,7 +172,7 @@ def test_camera_noise_starts_from_the_data_and_learns_faster(data, tmp_path):
         return float(F.softplus(state["camera.a"])), float(F.softplus(state["camera.c"]))
 
     # a tiny learning rate: after one Adam step the values are the starting values
-    run(train_sim_job(_cfg(data, tmp_path / "d", max_steps=1, lr=1e-9)))
+    run(train_sim_job(_cfg(data, tmp_path / "d", max_steps=1, lr=1e-9, lr_schedule="constant")))
     ds = SimStackDataset(str(data / "train" / "*.tif"), expected_frames=9)
     ref = CameraNoise()
     alpha, beta = ref.init_from_data(torch.stack([ds[i]["x"] for i in range(len(ds))]))
@@ -184,3 +186,18 @@ def test_camera_noise_starts_from_the_data_and_learns_faster(data, tmp_path):
     assert lrs == pytest.approx([1e-9, 1e-8])
     with pytest.raises(InputError, match="camera_init"):
         _cfg(data, tmp_path / "x", camera_init="guess").validate()
+
+
+def test_cosine_learning_rate_schedule(data, tmp_path):
+    import math
+
+    # 8 stacks / batch 4 = 2 steps per epoch, 3 epochs: 6 planned steps, stopped after 4
+    run(train_sim_job(_cfg(data, tmp_path / "c", max_steps=4, lr=1e-3, min_lr_ratio=0.1)))
+    ck = load_checkpoint(tmp_path / "c" / "latest.pt")
+    factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 6))  # plan: the 3 epochs
+    lrs = [g["lr"] for g in ck.optimizer_state["param_groups"]]
+    assert lrs == pytest.approx([1e-3 * factor, 1e-2 * factor])
+    assert ck.scheduler_state["last_epoch"] == 4
+    run(train_sim_job(_cfg(data, tmp_path / "k", max_steps=2, lr_schedule="constant")))
+    ck = load_checkpoint(tmp_path / "k" / "latest.pt")
+    assert ck.optimizer_state["param_groups"][0]["lr"] == pytest.approx(3e-3)

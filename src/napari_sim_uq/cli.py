@@ -254,6 +254,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        default="cosine",
+        choices=["cosine", "constant"],
+        help="cosine: decay to 5%% of --lr over the epochs (default: %(default)s)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/latest.pt")
     p.add_argument("--seed", type=int, default=0)
@@ -344,6 +350,7 @@ def _train(args: argparse.Namespace) -> int:
         supervised=args.supervised,
         gt_norm=args.gt_norm,
         camera_init=args.camera_init,
+        lr_schedule=args.lr_schedule,
         debug_every_epochs=args.debug_every_epochs,
         debug_samples=args.debug_samples,
         model={

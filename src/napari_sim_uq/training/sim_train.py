@@ -65,6 +65,10 @@ class TrainConfig(JsonConfig):
     # otherwise need thousands of Adam steps to move by an order of magnitude)
     camera_init: str = "data"
     camera_lr_factor: float = 10.0
+    # learning-rate schedule over the run's steps: "cosine" decays from lr to
+    # lr * min_lr_ratio (every group alike), "constant" keeps lr
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
     # debug folders (training/debug.py): every N epochs (0: off), on the first K samples
     debug_every_epochs: int = 0
     debug_samples: int = 2
@@ -84,6 +88,12 @@ class TrainConfig(JsonConfig):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1, got {self.max_steps!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise InputError(
+                f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InputError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
         if self.camera_init not in ("data", "fixed"):
             raise InputError(f"camera_init must be 'data' or 'fixed', got {self.camera_init!r}")
         if not (self.camera_lr_factor > 0 and math.isfinite(self.camera_lr_factor)):
@@ -303,6 +313,12 @@ def train_sim_job(cfg: TrainConfig):
     if list(criterion.parameters()):
         groups.append({"params": list(criterion.parameters()), "lr": cfg.lr * cfg.camera_lr_factor})
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the schedule spans the planned epochs; max_steps only interrupts the run, so a run
+    # stopped early and resumed follows the same schedule as an uninterrupted one
+    planned_steps = len(train_loader) * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _CosineFactor(planned_steps, cfg.min_lr_ratio, cfg.lr_schedule == "cosine")
+    )
 
     start_epoch, step, best_val = 0, 0, math.inf
     if cfg.resume and latest.exists():
@@ -316,6 +332,8 @@ def train_sim_job(cfg: TrainConfig):
         criterion.load_state_dict(ck.extra.get("loss_state", {}))
         if ck.optimizer_state:
             opt.load_state_dict(ck.optimizer_state)
+        if ck.scheduler_state:
+            sched.load_state_dict(ck.scheduler_state)
         if isinstance(ck.extra.get("rng_state"), torch.Tensor):
             torch.set_rng_state(ck.extra["rng_state"].to("cpu", torch.uint8))
         start_epoch = int(ck.train_state.get("epoch", 0))
@@ -349,6 +367,7 @@ def train_sim_job(cfg: TrainConfig):
             model_state=model.state_dict(),
             config=full_config,
             optimizer_state=opt.state_dict(),
+            scheduler_state=sched.state_dict(),
             normalization={"mode": cfg.norm_mode, "per_stack": True, "gt_norm": cfg.gt_norm},
             sigma_scale={"emitter": 1.0, "lp": 1.0, "raw": 1.0},
             train_state={"epoch": epoch, "step": step, "best_metric": best_val},
@@ -394,6 +413,7 @@ def train_sim_job(cfg: TrainConfig):
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
+                sched.step()
                 step += 1
                 n_batches += 1
                 terms = {"loss": float(res.total.detach()), **res.terms}
@@ -449,6 +469,22 @@ def train_sim_job(cfg: TrainConfig):
         "world_size": dist.world,
         "seconds": time.perf_counter() - t_start,
     }
+
+
+class _CosineFactor:
+    """Learning-rate factor at step ``s``: ``r + (1 - r) (1 + cos(pi s / n)) / 2`` (cosine
+    decay from 1 to ``r`` over ``n`` steps), or 1 for a constant schedule."""
+
+    def __init__(self, n_steps: int, min_ratio: float, cosine: bool) -> None:
+        self.n = max(int(n_steps), 1)
+        self.r = float(min_ratio)
+        self.cosine = bool(cosine)
+
+    def __call__(self, step: int) -> float:
+        if not self.cosine:
+            return 1.0
+        t = min(step, self.n) / self.n
+        return self.r + (1.0 - self.r) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _init_camera(criterion, dataset, device, dist: _Dist, n_stacks: int = 8) -> None:
