@@ -24,6 +24,11 @@ _API = {
     "image2d_sample": "napari_sim_uq.data.samples",
     "SimUqError": "napari_sim_uq.errors",
     "InputError": "napari_sim_uq.errors",
+    "reconstruct_sim": "napari_sim_uq.api",
+    "generate_sim": "napari_sim_uq.api",
+    "train_sim": "napari_sim_uq.api",
+    "evaluate_sim": "napari_sim_uq.api",
+    "example_model_path": "napari_sim_uq.api",
 }
 
 __all__ = ["__version__", *_API]

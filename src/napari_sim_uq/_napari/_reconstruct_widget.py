@@ -1,0 +1,257 @@
+"""Dock widget "Reconstruct SIM": run a trained model on a raw SIM layer (DESIGN.md 2).
+
+The job (:func:`~napari_sim_uq.jobs.reconstruct.reconstruct_sim_job`) runs in a napari
+generator thread worker: its progress events update the bar and status label on the GUI
+thread, Stop calls ``worker.quit()`` (the job closes at its next progress event), and
+``returned`` adds the layers through :func:`napari_sim_uq.api.add_or_replace_layers`, the
+same code path as ``reconstruct_sim(..., viewer=viewer)``. User errors are shown as
+napari notifications. ``NAPARI_SIM_UQ_NOTHREADS=1`` runs the job on the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sim_uq.api import (
+    add_or_replace_layers,
+    reconstruction_layer_data,
+    resolve_checkpoint,
+    sim_source,
+)
+from napari_sim_uq.errors import SimUqError
+from napari_sim_uq.jobs.events import run
+from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
+
+NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _no_threads() -> bool:
+    return os.environ.get(NOTHREADS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class ReconstructSimWidget(QWidget):
+    """Reconstruct the chosen raw SIM layer: emitter, light patterns, PSF and std maps."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_layers: list = []
+
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("raw SIM stack: (angles*phases, H, W) frames or a series")
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("bundled example model")
+        self.checkpoint_edit.setToolTip("a trained checkpoint (.pt); empty: the example model")
+        self.browse_btn = QPushButton("Browse…")
+        self.browse_btn.clicked.connect(self._browse)
+        self.example_btn = QPushButton("Example")
+        self.example_btn.setToolTip("use the bundled example model")
+        self.example_btn.clicked.connect(self.checkpoint_edit.clear)
+        ckpt_row = QHBoxLayout()
+        ckpt_row.setContentsMargins(0, 0, 0, 0)
+        ckpt_row.addWidget(self.checkpoint_edit, 1)
+        ckpt_row.addWidget(self.browse_btn)
+        ckpt_row.addWidget(self.example_btn)
+
+        self.mc_spin = QSpinBox()
+        self.mc_spin.setRange(0, 512)
+        self.mc_spin.setToolTip("MC dropout samples for the epistemic part (0: aleatoric only)")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setSpecialValueText("whole image")
+        self.tile_spin.setToolTip("tile size in raw pixels to bound memory (0: whole image)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+
+        self.run_btn = QPushButton("Run")
+        self.run_btn.clicked.connect(self.run)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.stop_btn.clicked.connect(self.stop)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.stop_btn)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("raw SIM layer", self.layer_combo)
+        form.addRow("checkpoint", ckpt_row)
+        form.addRow("MC samples", self.mc_spin)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("device", self.device_combo)
+        box = QVBoxLayout(self)
+        box.addLayout(form)
+        box.addLayout(buttons)
+        box.addWidget(self.progress)
+        box.addWidget(self.status)
+        box.addStretch(1)
+
+        for ev in ("inserted", "removed", "moved", "changed"):
+            getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ layer choice
+
+    def _image_layers(self) -> list:
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+
+    def _refresh_layers(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            lay = getattr(event, "value", None)
+            if lay is not None:
+                lay.events.name.connect(self._refresh_layers)
+        current = self.layer_combo.currentText()
+        names = [lay.name for lay in self._image_layers()]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        else:  # prefer a stack (3D or more) over a 2D image
+            stacks = [lay.name for lay in self._image_layers() if lay.ndim >= 3]
+            if stacks:
+                self.layer_combo.setCurrentText(stacks[0])
+        self.layer_combo.blockSignals(False)
+
+    def selected_layer(self):
+        name = self.layer_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SIM checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
+        )
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Start a reconstruction of the chosen layer (no-op while one is running)."""
+        if self.worker is not None:
+            return
+        layer = self.selected_layer()
+        if layer is None:
+            self._fail("choose a raw SIM image layer first")
+            return
+        device = self.device_combo.currentText()
+        try:
+            source = sim_source(layer)
+            ckpt = resolve_checkpoint(self.checkpoint_edit.text().strip() or None)
+        except SimUqError as err:
+            self._fail(str(err))
+            return
+        job_kw = {
+            "mc_samples": self.mc_spin.value(),
+            "tile": self.tile_spin.value() or None,
+            "device": device,
+            "angles": source.angles,
+            "phases": source.phases,
+        }
+        self._set_running(True)
+        self.status.setText(f"reconstructing '{source.name}' …")
+
+        def done(rec):
+            self._on_returned(rec, source, device)
+
+        if _no_threads():
+            try:
+                rec = run(reconstruct_sim_job(source.data, ckpt, **job_kw), self._on_event)
+            except Exception as err:  # shown to the user, never a crash
+                self._on_error(err)
+            else:
+                done(rec)
+            finally:
+                self._set_running(False)
+            return
+
+        @thread_worker(ignore_errors=True)
+        def work():
+            return (yield from reconstruct_sim_job(source.data, ckpt, **job_kw))
+
+        worker = work()
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(done)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask the running job to stop at its next progress event."""
+        if self.worker is not None:
+            self.status.setText("stopping …")
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ GUI-thread slots
+
+    def _on_event(self, ev) -> None:
+        if ev.total:
+            self.progress.setRange(0, int(ev.total))
+            self.progress.setValue(min(int(ev.step), int(ev.total)))
+        else:
+            self.progress.setRange(0, 0)  # busy indicator
+        self.status.setText(ev.message or ev.stage)
+
+    def _on_returned(self, rec, source, device) -> None:
+        try:
+            layer_data = reconstruction_layer_data(rec, source, device=device)
+            self.last_layers = add_or_replace_layers(self.viewer, layer_data)
+        except Exception as err:  # shown, not raised
+            self._on_error(err)
+            return
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        msg = f"done: {len(self.last_layers)} layers for '{source.name}'"
+        self.status.setText(msg)
+        show_info(msg)
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, SimUqError):
+            self._fail(str(err))
+        else:
+            self._fail(f"reconstruction failed: {type(err).__name__}: {err}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("stopped; no layers were changed")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        if running:
+            self.progress.setRange(0, 0)

@@ -1,0 +1,113 @@
+"""The "Reconstruct SIM" dock widget, opened through the plugin manifest in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
+
+PLUGIN = "napari-sim-uq"
+SUFFIXES = [
+    "emitter",
+    "emitter std",
+    "light pattern",
+    "light pattern std",
+    "PSF",
+    "PSF std",
+    "reconstruction std",
+]
+
+
+def _dock(viewer):
+    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct SIM")
+    return widget
+
+
+def _run_threaded(qtbot, widget):
+    widget.run()
+    worker = widget.worker
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=5_000)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari_sim_uq._napari._reconstruct_widget as mod
+
+    shown: list[str] = []
+    monkeypatch.setattr(mod, "show_error", shown.append)
+    return shown
+
+
+def test_reconstruct_through_the_manifest(make_napari_viewer, qtbot, monkeypatch, errors):
+    from napari_sim_uq import reconstruct_sim
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "sim_stack")
+    widget = _dock(viewer)
+    assert widget.layer_combo.currentText() == "SIM sample"
+    assert widget.checkpoint_edit.text() == ""  # bundled example model
+    widget.device_combo.setCurrentText("cpu")
+
+    # in a thread worker, as a user runs it
+    _run_threaded(qtbot, widget)
+    assert errors == []
+    names = [f"SIM sample {s}" for s in SUFFIXES]
+    assert [lay.name for lay in viewer.layers] == ["SIM sample", "SIM sample GT emitter", *names]
+    emitter = viewer.layers["SIM sample emitter"]
+    assert emitter.data.shape == (192, 192)
+    np.testing.assert_allclose(emitter.scale, (0.5, 0.5))
+    np.testing.assert_allclose(emitter.translate, (-0.25, -0.25))
+    assert emitter.metadata["sim_uq"]["reconstruction"]["model_type"] == "sim_uq_net"
+    first = emitter.data.copy()
+
+    # the console API on the same layer gives the same emitter
+    console = reconstruct_sim(viewer.layers["SIM sample"], device="cpu")
+    np.testing.assert_array_equal(first, console[0][0])
+
+    # a second run (synchronous, MC dropout on) replaces the layers instead of adding copies
+    monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
+    assert widget.layer_combo.currentText() == "SIM sample"  # choice kept
+    widget.mc_spin.setValue(2)
+    widget.run()
+    assert errors == []
+    assert [lay.name for lay in viewer.layers] == ["SIM sample", "SIM sample GT emitter", *names]
+    again = viewer.layers["SIM sample emitter"]
+    assert again.metadata["sim_uq"]["reconstruction"]["mc_samples"] == 2
+    assert not np.array_equal(again.data, first)  # MC averaging changes the mean
+    assert widget.worker is None and widget.run_btn.isEnabled()
+
+    # the console API with the viewer goes through the same path: still no duplicates
+    layers = reconstruct_sim(viewer.layers["SIM sample"], viewer=viewer, device="cpu")
+    assert [lay.name for lay in layers] == names
+    assert len(viewer.layers) == 2 + len(names)
+    np.testing.assert_array_equal(viewer.layers["SIM sample emitter"].data, first)
+
+
+def test_2d_layer_gives_a_notification(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells_2d")
+    widget = _dock(viewer)
+    widget.layer_combo.setCurrentText("cells 2D")
+    widget.device_combo.setCurrentText("cpu")
+    _run_threaded(qtbot, widget)
+    assert len(errors) == 1 and "2D image" in errors[0]
+    assert "2D image" in widget.status.text()
+    assert [lay.name for lay in viewer.layers] == ["cells 2D"]
+    assert widget.run_btn.isEnabled() and not widget.stop_btn.isEnabled()
+
+
+def test_missing_checkpoint_and_no_layer(make_napari_viewer, tmp_path, errors):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    widget.run()  # nothing to reconstruct
+    assert errors and "choose a raw SIM" in errors[-1]
+    viewer.add_image(np.ones((9, 16, 16), np.float32), name="stack")
+    assert widget.layer_combo.currentText() == "stack"
+    widget.checkpoint_edit.setText(str(tmp_path / "missing.pt"))
+    widget.run()
+    assert "does not exist" in errors[-1]
+    assert widget.worker is None and widget.run_btn.isEnabled()
