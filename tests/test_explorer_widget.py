@@ -148,3 +148,8 @@ def test_mismatched_shapes_notify(make_napari_viewer, errors):
     assert w.stats is not None
     w.ref_combo.setCurrentText("X")
     assert len(errors) == 3 and "reference" in errors[-1]
+    # a removed std layer leaves the choice empty (no arbitrary layer, no notification)
+    w.ref_combo.setCurrentText("(none)")
+    viewer.layers.remove("X emitter std")
+    assert w.std_combo.currentText() == "(none)"
+    assert w.stats is None and len(errors) == 3

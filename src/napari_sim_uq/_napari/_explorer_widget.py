@@ -52,6 +52,8 @@ NONE = "(none)"
 REFERENCE_KINDS = {"ground truth": "gt", "error map": "error"}
 MODE_LABELS = {"absolute std": "absolute", "relative std (std/|mean|)": "relative"}
 N_SLIDER = 1000
+#: Colour of the unreliable pixels: cyan stands out on gray, inferno and magma alike.
+UNRELIABLE_COLOR = (0.0, 0.9, 1.0, 1.0)
 
 
 class UncertaintyExplorerWidget(QWidget):
@@ -212,12 +214,14 @@ class UncertaintyExplorerWidget(QWidget):
         images = self._image_layers()
         names = [lay.name for lay in images]
         pairs = explore.mean_std_pairs(images)
+        # a vanished choice falls back to the automatic pairing or "(none)", never to an
+        # arbitrary layer
         mean_old = self.mean_combo.currentText()
-        self._fill(self.mean_combo, names, mean_old, pairs[0][0] if pairs else None)
+        self._fill(self.mean_combo, [NONE, *names], mean_old, pairs[0][0] if pairs else None)
         mean = self.mean_combo.currentText()
-        std_guess = explore.find_std_layer(mean, images) if mean else None
-        self._fill(self.std_combo, names, self.std_combo.currentText(), std_guess)
-        ref_guess = explore.find_gt_layer(mean, images) if mean else None
+        std_guess = explore.find_std_layer(mean, images) if mean != NONE else None
+        self._fill(self.std_combo, [NONE, *names], self.std_combo.currentText(), std_guess)
+        ref_guess = explore.find_gt_layer(mean, images) if mean != NONE else None
         self._fill(self.ref_combo, [NONE, *names], self.ref_combo.currentText(), ref_guess)
         if mean != mean_old:
             self._on_mean_changed(mean)
@@ -226,8 +230,9 @@ class UncertaintyExplorerWidget(QWidget):
 
     def _on_mean_changed(self, name: str) -> None:
         images = self._image_layers()
-        std = explore.find_std_layer(name, images) if name else None
-        gt = explore.find_gt_layer(name, images) if name else None
+        known = name and name != NONE
+        std = explore.find_std_layer(name, images) if known else None
+        gt = explore.find_gt_layer(name, images) if known else None
         for combo, guess in ((self.std_combo, std), (self.ref_combo, gt)):
             if guess is not None:
                 combo.blockSignals(True)
@@ -519,8 +524,8 @@ class UncertaintyExplorerWidget(QWidget):
                 scale=mean.scale,
                 translate=mean.translate,
                 metadata=md,
-                opacity=0.6,
-                colormap={None: "transparent", 1: (1.0, 0.25, 0.2, 1.0)},
+                opacity=0.7,
+                colormap={None: "transparent", 1: UNRELIABLE_COLOR},
             )
         quantity = "std/|mean|" if mode == "relative" else "std"
         self.flagged_label.setText(
