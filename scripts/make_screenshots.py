@@ -18,14 +18,19 @@ def _settle() -> None:
         QApplication.processEvents()
 
 
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    try:  # keep napari's one-off "PyQt5 backend is deprecated" toast out of the pictures
+def _no_qt_toast() -> None:
+    """Keep napari's one-off "PyQt5 backend is deprecated" toast out of the pictures."""
+    try:
         import napari._qt.qt_main_window as qmw
 
         qmw.SHOW_QT_WARNING = False
     except (ImportError, AttributeError):
         pass
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    _no_qt_toast()
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
 
@@ -65,6 +70,7 @@ def main() -> int:
     viewer.screenshot(str(OUT / "reader_cells_2d.png"), canvas_only=False)
     viewer.close()
     reconstruct_widget_screenshot()
+    explorer_widget_screenshot()
     print(f"screenshots written to {OUT}")
     return 0
 
@@ -74,12 +80,7 @@ def reconstruct_widget_screenshot() -> None:
     import os
 
     os.environ["NAPARI_SIM_UQ_NOTHREADS"] = "1"  # finish before the picture is taken
-    try:  # no "PyQt5 backend is deprecated" toast in the picture
-        import napari._qt.qt_main_window as qmw
-
-        qmw.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
+    _no_qt_toast()
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     viewer.open_sample("napari-sim-uq", "sim_stack")
@@ -95,7 +96,43 @@ def reconstruct_widget_screenshot() -> None:
     viewer.close()
 
 
+def explorer_widget_screenshot() -> None:
+    """The "Uncertainty explorer" on the SIM sample reconstructed with the example model,
+    with the sample's ground truth as reference (so the calibration curve shows)."""
+    import os
+
+    import numpy as np
+
+    from napari_sim_uq.api import reconstruct_sim
+
+    os.environ["NAPARI_SIM_UQ_NOTHREADS"] = "1"  # statistics finish before the picture
+    _no_qt_toast()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 1050)
+    viewer.open_sample("napari-sim-uq", "sim_stack")
+    reconstruct_sim(viewer.layers["SIM sample"], viewer=viewer, device="cpu")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sim-uq", "Uncertainty explorer")
+    widget.log_check.setChecked(True)
+    widget.mark_unreliable()  # default threshold: the 95th percentile of the std
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("SIM sample emitter", "SIM sample emitter unreliable")
+    viewer.layers.selection.active = viewer.layers["SIM sample emitter"]
+    _settle()
+    viewer.reset_view()
+    _settle()
+    emitter = viewer.layers["SIM sample emitter"]  # readout: the brightest pixel's mean ± std
+    idx = np.unravel_index(np.argmax(emitter.data), emitter.data.shape)
+    viewer.cursor.position = (0.0, *emitter.data_to_world(idx))
+    _settle()
+    viewer.screenshot(str(OUT / "uncertainty_explorer.png"), canvas_only=False)
+    viewer.close()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["explorer"]:  # just the Uncertainty explorer
+        OUT.mkdir(parents=True, exist_ok=True)
+        explorer_widget_screenshot()
+        sys.exit(0)
     if sys.argv[1:] == ["reconstruct"]:  # just the Reconstruct SIM widget
         OUT.mkdir(parents=True, exist_ok=True)
         reconstruct_widget_screenshot()
