@@ -219,7 +219,9 @@ def _receptive_radius(net: SimUQNet, size: int = 48, offset: int = 0) -> int:
     for k in ("emitter", "lp", "emitter_var", "lp_var"):
         d = (getattr(a, k) - getattr(b, k)).abs().amax(dim=(0, 1))
         idx = (d > 0).nonzero().double() / F_HR - (c + 0.5 - 0.5 / F_HR)
-        r = max(r, math.ceil(idx.abs().max().item()))
+        if idx.numel():  # untrained output-space variances are constant (zero-weight heads)
+            r = max(r, math.ceil(idx.abs().max().item()))
+    assert r > 0, "the perturbation changed no output"
     assert r < c - 2, "the perturbation reached the image border: use a larger probe"
     return r
 

@@ -115,19 +115,36 @@ def test_uq_targets_subset():
     assert net.background_head is None
 
 
-def test_logvar_init():
-    net = _net(logvar_init=-3.0).eval()
+@pytest.mark.parametrize("var_space", ["output", "logit"])
+def test_logvar_init(var_space):
+    net = _net(logvar_init=-3.0, var_space=var_space).eval()
     with torch.no_grad():
         out = net(_x())
     for s in (out.emitter_logvar, out.lp_logvar, out.psf_logvar):
         assert abs(s.mean().item() + 3.0) < 1e-4
         assert s.std().item() < 1e-5  # zero weights: constant at start
-    # the variances are the delta-method ones of those log-variances
     with torch.no_grad():
-        a_e = net.emitter_head(_hr_features(net, _x()))
-    torch.testing.assert_close(
-        out.emitter_var, torch.sigmoid(a_e) ** 2 * torch.exp(torch.tensor(-3.0))
-    )
+        feats = _hr_features(net, _x())
+        a_e, a_l = net.emitter_head(feats), net.lp_head(feats)
+    v = torch.exp(torch.tensor(-3.0))
+    if var_space == "output":
+        # the heads' log-variances are those of the emitter / pattern values themselves
+        torch.testing.assert_close(out.emitter_var, v.expand_as(out.emitter), rtol=1e-4, atol=0)
+        torch.testing.assert_close(out.lp_var, v.expand_as(out.lp), rtol=1e-4, atol=0)
+    else:
+        # the delta-method variances of the activations: softplus' = sigmoid, tanh' = sech^2
+        torch.testing.assert_close(out.emitter_var, torch.sigmoid(a_e) ** 2 * v)
+        torch.testing.assert_close(out.lp_var, torch.cosh(a_l) ** -4 * v)
+
+
+def test_stored_configs_without_var_space_keep_the_logit_parametrisation():
+    d = SimNetConfig(base_channels=4, depth=1).to_dict()
+    del d["var_space"]
+    assert SimNetConfig.from_stored(d).var_space == "logit"
+    assert SimNetConfig.from_stored({**d, "var_space": "output"}).var_space == "output"
+    assert SimNetConfig.from_dict(d).var_space == "output"  # new configs: the default
+    with pytest.raises(InputError, match="var_space"):
+        SimNetConfig(var_space="log")
 
 
 def _hr_features(net: SimUQNet, x: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def load_sim_model(checkpoint, device="cpu"):
     model_cfg = ck.config.get("model")
     if not isinstance(model_cfg, dict):
         raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
-    model = SimUQNet(SimNetConfig.from_dict(model_cfg))
+    model = SimUQNet(SimNetConfig.from_stored(model_cfg))
     try:
         model.load_state_dict(ck.model_state)
     except RuntimeError as err:

@@ -13,10 +13,14 @@ frames, DESIGN.md section 3) to the quantities of the forward model of DESIGN.md
 
 Variance convention
 -------------------
-Every log-variance head predicts the log-variance ``s`` of the **pre-activation** value
-``a`` (the logit). The returned ``*_var`` tensors are the variances of the
-**post-activation** quantities that enter the forward model (DESIGN.md section 4, item 5),
-obtained with the first-order delta method ``Var(g(a)) ~ g'(mu_a)^2 Var(a)``:
+The returned ``*_var`` tensors are the variances of the **post-activation** quantities
+that enter the forward model (DESIGN.md section 4, item 5). With ``var_space="output"``
+(the default) the emitter and pattern heads predict the log-variance ``s`` of those values
+directly: ``emitter_var = exp(s)``, ``lp_var = exp(s)``. With ``var_space="logit"`` (and
+always for the PSF) a head predicts the log-variance of the **pre-activation** value ``a``
+(the logit), mapped by the first-order delta method ``Var(g(a)) ~ g'(mu_a)^2 Var(a)``.
+That collapses to zero with the emitter where it is dark, which makes missed dim structures
+absurdly over-confident (docs/method.md); it remains for checkpoints trained that way:
 
 - emitter: ``Var(softplus(a)) = sigmoid(a)^2 exp(s)`` (:func:`softplus_variance`);
 - light pattern: ``Var(1 + tanh(a)) = sech(a)^4 exp(s)`` with ``sech^2 a`` evaluated as
@@ -118,6 +122,14 @@ UQ_TARGETS = ("emitter", "lp", "psf")
 #: Feature normalisations of the conv blocks (``SimNetConfig.norm``).
 NORMS = ("pixel", "group", "none")
 
+#: What the emitter/pattern log-variance heads predict (``SimNetConfig.var_space``).
+VAR_SPACES = ("output", "logit")
+
+#: Values of options added after the first release, for stored model configs that lack
+#: them (the behaviour those checkpoints were trained with); see
+#: :meth:`SimNetConfig.from_stored`.
+STORED_DEFAULTS = {"var_space": "logit"}
+
 _BACKGROUND_INIT = 0.1  # initial background, normalised intensity units
 
 
@@ -164,6 +176,12 @@ class SimNetConfig(JsonConfig):
     # "none" keep every output a function of a bounded neighbourhood, so tiled inference
     # equals whole-image inference exactly; "group" does not.
     norm: str = "pixel"
+    # what the emitter and pattern log-variance heads predict: "output" (the log-variance of
+    # the emitter / pattern value itself) or "logit" (of the pre-activation, mapped through
+    # the activation by the delta method; it collapses to ~0 where the emitter is dark, so a
+    # missed dim structure gets an absurdly small sigma). Checkpoints written before this
+    # option existed are "logit" (see STORED_DEFAULTS).
+    var_space: str = "output"
 
     def __post_init__(self) -> None:
         targets = self.uq_targets
@@ -181,6 +199,14 @@ class SimNetConfig(JsonConfig):
         # canonical order, no duplicates (the config hash must not depend on the order)
         self.uq_targets = tuple(t for t in UQ_TARGETS if t in targets)
         self.validate()
+
+    @classmethod
+    def from_stored(cls, d: dict) -> SimNetConfig:
+        """:meth:`from_dict` for a model config read from a checkpoint: options the file
+        predates take the value it was trained with (:data:`STORED_DEFAULTS`)."""
+        if not isinstance(d, dict):
+            return cls.from_dict(d)
+        return cls.from_dict({**STORED_DEFAULTS, **d})
 
     @property
     def n_frames(self) -> int:
@@ -211,6 +237,10 @@ class SimNetConfig(JsonConfig):
             raise InputError(
                 f"logvar_init must lie strictly between logvar_min and logvar_max "
                 f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
+            )
+        if self.var_space not in VAR_SPACES:
+            raise InputError(
+                f"var_space must be one of {list(VAR_SPACES)}, got {self.var_space!r}"
             )
         if self.norm not in NORMS:
             raise InputError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
@@ -618,13 +648,15 @@ class SimUQNet(nn.Module):
         emitter_var = emitter_logvar = None
         if self.emitter_logvar_head is not None:
             emitter_logvar = soft_clamp(self.emitter_logvar_head(feat), lo, hi)
-            emitter_var = softplus_variance(a_e, emitter_logvar.exp())
+            v = emitter_logvar.exp()
+            emitter_var = v if cfg.var_space == "output" else softplus_variance(a_e, v)
         a_l = self.lp_head(feat)
         lp = 1.0 + torch.tanh(a_l)
         lp_var = lp_logvar = None
         if self.lp_logvar_head is not None:
             lp_logvar = soft_clamp(self.lp_logvar_head(feat), lo, hi)
-            lp_var = bounded_tanh_variance(a_l, lp_logvar.exp())
+            v = lp_logvar.exp()
+            lp_var = v if cfg.var_space == "output" else bounded_tanh_variance(a_l, v)
 
         # PSF, background (pooled bottleneck)
         hid = self.psf_mlp(pooled)
