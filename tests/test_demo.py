@@ -16,7 +16,7 @@ from napari_sim_uq.jobs.demo import DemoConfig, demo_job
 from napari_sim_uq.jobs.events import run
 
 TINY = dict(
-    n_train=4, n_val=2, n_test=2, lr_size=16, depth=1, base_channels=4, epochs=2, batch_size=2
+    n_train=4, n_val=2, n_calib=2, n_test=2, lr_size=16, depth=1, base_channels=4, epochs=2, batch_size=2
 )
 
 
@@ -50,7 +50,7 @@ def test_demo_writes_every_product(demo):
     assert (out / "my_notes.txt").read_text() == "keep me"
 
 
-def test_demo_calibrates_the_checkpoint_on_validation_data(demo):
+def test_demo_calibrates_the_checkpoint_on_held_out_data(demo):
     out, res, _ = demo
     ck = load_checkpoint(out / "checkpoints" / "best.pt")
     scale = ck.sigma_scale

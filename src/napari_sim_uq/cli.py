@@ -290,6 +290,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--uq-logvar-init", type=float, default=-4.0)
     m.add_argument("--uq-logvar-min", type=float, default=-12.0)
     m.add_argument("--uq-logvar-max", type=float, default=6.0)
+    m.add_argument(
+        "--uq-var-space",
+        default="output",
+        choices=["output", "logit"],
+        help="emitter/pattern log-variance heads predict the log-variance of the value "
+        "(output) or of its logit, via the delta method (default: %(default)s)",
+    )
     lo = p.add_argument_group("loss")
     lo.add_argument("--uq-var-floor", type=float, default=1e-6)
     lo.add_argument("--uq-psf-var-weight", type=float, default=1.0)
@@ -363,6 +370,7 @@ def _train(args: argparse.Namespace) -> int:
             "logvar_init": args.uq_logvar_init,
             "logvar_min": args.uq_logvar_min,
             "logvar_max": args.uq_logvar_max,
+            "var_space": args.uq_var_space,
         },
         loss={
             "var_floor": args.uq_var_floor,
@@ -664,7 +672,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs")
     p.add_argument("--n-train", type=int, default=d.n_train, help="training stacks to generate")
-    p.add_argument("--n-val", type=int, default=d.n_val, help="validation stacks (calibration)")
+    p.add_argument("--n-val", type=int, default=d.n_val, help="validation stacks (model selection)")
+    p.add_argument(
+        "--n-calib", type=int, default=d.n_calib, help="held-out stacks for the sigma scale"
+    )
     p.add_argument("--n-test", type=int, default=d.n_test, help="held-out test stacks")
     p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
     p.add_argument("--hr-factor", type=int, default=d.hr_factor)
@@ -691,6 +702,7 @@ def _demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         n_train=args.n_train,
         n_val=args.n_val,
+        n_calib=args.n_calib,
         n_test=args.n_test,
         lr_size=args.size,
         hr_factor=args.hr_factor,

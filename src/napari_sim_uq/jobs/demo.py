@@ -3,13 +3,14 @@
 :func:`demo_job` (a job: yields :class:`~napari_sim_uq.jobs.events.Event`, returns a summary
 dict) runs, into one output folder:
 
-1. ``data/``: a small synthetic dataset with ground truth (train, val and test splits,
+1. ``data/``: a small synthetic dataset with ground truth (train, val, test and calib splits,
    :func:`~napari_sim_uq.data.synth.generate_dataset`);
 2. ``checkpoints/``: supervised training (:func:`~napari_sim_uq.training.sim_train.
    train_sim_job`) for at most ``epochs`` epochs or ``train_minutes`` minutes, whichever
    comes first (it stops between epochs, keeping the best checkpoint);
-3. sigma-scale calibration of ``checkpoints/best.pt`` on the validation split
-   (:func:`~napari_sim_uq.jobs.evaluate.calibrate_sim_job`);
+3. sigma-scale calibration of ``checkpoints/best.pt`` on the ``calib`` split, held out from
+   training and model selection and larger than ``val``, because ZMS is sensitive to the
+   tails (:func:`~napari_sim_uq.jobs.evaluate.calibrate_sim_job`);
 4. ``evaluation/``: metrics on the held-out test split
    (:func:`~napari_sim_uq.jobs.evaluate.evaluate_sim_job`): ``metrics.json`` and
    calibration curves;
@@ -46,8 +47,9 @@ class DemoConfig(JsonConfig):
 
     out_dir: str = "sim-uq-demo"
     n_train: int = 96
-    n_val: int = 16
-    n_test: int = 8
+    n_val: int = 16  # model selection during training
+    n_calib: int = 48  # held-out stacks for the sigma scale (ZMS is tail-sensitive)
+    n_test: int = 16
     lr_size: int = 48  # raw frames are lr_size x lr_size pixels
     hr_factor: int = 2
     epochs: int = 40
@@ -62,7 +64,9 @@ class DemoConfig(JsonConfig):
     overwrite: bool = False
 
     def validate(self) -> None:
-        for name in ("n_train", "n_val", "n_test", "epochs", "batch_size", "base_channels"):
+        for name in (
+            "n_train", "n_val", "n_calib", "n_test", "epochs", "batch_size", "base_channels"
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
@@ -119,7 +123,7 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     t0 = time.perf_counter()
     synth = SynthConfig(lr_size=(cfg.lr_size, cfg.lr_size), hr_factor=cfg.hr_factor)
     for i, (split, n) in enumerate(
-        (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test))
+        (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test), ("calib", cfg.n_calib))
     ):
         yield from generate_dataset(data, n, synth, seed=cfg.seed + 1000 * i, split=split)
     timings["generate_s"] = time.perf_counter() - t0
@@ -171,10 +175,10 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     if not best.exists():
         raise InputError(f"training produced no checkpoint in '{ckpt_dir}'")
 
-    # 3. calibration on the validation split (stored in best.pt)
+    # 3. calibration on its own held-out split (stored in best.pt)
     t0 = time.perf_counter()
     calib = yield from calibrate_sim_job(
-        best, data, split="val", mc_samples=cfg.mc_samples, device=device
+        best, data, split="calib", mc_samples=cfg.mc_samples, device=device
     )
     timings["calibrate_s"] = time.perf_counter() - t0
 
