@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-from napari_sim_uq.data.samples import hr_scale_translate, image2d_sample, sim_sample
+from napari_sim_uq.data.samples import image2d_sample, sim_sample, sim_sample_layer_data
 
 
 def make_sim_sample() -> list[tuple]:
     """Raw 9-frame SIM stack and its ground-truth emitter, overlaid on the same grid."""
     s = sim_sample()
-    md = {
-        "sim_uq": {
-            "sample": "sim_sample",
-            **s.metadata,
-            "layout": {"kind": "sim", "angles": s.angles, "phases": s.phases},
-        }
-    }
-    scale_hr, translate_hr = hr_scale_translate((1.0, 1.0), (0.0, 0.0), s.hr_factor)
-    raw = (
+    return sim_sample_layer_data(
         s.raw,
-        {
-            "name": "SIM sample",
-            "metadata": md,
-            "colormap": "gray",
-            "axis_labels": ("frame", "y", "x"),
-        },
-        "image",
-    )
-    gt = (
         s.emitter,
-        {
-            "name": "SIM sample GT emitter",
-            "metadata": md,
-            "colormap": "inferno",
-            "scale": scale_hr,
-            "translate": translate_hr,
-            "visible": False,
-            "axis_labels": ("y", "x"),
-        },
-        "image",
+        s.hr_factor,
+        name="SIM sample",
+        angles=s.angles,
+        phases=s.phases,
+        metadata={"sample": "sim_sample", **s.metadata},
     )
-    return [raw, gt]
 
 
 def make_image2d_sample() -> list[tuple]:

@@ -78,6 +78,64 @@ def hr_scale_translate(scale_lr, translate_lr, hr_factor: int):
     return tuple(scale.tolist()), tuple(translate.tolist())
 
 
+def sim_sample_layer_data(
+    raw: np.ndarray,
+    emitter: np.ndarray,
+    hr_factor: int,
+    *,
+    name: str,
+    noise_sigma: np.ndarray | None = None,
+    angles: int = 3,
+    phases: int = 3,
+    metadata: dict | None = None,
+) -> list[tuple]:
+    """napari layer data tuples of a synthetic sample (no napari import needed).
+
+    ``name`` (gray, the raw ``(A*P, H, W)`` stack on the unit grid), ``"<name> GT emitter"``
+    (inferno, hidden, on the ``hr_factor`` times finer grid that overlays the raw frames,
+    DESIGN.md 3) and, given ``noise_sigma``, ``"<name> noise sigma"`` (magma, hidden, the
+    per-pixel noise std of the raw frames). ``metadata`` goes under ``"sim_uq"`` with the
+    SIM layout added.
+    """
+    md = {
+        "sim_uq": {
+            **(metadata or {}),
+            "layout": {"kind": "sim", "angles": int(angles), "phases": int(phases)},
+        }
+    }
+    scale_hr, translate_hr = hr_scale_translate((1.0, 1.0), (0.0, 0.0), hr_factor)
+    frame_axes = ("frame", "y", "x")
+    lr_grid = {"scale": (1.0, 1.0, 1.0), "translate": (0.0, 0.0, 0.0)}
+    raw_kw = {"name": name, "metadata": md, "colormap": "gray", "axis_labels": frame_axes}
+    out = [
+        (raw, {**raw_kw, **lr_grid}, "image"),
+        (
+            emitter,
+            {
+                "name": f"{name} GT emitter",
+                "metadata": md,
+                "colormap": "inferno",
+                "scale": scale_hr,
+                "translate": translate_hr,
+                "visible": False,
+                "axis_labels": ("y", "x"),
+            },
+            "image",
+        ),
+    ]
+    if noise_sigma is not None:
+        kwargs = {
+            "name": f"{name} noise sigma",
+            "metadata": md,
+            "colormap": "magma",
+            "visible": False,
+            "axis_labels": frame_axes,
+            **lr_grid,
+        }
+        out.append((noise_sigma, kwargs, "image"))
+    return out
+
+
 EXAMPLE_FILES = ("sim_stack.tif", "sim_stack_gt.tif", "cells_2d.tif", "cells_2d.png")
 
 

@@ -443,7 +443,8 @@ class SimStackDataset(Dataset):
     ----------
     pattern_or_paths : a glob (``"D/train/*.tif"``), a folder or a list of files.
     supervised : pair each ``D/{split}/NAME.tif`` with ``D/{split}_gt/NAME.tif`` (emitter),
-        ``D/{split}_gt/NAME_lp.tif`` (patterns) and, if present for every file,
+        ``D/{split}_gt/NAME_lp.tif`` (patterns; when no file has them, the items carry
+        the emitter ground truth only) and, if present for every file,
         ``D/{split}_meta/NAME.npz`` (noise sigma, background).
     gt_norm : emitter target normalisation, one of :data:`GT_NORMS` (module docstring;
         ``"raw"``, the physics-consistent one, by default).
@@ -520,6 +521,7 @@ class SimStackDataset(Dataset):
         self._info = [self._probe(p) for p in self.files]
         self.hr_factor = given_f
         self.has_meta = False
+        self.has_patterns = False
         if self.supervised:
             self.hr_factor = self._pair_ground_truth(given_f)
         if crop is not None:
@@ -547,15 +549,21 @@ class SimStackDataset(Dataset):
         f_all = given_f
         f_source = "hr_factor" if given_f is not None else None
         meta_missing = []
+        # light patterns: for every file or for none (then emitter-only supervision)
+        lp_found = [ground_truth_paths(i.path)["patterns"].is_file() for i in self._info]
+        self.has_patterns = any(lp_found)
         for info in self._info:
             gt = ground_truth_paths(info.path)
-            for key in ("emitter", "patterns"):
-                if not gt[key].is_file():
-                    kind = "ground truth" if key == "emitter" else "ground-truth light pattern"
-                    raise InputError(
-                        f"no {kind} for '{info.path.name}': expected '{gt[key]}'"
-                        + (" (supervised=True)" if key == "emitter" else "")
-                    )
+            if not gt["emitter"].is_file():
+                raise InputError(
+                    f"no ground truth for '{info.path.name}': expected '{gt['emitter']}' "
+                    "(supervised=True)"
+                )
+            if self.has_patterns and not gt["patterns"].is_file():
+                raise InputError(
+                    f"no ground-truth light pattern for '{info.path.name}': expected "
+                    f"'{gt['patterns']}' (other files of this dataset have one)"
+                )
             info.gt = gt
             info.has_meta = gt["meta"].is_file()
             if not info.has_meta:
@@ -586,6 +594,8 @@ class SimStackDataset(Dataset):
                     f"'{gt['emitter']}': ground-truth emitter has shape {es}; expected "
                     f"({fh}, {fw})" + (f" or ({info.n_t}, {fh}, {fw})" if info.n_t > 1 else "")
                 )
+            if not self.has_patterns:
+                continue
             ls = _gt_shape(gt["patterns"])
             F = info.n_frames
             if len(ls) < 3 or ls[-2:] != (fh, fw) or math.prod(ls[:-2]) not in (F, info.n_t * F):
@@ -724,15 +734,14 @@ class SimStackDataset(Dataset):
         T, F = info.n_t, info.n_frames
         hr = (f * H, f * W)
         e = _read_gt(info.gt["emitter"])
-        lp = _read_gt(info.gt["patterns"])
         if e.shape[-2:] != hr or math.prod(e.shape[:-2]) not in (1, T):
             raise InputError(f"'{info.gt['emitter']}': ground-truth emitter has shape {e.shape}")
-        if lp.shape[-2:] != hr or math.prod(lp.shape[:-2]) not in (F, T * F):
-            raise InputError(f"'{info.gt['patterns']}': light patterns have shape {lp.shape}")
-        out: dict[str, Any] = {
-            "emitter": e.reshape(-1, *hr),
-            "patterns": lp.reshape(-1, F, *hr),
-        }
+        out: dict[str, Any] = {"emitter": e.reshape(-1, *hr)}
+        if self.has_patterns:
+            lp = _read_gt(info.gt["patterns"])
+            if lp.shape[-2:] != hr or math.prod(lp.shape[:-2]) not in (F, T * F):
+                raise InputError(f"'{info.gt['patterns']}': light patterns have shape {lp.shape}")
+            out["patterns"] = lp.reshape(-1, F, *hr)
         if self.has_meta:
             path = info.gt["meta"]
             meta = _read_meta(path)
@@ -793,9 +802,10 @@ class SimStackDataset(Dataset):
         emitter = d["emitter"][t if len(d["emitter"]) > 1 else 0]
         e_off, e_scale = self._emitter_norm(k, t, emitter, norm)
         e = (emitter[hr].astype(np.float64) - e_off) / e_scale
-        patterns = d["patterns"][t if len(d["patterns"]) > 1 else 0]
         item["emitter_gt"] = _tensor(e[None])
-        item["lp_gt"] = _tensor(patterns[(slice(None), *hr)])
+        if self.has_patterns:
+            patterns = d["patterns"][t if len(d["patterns"]) > 1 else 0]
+            item["lp_gt"] = _tensor(patterns[(slice(None), *hr)])
         item["emitter_norm"] = _norm_tensors(e_off, e_scale)
         if self.has_meta:
             ns = d["noise_sigma"][t if len(d["noise_sigma"]) > 1 else 0]

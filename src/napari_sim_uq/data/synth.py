@@ -449,6 +449,55 @@ def _worker(args) -> int:
     return index
 
 
+#: seed offset between the splits of one dataset (split i uses ``seed + SPLIT_SEED_STRIDE*i``),
+#: so that train, val and test never share a sample
+SPLIT_SEED_STRIDE = 1000
+
+
+def generate_splits(
+    out_dir: str | os.PathLike,
+    counts: dict[str, int],
+    cfg: SynthConfig | None = None,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> Iterator:
+    """Job: several splits (``{"train": 64, "val": 8}``) with one config, as
+    :func:`generate_dataset` per split with seed ``seed + SPLIT_SEED_STRIDE * i`` for the
+    i-th split. Splits with count 0 are skipped. Yields ``"generate"`` events over all
+    samples (message ``"<split> k/n"``) and returns ``{split: summary}``."""
+    from napari_sim_uq.jobs.events import Event
+
+    todo = [(i, split, n) for i, (split, n) in enumerate(counts.items()) if n]
+    if not todo:
+        raise InputError("nothing to generate: every split has 0 samples")
+    total = sum(n for _, _, n in todo)
+    done, results = 0, {}
+    for i, split, n in todo:
+        job = generate_dataset(
+            out_dir,
+            n,
+            cfg,
+            seed=seed + SPLIT_SEED_STRIDE * i,
+            split=split,
+            workers=workers,
+            overwrite=overwrite,
+        )
+        try:
+            while True:
+                try:
+                    ev = next(job)
+                except StopIteration as stop:
+                    results[split] = stop.value
+                    break
+                yield Event("generate", done + ev.step, total, message=f"{split} {ev.step}/{n}")
+        finally:
+            job.close()  # on stop: the split's process pool shuts down
+        done += n
+    return results
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_samples: int,
