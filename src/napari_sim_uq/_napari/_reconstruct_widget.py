@@ -1,34 +1,41 @@
 """Dock widget "Reconstruct SIM": run a trained model on a raw SIM layer (DESIGN.md 2).
 
 The job (:func:`~napari_sim_uq.jobs.reconstruct.reconstruct_sim_job`) runs in a napari
-generator thread worker: its progress events update the bar and status label on the GUI
-thread, Stop calls ``worker.quit()`` (the job closes at its next progress event), and
-``returned`` adds the layers through :func:`napari_sim_uq.api.add_or_replace_layers`, the
-same code path as ``reconstruct_sim(..., viewer=viewer)``. User errors are shown as
-napari notifications. ``NAPARI_SIM_UQ_NOTHREADS=1`` runs the job on the calling thread.
+generator thread worker (:class:`~napari_sim_uq._napari._widgets.JobRunner`): its progress
+events update the bar and status label on the GUI thread, Stop calls ``worker.quit()`` (the
+job closes at its next progress event), and ``returned`` adds the layers through
+:func:`napari_sim_uq.api.add_or_replace_layers`, the same code path as
+``reconstruct_sim(..., viewer=viewer)``. User errors are shown as napari notifications.
+``NAPARI_SIM_UQ_NOTHREADS=1`` runs the job on the calling thread.
 """
 
 from __future__ import annotations
 
-import os
-
-from napari.layers import Image
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_sim_uq._napari._widgets import (
+    NOTHREADS_ENV,
+    JobRunner,
+    error_message,
+    image_layers,
+    no_threads,
+    progress_bar,
+    run_buttons,
+    set_progress,
+    status_label,
+    watch_layers,
+)
 from napari_sim_uq.api import (
     add_or_replace_layers,
     reconstruction_layer_data,
@@ -36,15 +43,12 @@ from napari_sim_uq.api import (
     sim_source,
 )
 from napari_sim_uq.errors import SimUqError
-from napari_sim_uq.jobs.events import run
 from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
 
-NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
+__all__ = ["DEVICES", "NOTHREADS_ENV", "ReconstructSimWidget"]
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def _no_threads() -> bool:
-    return os.environ.get(NOTHREADS_ENV, "").strip().lower() in ("1", "true", "yes")
+_no_threads = no_threads  # kept for the widgets that import it from here
 
 
 class ReconstructSimWidget(QWidget):
@@ -53,8 +57,10 @@ class ReconstructSimWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
         self.last_layers: list = []
+        self.runner = JobRunner(
+            self._on_event, self._returned, self._on_error, self._on_aborted, self._on_finished
+        )
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("raw SIM stack: (angles*phases, H, W) frames or a series")
@@ -83,19 +89,9 @@ class ReconstructSimWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
 
-        self.run_btn = QPushButton("Run")
-        self.run_btn.clicked.connect(self.run)
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        self.stop_btn.clicked.connect(self.stop)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.stop_btn)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
+        self.run_btn, self.stop_btn, buttons = run_buttons("Run", self.run, self.stop)
+        self.progress = progress_bar()
+        self.status = status_label()
 
         form = QFormLayout()
         form.addRow("raw SIM layer", self.layer_combo)
@@ -110,20 +106,20 @@ class ReconstructSimWidget(QWidget):
         box.addWidget(self.status)
         box.addStretch(1)
 
-        for ev in ("inserted", "removed", "moved", "changed"):
-            getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
+        watch_layers(self.viewer, self._refresh_layers)
         self._refresh_layers()
+
+    @property
+    def worker(self):
+        """The running thread worker, or None."""
+        return self.runner.worker
 
     # ------------------------------------------------------------------ layer choice
 
     def _image_layers(self) -> list:
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+        return image_layers(self.viewer)
 
     def _refresh_layers(self, event=None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
-            lay = getattr(event, "value", None)
-            if lay is not None:
-                lay.events.name.connect(self._refresh_layers)
         current = self.layer_combo.currentText()
         names = [lay.name for lay in self._image_layers()]
         self.layer_combo.blockSignals(True)
@@ -152,7 +148,7 @@ class ReconstructSimWidget(QWidget):
 
     def run(self) -> None:
         """Start a reconstruction of the chosen layer (no-op while one is running)."""
-        if self.worker is not None:
+        if self.runner.running:
             return
         layer = self.selected_layer()
         if layer is None:
@@ -174,49 +170,23 @@ class ReconstructSimWidget(QWidget):
         }
         self._set_running(True)
         self.status.setText(f"reconstructing '{source.name}' …")
-
-        def done(rec):
-            self._on_returned(rec, source, device)
-
-        if _no_threads():
-            try:
-                rec = run(reconstruct_sim_job(source.data, ckpt, **job_kw), self._on_event)
-            except Exception as err:  # shown to the user, never a crash
-                self._on_error(err)
-            else:
-                done(rec)
-            finally:
-                self._set_running(False)
-            return
-
-        @thread_worker(ignore_errors=True)
-        def work():
-            return (yield from reconstruct_sim_job(source.data, ckpt, **job_kw))
-
-        worker = work()
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(done)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
+        self._source_device = (source, device)
+        self.runner.start(lambda: reconstruct_sim_job(source.data, ckpt, **job_kw))
 
     def stop(self) -> None:
         """Ask the running job to stop at its next progress event."""
-        if self.worker is not None:
+        if self.runner.running:
             self.status.setText("stopping …")
-            self.worker.quit()
+            self.runner.quit()
 
     # ------------------------------------------------------------------ GUI-thread slots
 
     def _on_event(self, ev) -> None:
-        if ev.total:
-            self.progress.setRange(0, int(ev.total))
-            self.progress.setValue(min(int(ev.step), int(ev.total)))
-        else:
-            self.progress.setRange(0, 0)  # busy indicator
+        set_progress(self.progress, ev.step, ev.total)
         self.status.setText(ev.message or ev.stage)
+
+    def _returned(self, rec) -> None:
+        self._on_returned(rec, *self._source_device)
 
     def _on_returned(self, rec, source, device) -> None:
         try:
@@ -232,16 +202,12 @@ class ReconstructSimWidget(QWidget):
         show_info(msg)
 
     def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, SimUqError):
-            self._fail(str(err))
-        else:
-            self._fail(f"reconstruction failed: {type(err).__name__}: {err}")
+        self._fail(error_message(err, "reconstruction"))
 
     def _on_aborted(self) -> None:
         self.status.setText("stopped; no layers were changed")
 
     def _on_finished(self) -> None:
-        self.worker = None
         self._set_running(False)
 
     def _fail(self, message: str) -> None:

@@ -1,0 +1,414 @@
+"""Building blocks shared by the dock widgets: option fields bound to config keys, a
+collapsible "Advanced" section, and a runner for jobs in napari generator thread workers.
+
+:class:`Fields` creates the input widgets for config options and reads/writes them as a
+nested dict with dotted keys (``"model.depth"`` -> ``{"model": {"depth": ...}}``), so a
+widget's settings are exactly a ``TrainConfig`` / ``SynthConfig`` dict and a checkpoint's
+stored config fills them back in. :class:`JobRunner` runs a job (a generator of
+:class:`~napari_sim_uq.jobs.events.Event`, DESIGN.md 2) in a thread worker, or on the
+calling thread when ``NAPARI_SIM_UQ_NOTHREADS=1`` (tests).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, thread_worker
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sim_uq.errors import SimUqError
+
+NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
+
+
+def no_threads() -> bool:
+    """True when ``NAPARI_SIM_UQ_NOTHREADS`` asks to run jobs on the calling thread."""
+    return os.environ.get(NOTHREADS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class Collapsible(QWidget):
+    """A titled section that shows its form only when expanded (collapsed at first)."""
+
+    def __init__(self, title: str, parent=None, expanded: bool = False):
+        super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.toggle.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.body = QWidget()
+        self.form = QFormLayout(self.body)
+        self.form.setContentsMargins(12, 0, 0, 0)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.toggle)
+        box.addWidget(self.body)
+        self.toggle.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.toggle.blockSignals(True)
+        self.toggle.setChecked(expanded)
+        self.toggle.blockSignals(False)
+        self.toggle.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        self.body.setVisible(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.toggle.isChecked()
+
+
+def row(*widgets: QWidget, stretch_first: bool = True) -> QHBoxLayout:
+    """Widgets side by side without margins (the first one stretches)."""
+    lay = QHBoxLayout()
+    lay.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        lay.addWidget(w, 1 if (i == 0 and stretch_first) else 0)
+    return lay
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _int_spin(value: int, lo: int, hi: int, step: int = 1) -> QSpinBox:
+    w = QSpinBox()
+    w.setRange(lo, hi)
+    w.setSingleStep(step)
+    w.setValue(int(value))
+    return w
+
+
+class _FloatSpin(QDoubleSpinBox):
+    """A spin box that gives back a value set in code exactly (pi stays pi, not the
+    3.142 it shows) until the user changes it."""
+
+    def __init__(self, value: float, lo: float, hi: float, decimals: int, step: float):
+        super().__init__()
+        self.setDecimals(decimals)
+        self.setRange(lo, hi)
+        self.setSingleStep(step)
+        self.set_exact(value)
+
+    def set_exact(self, value: float) -> None:
+        self._exact = float(value)
+        self.setValue(self._exact)
+        self._shown = self.value()
+
+    def exact_value(self) -> float:
+        v = self.value()
+        return self._exact if v == self._shown else v
+
+
+def _float_spin(value: float, lo: float, hi: float, decimals: int, step: float) -> _FloatSpin:
+    return _FloatSpin(value, lo, hi, decimals, step)
+
+
+class Fields:
+    """Input widgets bound to (dotted) config keys: read with :meth:`values`, filled with
+    :meth:`set_values`. Every ``add_*`` method returns the widget to place in a form."""
+
+    def __init__(self) -> None:
+        self._get: dict[str, Callable[[], Any]] = {}
+        self._set: dict[str, Callable[[Any], None]] = {}
+        self.widgets: dict[str, QWidget] = {}
+
+    def _bind(self, key: str, widget: QWidget, get, put, tip: str) -> QWidget:
+        if tip:
+            widget.setToolTip(tip)
+        self._get[key], self._set[key], self.widgets[key] = get, put, widget
+        return widget
+
+    def add_int(
+        self, key, value, lo, hi, tip="", *, step=1, none_label=None, min_label=None
+    ) -> QSpinBox:
+        """Integer spin box; with ``none_label`` its minimum means ``None`` (shown so);
+        ``min_label`` only names the minimum (e.g. "off" for 0)."""
+        w = _int_spin(lo if value is None else value, lo, hi, step)
+        if none_label is None:
+            if min_label:
+                w.setSpecialValueText(min_label)
+            return self._bind(key, w, w.value, lambda v: w.setValue(int(v)), tip)
+        w.setSpecialValueText(none_label)
+
+        def get():
+            return None if w.value() == lo else w.value()
+
+        def put(v):
+            w.setValue(lo if v is None else int(v))
+
+        return self._bind(key, w, get, put, tip)
+
+    def add_float(self, key, value, lo, hi, tip="", *, decimals=3, step=0.1) -> QDoubleSpinBox:
+        w = _float_spin(value, lo, hi, decimals, step)
+        return self._bind(key, w, w.exact_value, w.set_exact, tip)
+
+    def add_bool(self, key, value, tip="", text="") -> QCheckBox:
+        w = QCheckBox(text)
+        w.setChecked(bool(value))
+        return self._bind(key, w, w.isChecked, lambda v: w.setChecked(bool(v)), tip)
+
+    def add_choice(self, key, value, choices: Sequence[str], tip="") -> QComboBox:
+        w = QComboBox()
+        w.addItems([str(c) for c in choices])
+        w.setCurrentText(str(value))
+
+        def put(v):
+            if w.findText(str(v)) < 0:
+                w.addItem(str(v))
+            w.setCurrentText(str(v))
+
+        return self._bind(key, w, w.currentText, put, tip)
+
+    def add_pair(self, key, value, lo, hi, tip="", *, decimals=None, step=1.0) -> QWidget:
+        """Two spin boxes for a ``(low, high)`` range (``decimals=None``: integers)."""
+        if decimals is None:
+            a, b = _int_spin(value[0], lo, hi, int(step)), _int_spin(value[1], lo, hi, int(step))
+        else:
+            a = _float_spin(value[0], lo, hi, decimals, step)
+            b = _float_spin(value[1], lo, hi, decimals, step)
+        box = QWidget()
+        box.setLayout(row(a, b, stretch_first=False))
+        box.spins = (a, b)
+
+        if decimals is None:
+            put_a, put_b, get_a, get_b = a.setValue, b.setValue, a.value, b.value
+        else:
+            put_a, put_b, get_a, get_b = a.set_exact, b.set_exact, a.exact_value, b.exact_value
+
+        def put(v):
+            put_a(v[0])
+            put_b(v[1])
+
+        return self._bind(key, box, lambda: (get_a(), get_b()), put, tip)
+
+    def add_subset(self, key, value: Sequence[str], choices: Sequence[str], tip="") -> QWidget:
+        """One check box per choice; the value is the tuple of checked names."""
+        boxes = {c: QCheckBox(c) for c in choices}
+        for c, cb in boxes.items():
+            cb.setChecked(c in value)
+        box = QWidget()
+        box.setLayout(row(*boxes.values(), stretch_first=False))
+        box.boxes = boxes
+
+        def put(v):
+            for c, cb in boxes.items():
+                cb.setChecked(c in v)
+
+        return self._bind(
+            key, box, lambda: tuple(c for c, cb in boxes.items() if cb.isChecked()), put, tip
+        )
+
+    def add_rows(self, form: QFormLayout, specs, default: Callable[[str], Any]) -> None:
+        """Add one form row per spec ``(label, kind, key, args, tip[, kwargs])``: the
+        widget of ``add_<kind>(key, default(key), *args, tip, **kwargs)``."""
+        for label, kind, key, args, tip, *kw in specs:
+            w = getattr(self, f"add_{kind}")(key, default(key), *args, tip, **(kw[0] if kw else {}))
+            form.addRow(label, w)
+
+    def keys(self) -> list[str]:
+        return list(self._get)
+
+    def values(self) -> dict:
+        """The current values as a nested dict (``"a.b"`` -> ``{"a": {"b": ...}}``)."""
+        out: dict = {}
+        for key, get in self._get.items():
+            *parents, leaf = key.split(".")
+            d = out
+            for p in parents:
+                d = d.setdefault(p, {})
+            d[leaf] = get()
+        return out
+
+    def set_values(self, values: dict, prefix: str = "") -> list[str]:
+        """Fill the fields from a nested dict; returns the dotted keys that were set."""
+        done = []
+        for k, v in values.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and key not in self._set:
+                done += self.set_values(v, prefix=f"{key}.")
+            elif key in self._set:
+                self._set[key](v)
+                done.append(key)
+        return done
+
+    def set_enabled(self, enabled: bool) -> None:
+        for w in self.widgets.values():
+            w.setEnabled(enabled)
+
+
+# --------------------------------------------------------------------------- run controls
+
+
+def run_buttons(text: str, on_run, on_stop) -> tuple[QPushButton, QPushButton, QHBoxLayout]:
+    """A run button and a (disabled) Stop button side by side."""
+    run_btn = QPushButton(text)
+    run_btn.clicked.connect(on_run)
+    stop_btn = QPushButton("Stop")
+    stop_btn.setEnabled(False)
+    stop_btn.clicked.connect(on_stop)
+    return run_btn, stop_btn, row(run_btn, stop_btn, stretch_first=False)
+
+
+def watch_layers(viewer, callback: Callable[..., None]) -> None:
+    """Call ``callback(event)`` whenever the layer list or a layer's name changes."""
+
+    def changed(event=None):
+        if event is not None and getattr(event, "type", "") == "inserted":
+            lay = getattr(event, "value", None)
+            if lay is not None:
+                lay.events.name.connect(changed)
+        callback(event)
+
+    for ev in ("inserted", "removed", "moved", "changed"):
+        getattr(viewer.layers.events, ev).connect(changed)
+    for lay in viewer.layers:
+        lay.events.name.connect(changed)
+
+
+def progress_bar(fmt: str | None = None) -> QProgressBar:
+    bar = QProgressBar()
+    if fmt:
+        bar.setFormat(fmt)
+    bar.setRange(0, 1)
+    bar.setValue(0)
+    return bar
+
+
+def set_progress(bar: QProgressBar, step, total) -> None:
+    """Show ``step`` of ``total`` (a busy indicator when ``total`` is unknown)."""
+    if total:
+        bar.setRange(0, int(total))
+        bar.setValue(min(int(step), int(total)))
+    else:
+        bar.setRange(0, 0)
+
+
+def image_layers(viewer) -> list:
+    """The viewer's image layers, in layer-list order."""
+    from napari.layers import Image
+
+    return [lay for lay in viewer.layers if isinstance(lay, Image)]
+
+
+def status_label(text: str = "ready") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def error_message(err: BaseException, what: str) -> str:
+    """The text shown for an exception: the message of a user error (bad input, a file
+    that exists), else ``"<what> failed: <type>: <message>"``; never a traceback."""
+    if isinstance(err, (SimUqError, FileExistsError)):
+        return str(err)
+    return f"{what} failed: {type(err).__name__}: {err}"
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class ClosingGeneratorWorker(GeneratorWorker):
+    """A generator worker that closes its generator in the worker thread when it ends.
+
+    napari's ``worker.quit()`` only stops calling the generator: the job would stay
+    suspended at its last ``yield`` until garbage collection closes it, on whatever
+    thread that happens. Closing it here runs the job's ``finally`` (e.g. the training
+    job's checkpoint save) at once and off the GUI thread; ``finished`` is emitted after.
+    """
+
+    def work(self):
+        try:
+            return super().work()
+        finally:
+            self._gen.close()
+
+
+class JobRunner:
+    """Run jobs in a napari generator thread worker (one at a time).
+
+    ``on_event(Event)`` gets every yielded event, ``on_returned(result)`` the job's return
+    value, ``on_error(exception)`` any exception (also one raised before the first event),
+    ``on_aborted()`` a stop, ``on_finished()`` the end in every case; all on the GUI
+    thread. With ``NAPARI_SIM_UQ_NOTHREADS=1`` the job runs to its end inside
+    :meth:`start`, calling the same callbacks. ``torch_threads`` sets torch's intra-op
+    thread count while the job runs (restored afterwards).
+    """
+
+    def __init__(self, on_event, on_returned, on_error, on_aborted, on_finished) -> None:
+        self.on_event = on_event
+        self.on_returned = on_returned
+        self.on_error = on_error
+        self.on_aborted = on_aborted
+        self.on_finished = on_finished
+        self.worker = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, make_job: Callable[[], Any], torch_threads: int | None = None) -> None:
+        if self.worker is not None:
+            return
+
+        def job():
+            if not torch_threads:
+                return (yield from make_job())
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(int(torch_threads))
+            try:
+                return (yield from make_job())
+            finally:
+                torch.set_num_threads(before)
+
+        if no_threads():
+            from napari_sim_uq.jobs.events import run
+
+            try:
+                result = run(job(), self.on_event)
+            except Exception as err:  # shown to the user, never a crash
+                self.on_error(err)
+            else:
+                self.on_returned(result)
+            finally:
+                self.on_finished()
+            return
+
+        worker = thread_worker(job, worker_class=ClosingGeneratorWorker, ignore_errors=True)()
+        worker.yielded.connect(self.on_event)
+        worker.returned.connect(self.on_returned)
+        worker.errored.connect(self.on_error)
+        worker.aborted.connect(self.on_aborted)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+
+    def quit(self) -> None:
+        """Ask the running job to stop at its next event (``worker.quit()``); the job is
+        closed in the worker thread, and ``on_finished`` follows once it has cleaned up."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.on_finished()
