@@ -1,0 +1,308 @@
+"""Dock widget "Generate SIM data": synthetic SIM datasets with ground truth (DESIGN.md 2).
+
+The options are the fields of :class:`~napari_sim_uq.data.synth.SynthConfig` (the main
+ones shown, the rest under "Advanced"). *Preview* generates one sample
+(:func:`~napari_sim_uq.data.synth.generate_sample`) and shows its raw stack, ground-truth
+emitter and noise sigma map as layers (:func:`~napari_sim_uq.data.samples.sim_sample_layer_data`,
+the HR emitter overlaying the raw frames). *Write dataset* runs
+:func:`~napari_sim_uq.data.synth.generate_splits` (the job behind ``sim-uq generate``, one
+call per split) in a thread worker with a progress bar; *Stop* ends it after the sample
+being written. User errors are napari notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sim_uq._napari._widgets import (
+    Collapsible,
+    Fields,
+    JobRunner,
+    error_message,
+    progress_bar,
+    row,
+    run_buttons,
+    set_progress,
+    status_label,
+)
+from napari_sim_uq.api import add_or_replace_layers
+from napari_sim_uq.data.samples import sim_sample_layer_data
+from napari_sim_uq.data.synth import SynthConfig, generate_sample, generate_splits
+from napari_sim_uq.errors import InputError, SimUqError
+from napari_sim_uq.jobs.events import Event
+
+PREVIEW_NAME = "synthetic sample"
+SPLITS = ("train", "val", "test")
+
+
+def preview_job(cfg: SynthConfig, seed: int, index: int):
+    """Job: generate sample ``index`` of the ``train`` split (returns it)."""
+    yield Event("preview", 0, 1, message=f"generating sample {index} …")
+    return generate_sample(cfg, seed, index)
+
+
+_JOB_DEFAULTS = {"seed": 0, "workers": None, "n_train": 64, "n_val": 8, "n_test": 8}
+
+
+def _default(key: str):
+    """Default of a field: a SynthConfig field, or ``job.*`` (the job's options)."""
+    group, _, name = key.rpartition(".")
+    return _JOB_DEFAULTS[name] if group == "job" else getattr(SynthConfig(), name)
+
+
+# (label, kind, key, args, tooltip[, kwargs]) rows (Fields.add_rows)
+# fmt: off
+MAIN_FIELDS = [
+    ("raw size (H, W)", "pair", "lr_size", (8, 4096), "raw frame size in camera pixels",
+     {"step": 8}),
+    ("HR factor", "int", "hr_factor", (1, 16),
+     "the ground truth is this many times finer (CPU cost grows ~f^2)"),
+    *[(f"{s} samples", "int", f"job.n_{s}", (0, 1_000_000), f"samples in the '{s}' split")
+      for s in SPLITS],
+    ("photons", "pair", "photons", (0.01, 1e7), "peak emitter photons per frame (range)",
+     {"decimals": 1, "step": 50.0}),
+    ("read noise", "pair", "read_noise", (0.01, 1e4),
+     "range of the smooth read-noise sigma map (counts)", {"decimals": 2, "step": 0.5}),
+    ("seed", "int", "job.seed", (0, 2_000_000_000),
+     "random seed (split i uses seed + 1000 i: splits never share samples)"),
+]
+ADVANCED_FIELDS = [
+    ("angles", "int", "n_angles", (1, 16), "pattern orientations"),
+    ("phases", "int", "n_phases", (1, 16), "phases per orientation"),
+    ("period (raw px)", "pair", "period_lr", (0.1, 100.0), "pattern period range",
+     {"decimals": 2, "step": 0.1}),
+    ("modulation", "pair", "modulation", (0.0, 1.0), "pattern modulation depth range",
+     {"decimals": 2, "step": 0.05}),
+    ("angle offset", "pair", "angle_offset", (-7.0, 7.0), "rotation of the first angle (rad)",
+     {"decimals": 3, "step": 0.1}),
+    ("phase jitter", "float", "phase_jitter", (0.0, 3.0), "per-frame phase error std (rad)",
+     {"decimals": 3, "step": 0.01}),
+    ("PSF sigma (raw px)", "pair", "psf_sigma_lr", (0.05, 20.0), "Gaussian PSF sigma range",
+     {"decimals": 2, "step": 0.05}),
+    ("background", "pair", "background", (0.0, 1e6), "background photons per raw pixel",
+     {"decimals": 1, "step": 1.0}),
+    ("gain", "float", "gain", (0.001, 1e4), "camera counts per photon"),
+    ("noise map scale", "float", "noise_map_scale_lr", (0.1, 1e4),
+     "correlation length of the read-noise map (raw px)", {"decimals": 1, "step": 1.0}),
+    ("high-noise regions", "int", "high_noise_regions", (0, 100),
+     "number of high-noise blobs in the noise map (0: none)"),
+    ("high-noise factor", "float", "high_noise_factor", (0.01, 1e3),
+     "read-noise multiplier inside the high-noise regions"),
+    ("filaments", "pair", "n_filaments", (0, 10_000), "filaments per sample (range)"),
+    ("rings", "pair", "n_rings", (0, 10_000), "rings per sample (range)"),
+    ("beads", "pair", "n_beads", (0, 10_000), "beads per sample (range)"),
+    ("line width (HR px)", "float", "line_width_hr", (0.01, 100.0),
+     "Gaussian sigma of filaments and rings"),
+    ("fine factor", "int", "fine_factor", (1, 8), "structures are drawn this much finer"),
+    ("workers", "int", "job.workers", (0, 256), "parallel processes",
+     {"none_label": "auto"}),
+]
+# fmt: on
+
+
+class GenerateSimWidget(QWidget):
+    """Generator options, a preview as layers, and dataset writing in the background."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.last_layers: list = []
+        self.last_result: dict | None = None
+        self._stopping = False
+        self.runner = JobRunner(
+            self._on_event, self._on_returned, self._on_error, self._on_aborted, self._finished
+        )
+        f = self.fields = Fields()  # SynthConfig fields, and the job's under "job."
+        main = QFormLayout()
+        f.add_rows(main, MAIN_FIELDS, _default)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("output folder")
+        self.out_edit.setToolTip("the dataset folder: writes train/, train_gt/, train_meta/ ...")
+        self.out_btn = QPushButton("Browse…")
+        self.out_btn.clicked.connect(self._browse)
+        main.addRow("output folder", row(self.out_edit, self.out_btn))
+        main.addRow("", f.add_bool("job.overwrite", False, "replace existing splits", "overwrite"))
+        self.advanced = Collapsible("Advanced")
+        f.add_rows(self.advanced.form, ADVANCED_FIELDS, _default)
+
+        self.preview_index = QSpinBox()
+        self.preview_index.setRange(0, 1_000_000)
+        self.preview_index.setPrefix("sample ")
+        self.preview_index.setToolTip("which sample of the train split to preview")
+        self.preview_btn = QPushButton("Preview")
+        self.preview_btn.setToolTip("add one sample as layers: raw stack, GT emitter, noise sigma")
+        self.preview_btn.clicked.connect(self.preview)
+        self.write_btn, self.stop_btn, buttons2 = run_buttons(
+            "Write dataset", self.write_dataset, self.stop
+        )
+        buttons = row(self.preview_index, self.preview_btn, stretch_first=False)
+        self.progress = progress_bar()
+        self.status = status_label()
+
+        box = QVBoxLayout(self)
+        box.addLayout(main)
+        box.addWidget(self.advanced)
+        box.addLayout(buttons)
+        box.addLayout(buttons2)
+        box.addWidget(self.progress)
+        box.addWidget(self.status)
+        box.addStretch(1)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def worker(self):
+        return self.runner.worker
+
+    def config(self) -> SynthConfig:
+        """The generator config of the current settings (raises InputError if invalid)."""
+        v = self.fields.values()
+        v.pop("job")
+        return SynthConfig.from_dict(v)
+
+    def job_options(self) -> dict:
+        """seed, workers, overwrite and the samples per split (``n_train`` ...)."""
+        return self.fields.values()["job"]
+
+    def counts(self) -> dict[str, int]:
+        v = self.job_options()
+        return {s: int(v[f"n_{s}"]) for s in SPLITS}
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Dataset folder", self.out_edit.text())
+        if path:
+            self.out_edit.setText(path)
+
+    # ------------------------------------------------------------------ actions
+
+    def preview(self) -> None:
+        """Generate one sample in the background and show it as layers."""
+        self._launch(self._preview_job)
+
+    def write_dataset(self) -> None:
+        """Write the splits to the output folder in the background."""
+        self._launch(self._write_job)
+
+    def _preview_job(self):
+        cfg = self.config()
+        seed, index = int(self.job_options()["seed"]), self.preview_index.value()
+        self._mode = ("preview", cfg)
+        return (lambda: preview_job(cfg, seed, index)), f"previewing sample {index} …"
+
+    def _write_job(self):
+        out = self.out_edit.text().strip()
+        if not out:
+            raise InputError("choose an output folder for the dataset first")
+        cfg = self.config()
+        counts = self.counts()
+        if not any(counts.values()):
+            raise InputError("nothing to write: set the number of train/val/test samples")
+        v = self.job_options()
+        kw = {"seed": int(v["seed"]), "workers": v["workers"], "overwrite": bool(v["overwrite"])}
+        self._mode = ("write", Path(out))
+        self.progress.setRange(0, sum(counts.values()))
+        n = sum(counts.values())
+        return (lambda: generate_splits(out, counts, cfg, **kw)), f"writing {n} samples …"
+
+    def _launch(self, prepare) -> None:
+        if self.runner.running:
+            return
+        try:
+            make_job, message = prepare()
+        except SimUqError as err:
+            self._fail(str(err))
+            return
+        self._stopping = False
+        self._set_running(True)
+        self.status.setText(message)
+        self.runner.start(make_job)
+
+    def stop(self) -> None:
+        """Stop writing after the current sample (files written so far stay)."""
+        if self.runner.running:
+            self._stopping = True
+            self.status.setText("stopping …")
+            self.runner.quit()
+
+    # ------------------------------------------------------------------ GUI-thread slots
+
+    def _on_event(self, ev) -> None:
+        set_progress(self.progress, ev.step, ev.total)
+        if ev.message:
+            self.status.setText(ev.message)
+
+    def _on_returned(self, result) -> None:
+        kind, what = self._mode
+        if kind == "preview":
+            self._show_preview(result, what)
+            return
+        self.last_result = result
+        n = sum(r["n_samples"] for r in result.values())
+        msg = f"wrote {n} samples ({', '.join(result)}) to {what}"
+        self.progress.setValue(self.progress.maximum())
+        self.status.setText(msg)
+        show_info(msg)
+
+    def _show_preview(self, sample, cfg: SynthConfig) -> None:
+        meta = {k: v for k, v in sample.params.items() if k not in ("wave_vectors", "phases")}
+        layer_data = sim_sample_layer_data(
+            sample.raw,
+            sample.emitter,
+            cfg.hr_factor,
+            name=PREVIEW_NAME,
+            noise_sigma=sample.noise_sigma,
+            angles=cfg.n_angles,
+            phases=cfg.n_phases,
+            metadata={"synthetic": meta, "generator": cfg.to_dict()},
+        )
+        try:
+            self.last_layers = add_or_replace_layers(self.viewer, layer_data)
+        except Exception as err:  # shown, not raised
+            self._on_error(err)
+            return
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.status.setText(
+            f"preview: sample {sample.params['index']} (photons {sample.params['photons']:.0f}, "
+            f"modulation {sample.params['modulation']:.2f}); GT emitter and noise sigma are "
+            "hidden layers"
+        )
+
+    def _on_error(self, err: BaseException) -> None:
+        self._fail(error_message(err, "generation"))
+
+    def _on_aborted(self) -> None:
+        self.status.setText("stopping …")
+
+    def _finished(self) -> None:
+        self._set_running(False)
+        if self._stopping:
+            self._stopping = False
+            self.status.setText(
+                "stopped: the samples written so far stay (dataset.json is only written "
+                "for a complete split)"
+            )
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        for w in (self.preview_btn, self.write_btn, self.preview_index):
+            w.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        if running and self.progress.maximum() <= 1:
+            self.progress.setRange(0, 0)  # busy until the first event

@@ -1,0 +1,681 @@
+"""Dock widget "Train SIM model": the training job with live progress (DESIGN.md 2).
+
+Training data come from files (a glob or folder, like ``sim-uq train --train-glob``) or
+from open image layers: a raw SIM stack (or time series) and optionally its ground-truth
+emitter, which are written into ``<checkpoint folder>/layer_data/`` first
+(:func:`~napari_sim_uq.data.layer_data.write_training_arrays`) so the checkpoint names
+files that outlive the session. The settings are the fields of
+:class:`~napari_sim_uq.training.sim_train.TrainConfig` (and its model / loss dicts).
+
+:func:`~napari_sim_uq.training.sim_train.train_sim_job` runs in a napari generator thread
+worker (:class:`~napari_sim_uq._napari._widgets.JobRunner`): batch events move the
+progress bars and feed the loss plot (redrawn only at epoch ends and validations, at most
+every 0.5 s), Stop calls ``worker.quit()`` and the job is closed in the worker thread at
+its next batch, leaving a resumable ``latest.pt``. User errors are napari notifications.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import fields as dc_fields
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sim_uq._napari._loss_plot import LossPlot
+from napari_sim_uq._napari._widgets import (
+    Collapsible,
+    Fields,
+    JobRunner,
+    error_message,
+    image_layers,
+    progress_bar,
+    row,
+    run_buttons,
+    status_label,
+    watch_layers,
+)
+from napari_sim_uq.data.sim_dataset import GT_NORMS, NORM_MODES
+from napari_sim_uq.errors import InputError, SimUqError
+from napari_sim_uq.jobs.events import Event
+from napari_sim_uq.models.sim_net import UQ_TARGETS, SimNetConfig
+from napari_sim_uq.training.sim_loss import AUX_REC_MODES, SimLossConfig
+from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig, resolve_device
+
+PLUGIN = "napari-sim-uq"
+RECONSTRUCT_WIDGET = "Reconstruct SIM"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SOURCES = ("files", "layers")
+NO_GT = "(none)"
+LAYER_DATA_DIR = "layer_data"
+
+
+def default_torch_threads() -> int:
+    """CPU threads for training in the GUI: one core is left to the viewer."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def device_description(name: str) -> str:
+    """What ``name`` (auto, cpu, cuda, mps) resolves to here, for the device label."""
+    import torch
+
+    try:
+        dev = resolve_device(name)
+    except InputError as err:
+        return f"not available ({err})"
+    if dev.type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(dev.index or 0)}"
+    if dev.type == "mps":
+        return "MPS (Apple GPU)"
+    return "CPU"
+
+
+def layer_training_job(cfg: dict, raw, gt, name: str, angles, phases, data_dir: Path):
+    """Job: write layer data to ``data_dir``, then train on it (``cfg``: a TrainConfig
+    dict whose ``train_glob`` is replaced by the written file)."""
+    from napari_sim_uq.data.layer_data import write_training_arrays
+    from napari_sim_uq.training.sim_train import train_sim_job
+
+    yield Event("prepare", 0, 1, message=f"writing '{name}' to {data_dir} …")
+    model = SimNetConfig.from_dict(dict(cfg.get("model") or {}))
+    info = write_training_arrays(
+        data_dir,
+        raw,
+        emitter=gt,
+        name=name,
+        angles=angles,
+        phases=phases,
+        expected_frames=model.n_frames,
+    )
+    cfg = {**cfg, "train_glob": info["train_glob"]}
+    return (yield from train_sim_job(TrainConfig.from_dict(cfg)))
+
+
+def files_training_job(cfg: dict):
+    """Job: train on files (``cfg``: a TrainConfig dict)."""
+    from napari_sim_uq.training.sim_train import train_sim_job
+
+    return (yield from train_sim_job(TrainConfig.from_dict(cfg)))
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    """Rows of a training ``metrics.csv`` as floats ([] if missing or unreadable)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        return []
+    out = []
+    for r in rows:
+        try:
+            out.append({k: float(v) for k, v in r.items() if v not in ("", None)})
+        except ValueError:
+            continue
+    return out
+
+
+def _train_default(key: str):
+    """Default of a (dotted) TrainConfig key: ``model.*`` from SimNetConfig, ``loss.*``
+    from SimLossConfig."""
+    group, _, name = key.rpartition(".")
+    cfg = {"": TrainConfig, "model": SimNetConfig, "loss": SimLossConfig}[group]()
+    return getattr(cfg, name)
+
+
+# (label, kind, key, args, tooltip[, kwargs]) rows (Fields.add_rows)
+# fmt: off
+MAIN_FIELDS = [
+    ("epochs", "int", "epochs", (1, 1_000_000), "passes over the training data"),
+    ("batch size", "int", "batch_size", (1, 4096), "stacks per optimiser step"),
+    ("learning rate", "float", "lr", (1e-6, 1.0), "Adam learning rate",
+     {"decimals": 6, "step": 1e-4}),
+    ("", "bool", "supervised", (), "also fit the ground truth (D/<split>_gt, or the GT layer)",
+     {"text": "supervised (ground truth)"}),
+    ("HR factor", "int", "model.hr_factor", (1, 16), "the emitter grid is f times finer"),
+    ("base channels", "int", "model.base_channels", (4, 1024), "width of the U-Net"),
+    ("depth", "int", "model.depth", (1, 8), "U-Net downsamplings"),
+]
+ADVANCED_FIELDS = [
+    ("crop (raw px)", "int", "crop", (0, 8192), "random crops of this size",
+     {"none_label": "whole"}),
+    ("seed", "int", "seed", (0, 2_000_000_000), "random seed"),
+    ("max steps", "int", "max_steps", (0, 10**9), "stop after this many steps in total",
+     {"none_label": "no limit"}),
+    ("lr schedule", "choice", "lr_schedule", (("cosine", "constant"),),
+     "cosine: decay to 'min lr ratio' x lr over the epochs"),
+    ("min lr ratio", "float", "min_lr_ratio", (0.0, 1.0), "end of the cosine decay",
+     {"decimals": 3, "step": 0.01}),
+    ("weight decay", "float", "weight_decay", (0.0, 1.0), "Adam weight decay",
+     {"decimals": 6, "step": 1e-5}),
+    ("grad clip", "float", "grad_clip", (0.0, 1e6), "gradient norm clip (0: off)"),
+    ("camera init", "choice", "camera_init", (("data", "fixed"),),
+     "camera-noise start: estimated from the data, or fixed small values"),
+    ("camera lr factor", "float", "camera_lr_factor", (0.001, 1e4),
+     "learning-rate factor of the two camera-noise parameters", {"step": 1.0}),
+    ("GT scaling", "choice", "gt_norm", (GT_NORMS,), "ground-truth scaling (raw: physics)"),
+    ("raw normalisation", "choice", "norm_mode", (NORM_MODES,), "per-stack normalisation"),
+    ("MC dropout p", "float", "model.dropout", (0.0, 0.95),
+     "dropout in the decoder (MC-dropout sampling at inference)", {"decimals": 2, "step": 0.05}),
+    ("PSF size", "int", "model.psf_size", (1, 101), "PSF kernel size (odd)", {"step": 2}),
+    ("UQ targets", "subset", "model.uq_targets", (UQ_TARGETS,),
+     "outputs that carry a predicted variance"),
+    ("log-var init", "float", "model.logvar_init", (-30.0, 30.0),
+     "initial log-variance of the heads", {"step": 0.5}),
+    ("variance floor", "float", "loss.var_floor", (1e-9, 1.0), "added to every variance",
+     {"decimals": 9, "step": 1e-6}),
+    ("beta-NLL", "float", "loss.beta_nll", (0.0, 1.0), "beta-NLL exponent (0: plain NLL)",
+     {"decimals": 2, "step": 0.1}),
+    ("PSF var weight", "float", "loss.psf_var_weight", (0.0, 100.0),
+     "weight of the PSF covariance in Var(y)"),
+    ("aux rec weight", "float", "loss.aux_rec_weight", (0.0, 100.0),
+     "auxiliary reconstruction term (0: off)"),
+    ("aux rec mode", "choice", "loss.aux_rec_mode", (AUX_REC_MODES,), "l1 or ms-ssim"),
+    ("debug every", "int", "debug_every_epochs", (0, 100_000),
+     "write debug_samples/epoch_XXX every N epochs", {"min_label": "off"}),
+]
+# fmt: on
+
+
+class TrainSimWidget(QWidget):
+    """Train the SIM uncertainty network from files or layers, with live progress."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.last_result: dict | None = None
+        self._extra = {"model": {}, "loss": {}}  # loaded options without widgets
+        self._stopping = False
+        self._reset_progress_state()
+        self.runner = JobRunner(
+            self._on_event, self._on_returned, self._on_error, self._on_aborted, self._finished
+        )
+        t = TrainConfig()
+        f = self.fields = Fields()  # TrainConfig keys ("model.depth" -> cfg.model["depth"])
+
+        # ---- data
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(SOURCES)
+        self.source_combo.setToolTip("train on files (glob or folder) or on open image layers")
+        self.train_glob = QLineEdit()
+        self.train_glob.setPlaceholderText("D/train/*.tif")
+        self.train_glob.setToolTip("raw SIM stacks: a glob ('D/train/*.tif') or a folder")
+        self.train_browse = QPushButton("Folder…")
+        self.train_browse.clicked.connect(lambda: self._browse_glob(self.train_glob))
+        self.val_glob = QLineEdit()
+        self.val_glob.setPlaceholderText("optional: D/val/*.tif")
+        self.val_glob.setToolTip("validation stacks (best.pt is chosen by validation loss)")
+        self.val_browse = QPushButton("Folder…")
+        self.val_browse.clicked.connect(lambda: self._browse_glob(self.val_glob))
+        files_page = QWidget()
+        fp = QFormLayout(files_page)
+        fp.setContentsMargins(0, 0, 0, 0)
+        fp.addRow("train", row(self.train_glob, self.train_browse))
+        fp.addRow("validation", row(self.val_glob, self.val_browse))
+
+        self.raw_layer_combo = QComboBox()
+        self.raw_layer_combo.setToolTip("raw SIM stack (A*P, H, W) or time series (T, A*P, H, W)")
+        self.gt_layer_combo = QComboBox()
+        self.gt_layer_combo.setToolTip(
+            "optional ground-truth emitter on a grid f times finer (needed for supervised)"
+        )
+        layers_page = QWidget()
+        lp = QFormLayout(layers_page)
+        lp.setContentsMargins(0, 0, 0, 0)
+        lp.addRow("raw layer", self.raw_layer_combo)
+        lp.addRow("GT layer", self.gt_layer_combo)
+        self.source_stack = QStackedWidget()
+        self.source_stack.addWidget(files_page)
+        self.source_stack.addWidget(layers_page)
+        self.source_combo.currentIndexChanged.connect(self.source_stack.setCurrentIndex)
+
+        self.ckpt_edit = QLineEdit()
+        self.ckpt_edit.setPlaceholderText("checkpoint folder")
+        self.ckpt_edit.setToolTip("latest.pt, best.pt and metrics.csv are written here")
+        self.ckpt_browse = QPushButton("Browse…")
+        self.ckpt_browse.clicked.connect(self._browse_ckpt_dir)
+        self.resume_check = f.add_bool(
+            "resume", False, "continue from latest.pt in the checkpoint folder", "resume"
+        )
+        self.resume_check.toggled.connect(self._on_resume_toggled)
+
+        data_form = QFormLayout()
+        data_form.addRow("data from", self.source_combo)
+        data_form.addRow(self.source_stack)
+        data_form.addRow("checkpoints", row(self.ckpt_edit, self.ckpt_browse))
+        data_form.addRow("", self.resume_check)
+
+        # ---- main hyper-parameters, advanced options (TrainConfig / model / loss fields)
+        main = QFormLayout()
+        f.add_rows(main, MAIN_FIELDS, _train_default)
+        adv = self.advanced = Collapsible("Advanced")
+        self.device_combo = f.add_choice("device", t.device, DEVICES, "auto: CUDA, MPS, CPU")
+        self.device_combo.currentTextChanged.connect(self._update_device_label)
+        adv.form.addRow("device", self.device_combo)
+        self.run_opts = Fields()  # options of this widget, not of the training config
+        self.threads_spin = self.run_opts.add_int(
+            "threads",
+            default_torch_threads(),
+            0,
+            max(os.cpu_count() or 1, 1),
+            "torch CPU threads while training (0: torch's default); leaving one core to "
+            "the viewer keeps it responsive",
+            min_label="default",
+        )
+        self.threads_spin.valueChanged.connect(lambda _v: self._update_device_label())
+        adv.form.addRow("CPU threads", self.threads_spin)
+        f.add_rows(adv.form, ADVANCED_FIELDS, _train_default)
+
+        self.device_label = QLabel()
+        self.device_label.setWordWrap(True)
+        self._update_device_label()
+
+        # ---- run
+        self.start_btn, self.stop_btn, buttons = run_buttons("Start", self.start, self.stop)
+        self.stop_btn.setToolTip("stop after the current batch; latest.pt stays resumable")
+        self.epoch_bar = progress_bar("epoch %v / %m")
+        self.batch_bar = progress_bar("batch %v / %m")
+        self.status = status_label()
+
+        self.plot_check = QCheckBox("live loss plot")
+        self.plot_check.setChecked(True)
+        self.plot_check.setToolTip("redraws at epoch ends and validations (at most every 0.5 s)")
+        self.plot = LossPlot()
+        self.plot_check.toggled.connect(self.plot.set_enabled)
+
+        # ---- checkpoints
+        self.ckpt_info = QLabel("no checkpoint yet")
+        self.ckpt_info.setWordWrap(True)
+        self.ckpt_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.load_btn = QPushButton("Load checkpoint…")
+        self.load_btn.setToolTip("fill the settings from a checkpoint (and its folder)")
+        self.load_btn.clicked.connect(self._browse_checkpoint)
+        self.use_btn = QPushButton("Use in Reconstruct SIM")
+        self.use_btn.setToolTip("open the Reconstruct SIM widget with this folder's best.pt")
+        self.use_btn.setEnabled(False)
+        self.use_btn.clicked.connect(self.use_in_reconstruct)
+        ck_buttons = QHBoxLayout()
+        ck_buttons.addWidget(self.load_btn)
+        ck_buttons.addWidget(self.use_btn)
+
+        box = QVBoxLayout(self)
+        box.addLayout(data_form)
+        box.addLayout(main)
+        box.addWidget(adv)
+        box.addWidget(self.device_label)
+        box.addLayout(buttons)
+        box.addWidget(self.epoch_bar)
+        box.addWidget(self.batch_bar)
+        box.addWidget(self.status)
+        box.addWidget(self.plot_check)
+        box.addWidget(self.plot, 1)
+        box.addWidget(self.ckpt_info)
+        box.addLayout(ck_buttons)
+
+        self.ckpt_edit.editingFinished.connect(self._update_ckpt_info)
+        watch_layers(self.viewer, self._refresh_layers)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ layers, paths
+
+    @property
+    def worker(self):
+        return self.runner.worker
+
+    def _refresh_layers(self, event=None) -> None:
+        layers = image_layers(self.viewer)
+        stacks = [lay.name for lay in layers if lay.ndim >= 3]
+        images2d = [lay.name for lay in layers if lay.ndim == 2]
+        _fill_combo(self.raw_layer_combo, stacks, stacks[0] if stacks else None)
+        gt_default = next((n for n in images2d if n.endswith("GT emitter")), NO_GT)
+        _fill_combo(self.gt_layer_combo, [NO_GT, *[lay.name for lay in layers]], gt_default)
+
+    def _layer(self, combo: QComboBox):
+        name = combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _browse_glob(self, edit: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of raw SIM stacks")
+        if path:
+            edit.setText(str(Path(path) / "*.tif"))
+
+    def _browse_ckpt_dir(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Checkpoint folder", self.ckpt_edit.text())
+        if path:
+            self.ckpt_edit.setText(path)
+            self._update_ckpt_info()
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SIM checkpoint", self.ckpt_edit.text(), "PyTorch checkpoints (*.pt *.pth)"
+        )
+        if path:
+            self.load_checkpoint(path)
+
+    def ckpt_dir(self) -> Path | None:
+        text = self.ckpt_edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def _update_device_label(self, *_):
+        desc = device_description(self.device_combo.currentText())
+        threads = self.threads_spin.value()
+        extra = f", {threads} CPU thread{'s' if threads != 1 else ''}" if threads else ""
+        self.device_label.setText(f"device: {desc}{extra if desc == 'CPU' else ''}")
+
+    # ------------------------------------------------------------------ settings
+
+    def config_dict(self) -> dict:
+        """The TrainConfig dict of the current settings (data fields from the files page)."""
+        v = self.fields.values()
+        for key in ("model", "loss"):
+            v[key] = {**self._extra[key], **v.get(key, {})}
+        v["train_glob"] = self.train_glob.text().strip()
+        v["val_glob"] = self.val_glob.text().strip() or None
+        d = self.ckpt_dir()
+        v["ckpt_dir"] = str(d) if d else ""
+        return v
+
+    def set_config(self, cfg: dict, *, data: bool = True) -> None:
+        """Fill the settings from a TrainConfig dict (``data``: also the globs/folder)."""
+        cfg = dict(cfg)
+        if data:
+            if cfg.get("train_glob") is not None:
+                self.train_glob.setText(str(cfg["train_glob"]))
+            self.val_glob.setText(str(cfg.get("val_glob") or ""))
+            if cfg.get("ckpt_dir"):
+                self.ckpt_edit.setText(str(cfg["ckpt_dir"]))
+        cfg.pop("resume", None)
+        self.fields.set_values(cfg)
+        known = {"model": SimNetConfig, "loss": SimLossConfig}
+        for key, cls in known.items():
+            names = {fl.name for fl in dc_fields(cls)} - {"supervised"}
+            given = cfg.get(key) or {}
+            self._extra[key] = {
+                k: v
+                for k, v in given.items()
+                if k in names and f"{key}.{k}" not in self.fields.keys()
+            }
+
+    def load_checkpoint(self, path, *, data: bool = True) -> bool:
+        """Fill the settings from a checkpoint's stored config; show its summary."""
+        from napari_sim_uq.data.checkpoint import load_checkpoint
+
+        path = Path(path)
+        try:
+            ck = load_checkpoint(path, expected_model_type=MODEL_TYPE)
+        except SimUqError as err:
+            self._fail(str(err))
+            return False
+        train = dict(ck.config.get("train") or {})
+        train["model"] = dict(ck.config.get("model") or train.get("model") or {})
+        train["loss"] = dict(ck.config.get("loss") or train.get("loss") or {})
+        if data:
+            train["ckpt_dir"] = str(path.parent)
+        self.set_config(train, data=data)
+        if data and (path.parent / "latest.pt").exists():
+            self.resume_check.blockSignals(True)
+            self.resume_check.setChecked(True)
+            self.resume_check.blockSignals(False)
+        self._load_history(path.parent)
+        best = ck.train_state.get("best_metric")
+        best_s = (
+            f", best loss {best:.4g}" if isinstance(best, float) and math.isfinite(best) else ""
+        )
+        msg = f"loaded settings from {path} (epoch {ck.epoch}, step {ck.step}{best_s})"
+        self.status.setText(msg)
+        self._update_ckpt_info()
+        return True
+
+    def _on_resume_toggled(self, on: bool) -> None:
+        d = self.ckpt_dir()
+        if on and d is not None and (d / "latest.pt").is_file():
+            # resuming needs the same model: take the settings stored in latest.pt
+            self.load_checkpoint(d / "latest.pt", data=False)
+
+    def _load_history(self, ckpt_dir: Path) -> None:
+        self.plot.clear_data()
+        for r in read_metrics_csv(ckpt_dir / "metrics.csv"):
+            if "epoch" in r and "train_loss" in r:
+                self.plot.add_train(r["epoch"], r["train_loss"])
+            if "epoch" in r and "val_loss" in r:
+                self.plot.add_val(r["epoch"], r["val_loss"])
+        self.plot.request_redraw(force=True)
+
+    def _update_ckpt_info(self) -> None:
+        d = self.ckpt_dir()
+        best = d / "best.pt" if d else None
+        if best is not None and best.is_file():
+            self.ckpt_info.setText(f"best.pt: {best}")
+            self.use_btn.setEnabled(True)
+        else:
+            self.ckpt_info.setText("no best.pt in the checkpoint folder yet")
+            self.use_btn.setEnabled(False)
+
+    def use_in_reconstruct(self) -> None:
+        """Open the Reconstruct SIM widget with this folder's best.pt as its checkpoint."""
+        d = self.ckpt_dir()
+        if d is None or not (d / "best.pt").is_file():
+            self._fail("no best.pt in the checkpoint folder yet")
+            return
+        _dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT_WIDGET)
+        widget.checkpoint_edit.setText(str(d / "best.pt"))
+        show_info(f"Reconstruct SIM uses {d / 'best.pt'}")
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        """Check the settings and start training in a thread worker."""
+        if self.runner.running:
+            return
+        try:
+            make_job, cfg = self._prepare()
+        except SimUqError as err:
+            self._fail(str(err))
+            return
+        self._reset_progress_state(cfg)
+        if cfg["resume"]:
+            self._load_history(Path(cfg["ckpt_dir"]))
+        else:
+            self.plot.clear_data()
+            self.plot.request_redraw(force=True)
+        self._stopping = False
+        self._set_running(True)
+        self.status.setText("starting …")
+        self.runner.start(make_job, torch_threads=self.threads_spin.value() or None)
+
+    def _prepare(self):
+        """(job factory, config dict) for the current settings; InputError if not usable."""
+        from napari_sim_uq.api import sim_source
+        from napari_sim_uq.data.sim_dataset import resolve_files
+
+        cfg = self.config_dict()
+        d = self.ckpt_dir()
+        if d is None:
+            raise InputError("choose a checkpoint folder (latest.pt, best.pt go there)")
+        if d.exists() and not d.is_dir():
+            raise InputError(f"checkpoint folder '{d}' is a file")
+        if (d / "latest.pt").exists() and not cfg["resume"]:
+            raise InputError(
+                f"'{d / 'latest.pt'}' exists: tick 'resume' to continue that run, or choose "
+                "another checkpoint folder"
+            )
+        source = self.source_combo.currentText()
+        if source == "files":
+            if not cfg["train_glob"]:
+                raise InputError("give the training data: a glob such as D/train/*.tif")
+            resolve_files(cfg["train_glob"])  # empty glob / missing folder: clear error
+            if cfg["val_glob"]:
+                resolve_files(cfg["val_glob"])
+            TrainConfig.from_dict(cfg).validate()
+            return (lambda: files_training_job(cfg)), cfg
+        raw_layer = self._layer(self.raw_layer_combo)
+        if raw_layer is None:
+            raise InputError("choose a raw SIM stack layer (or train from files)")
+        src = sim_source(raw_layer)
+        gt_layer = (
+            self._layer(self.gt_layer_combo) if self.gt_layer_combo.currentText() != NO_GT else None
+        )
+        if cfg["supervised"] and gt_layer is None:
+            raise InputError("supervised training needs a ground-truth (GT) layer")
+        gt = None if gt_layer is None else gt_layer.data
+        cfg["val_glob"] = None
+        TrainConfig.from_dict({**cfg, "train_glob": "(layer)"}).validate()
+        data_dir = d / LAYER_DATA_DIR
+        args = (cfg, src.data, gt, src.name, src.angles, src.phases, data_dir)
+        return (lambda: layer_training_job(*args)), cfg
+
+    def stop(self) -> None:
+        """Stop after the current batch; the job saves latest.pt before it ends."""
+        if self.runner.running:
+            self._stopping = True
+            self.status.setText("stopping after this batch …")
+            self.runner.quit()
+
+    # ------------------------------------------------------------------ GUI-thread slots
+
+    def _reset_progress_state(self, cfg: dict | None = None) -> None:
+        self._epochs = int(cfg["epochs"]) if cfg else 1
+        self._limited = bool(cfg and cfg.get("max_steps"))
+        self._epoch = None  # epoch of the batches being received (1-based)
+        self._epoch_sum = 0.0
+        self._epoch_n = 0
+        self._epoch_first_step = 0
+        self._steps_per_epoch = None
+        self._last_step = 0
+
+    def _flush_epoch(self) -> None:
+        if self._epoch is not None and self._epoch_n:
+            self.plot.add_train(self._epoch, self._epoch_sum / self._epoch_n)
+        self._epoch_n, self._epoch_sum = 0, 0.0
+
+    def _on_event(self, ev) -> None:
+        m = ev.metrics
+        if ev.stage == "train":
+            epoch = int(m.get("epoch", 1))
+            if epoch != self._epoch:
+                self._flush_epoch()
+                if self._epoch is not None:
+                    self.plot.request_redraw()  # an epoch ended
+                self._epoch = epoch
+                self._epoch_first_step = ev.step - 1
+                if ev.total and not self._limited:
+                    self._steps_per_epoch = max(1, int(ev.total) // self._epochs)
+            self._last_step = ev.step
+            loss = float(m.get("loss", math.nan))
+            self._epoch_sum += loss
+            self._epoch_n += 1
+            in_epoch = ev.step - self._epoch_first_step
+            spe = self._steps_per_epoch
+            if spe:
+                self.plot.add_batch(epoch - 1 + in_epoch / spe, loss)
+                self.batch_bar.setRange(0, spe)
+                self.batch_bar.setValue(min(in_epoch, spe))
+            elif ev.total:
+                self.batch_bar.setFormat("step %v / %m")
+                self.batch_bar.setRange(0, int(ev.total))
+                self.batch_bar.setValue(min(int(ev.step), int(ev.total)))
+            self.epoch_bar.setRange(0, self._epochs)
+            self.epoch_bar.setValue(epoch - 1)
+            self.status.setText(
+                f"epoch {epoch}/{self._epochs}, step {ev.step}"
+                + (f"/{ev.total}" if ev.total else "")
+                + f", loss {loss:.4g}"
+            )
+        elif ev.stage == "validate":
+            self._flush_epoch()
+            self.plot.add_val(ev.step, float(m.get("val_loss", math.nan)))
+            self.epoch_bar.setValue(min(int(ev.step), self._epochs))
+            self.status.setText(
+                f"epoch {ev.step}: validation loss {m.get('val_loss', math.nan):.4g}"
+            )
+            self.plot.request_redraw()
+        elif ev.message:
+            self.status.setText(ev.message)
+
+    def _on_returned(self, result) -> None:
+        self.last_result = result
+        self._flush_epoch()
+        self.plot.request_redraw(force=True)
+        self.epoch_bar.setRange(0, self._epochs)
+        self.epoch_bar.setValue(min(int(result["epochs_done"]), self._epochs))
+        where = result["best"] or result["latest"]
+        msg = (
+            f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
+            f"{result['device']} in {result['seconds']:.1f} s; best: {where}"
+        )
+        self.status.setText(msg)
+        show_info(msg)
+
+    def _on_error(self, err: BaseException) -> None:
+        self._fail(error_message(err, "training"))
+
+    def _on_aborted(self) -> None:
+        self.status.setText("stopping: saving latest.pt …")
+
+    def _finished(self) -> None:
+        self._set_running(False)
+        self._update_ckpt_info()
+        if self._stopping:
+            self._stopping = False
+            self._flush_epoch()
+            self.plot.request_redraw(force=True)
+            d = self.ckpt_dir()
+            latest = d / "latest.pt" if d else None
+            if latest is not None and latest.is_file():
+                msg = f"stopped at step {self._last_step}; {latest} is resumable (tick 'resume')"
+            else:
+                msg = "stopped before the first step; no checkpoint was written"
+            self.status.setText(msg)
+            show_warning(msg)
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.fields.set_enabled(not running)
+        for w in (
+            self.start_btn,
+            self.load_btn,
+            self.source_combo,
+            self.source_stack,
+            self.ckpt_edit,
+            self.ckpt_browse,
+            self.threads_spin,
+        ):
+            w.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        if running:
+            self.use_btn.setEnabled(False)
+            self.epoch_bar.setRange(0, self._epochs)
+            self.epoch_bar.setValue(0)
+            self.batch_bar.setFormat("batch %v / %m")
+            self.batch_bar.setRange(0, 0)  # busy until the first batch
+
+
+def _fill_combo(combo: QComboBox, names: list[str], default: str | None) -> None:
+    """Replace the items, keeping the current choice when it is still there."""
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    if current in names:
+        combo.setCurrentText(current)
+    elif default is not None and default in names:
+        combo.setCurrentText(default)
+    combo.blockSignals(False)

@@ -1,0 +1,128 @@
+"""The "Generate SIM data" dock widget, opened through the plugin manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
+
+PLUGIN = "napari-sim-uq"
+NAME = "synthetic sample"
+
+
+def _dock(viewer):
+    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate SIM data")
+    return widget
+
+
+def _tiny(widget, n_train=2, n_val=1, n_test=0):
+    widget.fields.set_values(
+        {
+            "lr_size": (16, 16),
+            "hr_factor": 2,
+            "job": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": 3},
+        }
+    )
+
+
+def _wait(qtbot, widget):
+    # the runner drops its worker in the slot of `finished` (on the GUI thread)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari_sim_uq._napari._generate_widget as mod
+
+    shown: list[str] = []
+    monkeypatch.setattr(mod, "show_error", shown.append)
+    monkeypatch.setattr(mod, "show_info", lambda msg: None)
+    return shown
+
+
+def test_preview_adds_overlaid_layers(make_napari_viewer, qtbot, errors):
+    from napari_sim_uq.data.synth import SynthConfig, generate_sample
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    assert not widget.advanced.expanded  # the rest of SynthConfig is folded away
+    _tiny(widget)
+    widget.fields.set_values({"n_angles": 2, "n_phases": 3})
+    widget.preview()  # in a thread worker, as a user runs it
+    _wait(qtbot, widget)
+    assert errors == []
+    assert [lay.name for lay in viewer.layers] == [
+        NAME,
+        f"{NAME} GT emitter",
+        f"{NAME} noise sigma",
+    ]
+    raw, gt, sigma = (viewer.layers[n] for n in (NAME, f"{NAME} GT emitter", f"{NAME} noise sigma"))
+    assert raw.data.shape == sigma.data.shape == (6, 16, 16)
+    assert gt.data.shape == (32, 32)
+    # the HR emitter overlays the raw frames exactly (DESIGN.md 3)
+    np.testing.assert_allclose(gt.scale, (0.5, 0.5))
+    np.testing.assert_allclose(gt.translate, (-0.25, -0.25))
+    np.testing.assert_allclose(raw.scale[-2:], (1.0, 1.0))
+    np.testing.assert_allclose(sigma.scale[-2:], (1.0, 1.0))
+    assert raw.metadata["sim_uq"]["layout"] == {"kind": "sim", "angles": 2, "phases": 3}
+    # the same sample as the generator's (seed, index)
+    cfg = SynthConfig(lr_size=(16, 16), hr_factor=2, n_angles=2, n_phases=3)
+    np.testing.assert_array_equal(raw.data, generate_sample(cfg, 3, 0).raw)
+
+    # another preview replaces the layers instead of adding copies
+    widget.preview_index.setValue(1)
+    widget.preview()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == 3
+    np.testing.assert_array_equal(viewer.layers[NAME].data, generate_sample(cfg, 3, 1).raw)
+
+
+def test_write_dataset(make_napari_viewer, qtbot, tmp_path, errors):
+    from napari_sim_uq.data.sim_dataset import SimStackDataset
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    _tiny(widget, n_train=2, n_val=1)
+    out = tmp_path / "data"
+    widget.out_edit.setText(str(out))
+    widget.write_dataset()
+    assert widget.stop_btn.isEnabled()
+    _wait(qtbot, widget)
+    assert errors == []
+    for split, n in (("train", 2), ("val", 1)):
+        assert sorted(p.name for p in (out / split).iterdir()) == [
+            f"sample_{i:05d}.tif" for i in range(n)
+        ]
+        assert len(list((out / f"{split}_gt").glob("*.tif"))) == 2 * n  # emitter + patterns
+        assert len(list((out / f"{split}_meta").glob("*.npz"))) == n
+    assert not (out / "test").exists()
+    doc = json.loads((out / "dataset.json").read_text())
+    assert doc["splits"]["train"]["seed"] == 3 and doc["splits"]["val"]["seed"] == 1003
+    assert doc["splits"]["train"]["config"]["lr_size"] == [16, 16]
+    assert widget.progress.value() == widget.progress.maximum() == 3
+    ds = SimStackDataset(str(out / "train" / "*.tif"), supervised=True)
+    assert ds[0]["emitter_gt"].shape == (1, 32, 32)
+
+    # writing again refuses to overwrite, with a notification
+    widget.write_dataset()
+    _wait(qtbot, widget)
+    assert len(errors) == 1 and "not empty" in errors[0]
+    assert widget.write_btn.isEnabled() and not widget.stop_btn.isEnabled()
+
+
+def test_bad_settings_give_notifications(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    widget.write_dataset()
+    assert "output folder" in errors[-1]
+    widget.out_edit.setText("somewhere")
+    widget.fields.set_values({"job": {"n_train": 0, "n_val": 0, "n_test": 0}})
+    widget.write_dataset()
+    assert "nothing to write" in errors[-1]
+    widget.fields.set_values({"modulation": (0.9, 0.5)})  # low > high
+    widget.preview()
+    assert "modulation" in errors[-1]
+    assert widget.worker is None and len(viewer.layers) == 0
