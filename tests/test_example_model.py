@@ -43,6 +43,6 @@ def test_shipped_model_beats_widefield_on_the_sample_stack():
     a, b = np.linalg.lstsq(np.c_[wf.ravel(), np.ones(wf.size)], gt.ravel(), rcond=None)[0]
     dr = float(gt.max() - gt.min())
     gain = psnr(e, gt, dr) - psnr(a * wf + b, gt, dr)
-    assert gain > 2.0, gain  # measured: 4.6 dB
+    assert gain > 2.0, gain  # measured: 6.8 dB
     rho = spearmanr(s.ravel(), np.abs(e - gt).ravel())[0]
-    assert rho > 0.6, rho  # measured: 0.93
+    assert rho > 0.6, rho  # measured: 0.74

@@ -46,14 +46,14 @@ class DemoConfig(JsonConfig):
     _what = "demo options"
 
     out_dir: str = "sim-uq-demo"
-    n_train: int = 96
+    n_train: int = 128
     n_val: int = 16  # model selection during training
     n_calib: int = 48  # held-out stacks for the sigma scale (ZMS is tail-sensitive)
     n_test: int = 16
     lr_size: int = 48  # raw frames are lr_size x lr_size pixels
     hr_factor: int = 2
-    epochs: int = 40
-    train_minutes: float = 5.0  # training stops between epochs once this is used up
+    epochs: int = 50
+    train_minutes: float = 7.0  # training stops between epochs once this is used up
     batch_size: int = 8
     lr: float = 2e-3
     base_channels: int = 16
