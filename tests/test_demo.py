@@ -16,7 +16,15 @@ from napari_sim_uq.jobs.demo import DemoConfig, demo_job
 from napari_sim_uq.jobs.events import run
 
 TINY = dict(
-    n_train=4, n_val=2, n_calib=2, n_test=2, lr_size=16, depth=1, base_channels=4, epochs=2, batch_size=2
+    n_train=4,
+    n_val=2,
+    n_calib=2,
+    n_test=2,
+    lr_size=16,
+    depth=1,
+    base_channels=4,
+    epochs=2,
+    batch_size=2,
 )
 
 

@@ -65,7 +65,13 @@ class DemoConfig(JsonConfig):
 
     def validate(self) -> None:
         for name in (
-            "n_train", "n_val", "n_calib", "n_test", "epochs", "batch_size", "base_channels"
+            "n_train",
+            "n_val",
+            "n_calib",
+            "n_test",
+            "epochs",
+            "batch_size",
+            "base_channels",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -239,9 +239,7 @@ class SimNetConfig(JsonConfig):
                 f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
             )
         if self.var_space not in VAR_SPACES:
-            raise InputError(
-                f"var_space must be one of {list(VAR_SPACES)}, got {self.var_space!r}"
-            )
+            raise InputError(f"var_space must be one of {list(VAR_SPACES)}, got {self.var_space!r}")
         if self.norm not in NORMS:
             raise InputError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         if not isinstance(self.predict_background, bool):
