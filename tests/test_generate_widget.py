@@ -29,8 +29,8 @@ def _tiny(widget, n_train=2, n_val=1, n_test=0):
 
 
 def _wait(qtbot, widget):
-    # the runner drops its worker in the slot of `finished` (on the GUI thread)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    # the job has ended and its layers (added one per event-loop turn) are there
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def _run_threaded(qtbot, widget):
     assert worker is not None
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=5_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)  # layers are added one by one
 
 
 @pytest.fixture

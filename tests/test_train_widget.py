@@ -93,7 +93,8 @@ def test_train_from_files(make_napari_viewer, qtbot, tmp_path, data_dir, shown):
     plot = widget.plot
     assert plot.train_x == [1.0, 2.0] and plot.val_x == [1.0, 2.0]
     assert len(plot.batch_y) == 4 and np.all(np.isfinite(plot.batch_y))
-    assert plot.n_draws >= 2
+    assert plot.wait_idle() and plot.n_draws >= 2 and plot.n_full_draws >= 1
+    assert list(plot.lines["val"].get_xdata()) == [1.0, 2.0]
     assert str(ckpt / "best.pt") in widget.ckpt_info.text()
     assert widget.start_btn.isEnabled() and not widget.stop_btn.isEnabled()
 

@@ -29,6 +29,7 @@ from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
     JobRunner,
+    LayerAdder,
     error_message,
     progress_bar,
     row,
@@ -36,7 +37,6 @@ from napari_sim_uq._napari._widgets import (
     set_progress,
     status_label,
 )
-from napari_sim_uq.api import add_or_replace_layers
 from napari_sim_uq.data.samples import sim_sample_layer_data
 from napari_sim_uq.data.synth import SynthConfig, generate_sample, generate_splits
 from napari_sim_uq.errors import InputError, SimUqError
@@ -123,6 +123,7 @@ class GenerateSimWidget(QWidget):
         self.runner = JobRunner(
             self._on_event, self._on_returned, self._on_error, self._on_aborted, self._finished
         )
+        self.adder = LayerAdder(self.viewer)
         f = self.fields = Fields()  # SynthConfig fields, and the job's under "job."
         main = QFormLayout()
         f.add_rows(main, MAIN_FIELDS, _default)
@@ -164,6 +165,11 @@ class GenerateSimWidget(QWidget):
     @property
     def worker(self):
         return self.runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """A job runs, or the preview layers are still being added."""
+        return self.runner.running or self.adder.busy
 
     def config(self) -> SynthConfig:
         """The generator config of the current settings (raises InputError if invalid)."""
@@ -216,7 +222,7 @@ class GenerateSimWidget(QWidget):
         return (lambda: generate_splits(out, counts, cfg, **kw)), f"writing {n} samples …"
 
     def _launch(self, prepare) -> None:
-        if self.runner.running:
+        if self.busy:
             return
         try:
             make_job, message = prepare()
@@ -266,18 +272,23 @@ class GenerateSimWidget(QWidget):
             phases=cfg.n_phases,
             metadata={"synthetic": meta, "generator": cfg.to_dict()},
         )
-        try:
-            self.last_layers = add_or_replace_layers(self.viewer, layer_data)
-        except Exception as err:  # shown, not raised
+        p = sample.params
+
+        def added(layers):
+            self.last_layers = layers
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+            self.status.setText(
+                f"preview: sample {p['index']} (photons {p['photons']:.0f}, modulation "
+                f"{p['modulation']:.2f}); the GT emitter and noise sigma layers start hidden"
+            )
+            self._finished()
+
+        def failed(err):
             self._on_error(err)
-            return
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.status.setText(
-            f"preview: sample {sample.params['index']} (photons {sample.params['photons']:.0f}, "
-            f"modulation {sample.params['modulation']:.2f}); GT emitter and noise sigma are "
-            "hidden layers"
-        )
+            self._finished()
+
+        self.adder.start(layer_data, added, failed)
 
     def _on_error(self, err: BaseException) -> None:
         self._fail(error_message(err, "generation"))
@@ -286,6 +297,8 @@ class GenerateSimWidget(QWidget):
         self.status.setText("stopping …")
 
     def _finished(self) -> None:
+        if self.busy:
+            return  # the preview layers are still being added
         self._set_running(False)
         if self._stopping:
             self._stopping = False

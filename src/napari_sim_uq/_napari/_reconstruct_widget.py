@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
 from napari_sim_uq._napari._widgets import (
     NOTHREADS_ENV,
     JobRunner,
+    LayerAdder,
+    default_torch_threads,
     error_message,
     image_layers,
     no_threads,
@@ -37,7 +39,6 @@ from napari_sim_uq._napari._widgets import (
     watch_layers,
 )
 from napari_sim_uq.api import (
-    add_or_replace_layers,
     reconstruction_layer_data,
     resolve_checkpoint,
     sim_source,
@@ -61,6 +62,7 @@ class ReconstructSimWidget(QWidget):
         self.runner = JobRunner(
             self._on_event, self._returned, self._on_error, self._on_aborted, self._on_finished
         )
+        self.adder = LayerAdder(self.viewer)  # adds the result layers one at a time
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("raw SIM stack: (angles*phases, H, W) frames or a series")
@@ -114,6 +116,11 @@ class ReconstructSimWidget(QWidget):
         """The running thread worker, or None."""
         return self.runner.worker
 
+    @property
+    def busy(self) -> bool:
+        """A reconstruction runs, or its layers are still being added."""
+        return self.runner.running or self.adder.busy
+
     # ------------------------------------------------------------------ layer choice
 
     def _image_layers(self) -> list:
@@ -148,7 +155,7 @@ class ReconstructSimWidget(QWidget):
 
     def run(self) -> None:
         """Start a reconstruction of the chosen layer (no-op while one is running)."""
-        if self.runner.running:
+        if self.busy:
             return
         layer = self.selected_layer()
         if layer is None:
@@ -171,7 +178,10 @@ class ReconstructSimWidget(QWidget):
         self._set_running(True)
         self.status.setText(f"reconstructing '{source.name}' …")
         self._source_device = (source, device)
-        self.runner.start(lambda: reconstruct_sim_job(source.data, ckpt, **job_kw))
+        self.runner.start(
+            lambda: reconstruct_sim_job(source.data, ckpt, **job_kw),
+            torch_threads=default_torch_threads(),
+        )
 
     def stop(self) -> None:
         """Ask the running job to stop at its next progress event."""
@@ -191,15 +201,25 @@ class ReconstructSimWidget(QWidget):
     def _on_returned(self, rec, source, device) -> None:
         try:
             layer_data = reconstruction_layer_data(rec, source, device=device)
-            self.last_layers = add_or_replace_layers(self.viewer, layer_data)
         except Exception as err:  # shown, not raised
             self._on_error(err)
             return
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        msg = f"done: {len(self.last_layers)} layers for '{source.name}'"
-        self.status.setText(msg)
-        show_info(msg)
+        self.status.setText(f"adding {len(layer_data)} layers …")
+
+        def added(layers):
+            self.last_layers = layers
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+            msg = f"done: {len(layers)} layers for '{source.name}'"
+            self.status.setText(msg)
+            show_info(msg)
+            self._on_finished()
+
+        def failed(err):
+            self._on_error(err)
+            self._on_finished()
+
+        self.adder.start(layer_data, added, failed)
 
     def _on_error(self, err: BaseException) -> None:
         self._fail(error_message(err, "reconstruction"))
@@ -208,7 +228,8 @@ class ReconstructSimWidget(QWidget):
         self.status.setText("stopped; no layers were changed")
 
     def _on_finished(self) -> None:
-        self._set_running(False)
+        if not self.busy:
+            self._set_running(False)
 
     def _fail(self, message: str) -> None:
         self.status.setText(message)

@@ -43,6 +43,7 @@ from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
     JobRunner,
+    default_torch_threads,
     error_message,
     image_layers,
     progress_bar,
@@ -64,11 +65,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SOURCES = ("files", "layers")
 NO_GT = "(none)"
 LAYER_DATA_DIR = "layer_data"
-
-
-def default_torch_threads() -> int:
-    """CPU threads for training in the GUI: one core is left to the viewer."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def device_description(name: str) -> str:
@@ -323,9 +319,10 @@ class TrainSimWidget(QWidget):
         box.addWidget(self.batch_bar)
         box.addWidget(self.status)
         box.addWidget(self.plot_check)
-        box.addWidget(self.plot, 1)
+        box.addWidget(self.plot)
         box.addWidget(self.ckpt_info)
         box.addLayout(ck_buttons)
+        box.addStretch(1)
 
         self.ckpt_edit.editingFinished.connect(self._update_ckpt_info)
         watch_layers(self.viewer, self._refresh_layers)
@@ -336,6 +333,11 @@ class TrainSimWidget(QWidget):
     @property
     def worker(self):
         return self.runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """Training runs (or is stopping)."""
+        return self.runner.running
 
     def _refresh_layers(self, event=None) -> None:
         layers = image_layers(self.viewer)
@@ -447,14 +449,14 @@ class TrainSimWidget(QWidget):
             # resuming needs the same model: take the settings stored in latest.pt
             self.load_checkpoint(d / "latest.pt", data=False)
 
-    def _load_history(self, ckpt_dir: Path) -> None:
-        self.plot.clear_data()
+    def _load_history(self, ckpt_dir: Path, epochs: int = 1) -> None:
+        self.plot.clear_data(epochs)
         for r in read_metrics_csv(ckpt_dir / "metrics.csv"):
             if "epoch" in r and "train_loss" in r:
                 self.plot.add_train(r["epoch"], r["train_loss"])
             if "epoch" in r and "val_loss" in r:
                 self.plot.add_val(r["epoch"], r["val_loss"])
-        self.plot.request_redraw(force=True)
+        self.plot.request_redraw(force=True, tidy=True)
 
     def _update_ckpt_info(self) -> None:
         d = self.ckpt_dir()
@@ -489,9 +491,9 @@ class TrainSimWidget(QWidget):
             return
         self._reset_progress_state(cfg)
         if cfg["resume"]:
-            self._load_history(Path(cfg["ckpt_dir"]))
+            self._load_history(Path(cfg["ckpt_dir"]), cfg["epochs"])
         else:
-            self.plot.clear_data()
+            self.plot.clear_data(cfg["epochs"])
             self.plot.request_redraw(force=True)
         self._stopping = False
         self._set_running(True)
@@ -610,7 +612,7 @@ class TrainSimWidget(QWidget):
     def _on_returned(self, result) -> None:
         self.last_result = result
         self._flush_epoch()
-        self.plot.request_redraw(force=True)
+        self.plot.request_redraw(force=True, tidy=True)
         self.epoch_bar.setRange(0, self._epochs)
         self.epoch_bar.setValue(min(int(result["epochs_done"]), self._epochs))
         where = result["best"] or result["latest"]
@@ -633,7 +635,7 @@ class TrainSimWidget(QWidget):
         if self._stopping:
             self._stopping = False
             self._flush_epoch()
-            self.plot.request_redraw(force=True)
+            self.plot.request_redraw(force=True, tidy=True)
             d = self.ckpt_dir()
             latest = d / "latest.pt" if d else None
             if latest is not None and latest.is_file():

@@ -37,6 +37,13 @@ from napari_sim_uq.errors import SimUqError
 NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
 
 
+def default_torch_threads() -> int:
+    """torch CPU threads for jobs started from the GUI: one core is left to the viewer
+    (with every core busy, the event loop waits for CPU and the intra-op thread pool
+    for the loaded cores: ``bench/ui_responsiveness.py``)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def no_threads() -> bool:
     """True when ``NAPARI_SIM_UQ_NOTHREADS`` asks to run jobs on the calling thread."""
     return os.environ.get(NOTHREADS_ENV, "").strip().lower() in ("1", "true", "yes")
@@ -309,9 +316,12 @@ def image_layers(viewer) -> list:
     return [lay for lay in viewer.layers if isinstance(lay, Image)]
 
 
-def status_label(text: str = "ready") -> QLabel:
+def status_label(text: str = "ready", lines: int = 2) -> QLabel:
+    """A word-wrapped status line at least ``lines`` lines high, so that messages of up
+    to that many lines do not move what lies below it."""
     label = QLabel(text)
     label.setWordWrap(True)
+    label.setMinimumHeight(lines * label.fontMetrics().lineSpacing() + 4)
     return label
 
 
@@ -321,6 +331,61 @@ def error_message(err: BaseException, what: str) -> str:
     if isinstance(err, (SimUqError, FileExistsError)):
         return str(err)
     return f"{what} failed: {type(err).__name__}: {err}"
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class LayerAdder:
+    """Add layer data tuples to a viewer one per turn of the event loop.
+
+    Adding an image layer costs napari 50-150 ms of GUI-thread time (layer controls,
+    visuals); seven at once would freeze the viewer for a second. Between two adds the
+    viewer repaints and handles input. ``done(layers)`` follows the last add, ``error(exc)``
+    a failed one. With ``NAPARI_SIM_UQ_NOTHREADS=1`` all are added at once. Layers of the
+    same name are replaced (:func:`napari_sim_uq.api.add_or_replace_layers`).
+    """
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self.pending: list = []
+        self.layers: list = []
+        self._done = self._error = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def start(self, layer_data: list, done, error) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.pending, self.layers = list(layer_data), []
+        self._done, self._error = done, error
+        if no_threads():
+            while self.pending:
+                if not self._add_one():
+                    return
+            return
+        QTimer.singleShot(0, self._next)
+
+    def _add_one(self) -> bool:
+        from napari_sim_uq.api import add_or_replace_layers
+
+        try:
+            self.layers += add_or_replace_layers(self.viewer, [self.pending.pop(0)])
+        except Exception as err:  # shown by the widget, never raised into Qt
+            self.pending = []
+            self._error(err)
+            return False
+        if not self.pending:
+            self._done(self.layers)
+        return True
+
+    def _next(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self.pending and self._add_one() and self.pending:
+            QTimer.singleShot(0, self._next)
 
 
 # --------------------------------------------------------------------------- jobs
