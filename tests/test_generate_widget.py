@@ -72,11 +72,12 @@ def test_preview_adds_overlaid_layers(make_napari_viewer, qtbot, errors):
     cfg = SynthConfig(lr_size=(16, 16), hr_factor=2, n_angles=2, n_phases=3)
     np.testing.assert_array_equal(raw.data, generate_sample(cfg, 3, 0).raw)
 
-    # another preview replaces the layers instead of adding copies
+    # another preview updates the layers in place instead of adding copies
     widget.preview_index.setValue(1)
     widget.preview()
     _wait(qtbot, widget)
     assert len(viewer.layers) == 3
+    assert viewer.layers[NAME] is raw  # the same layer (seen through napari's proxy)
     np.testing.assert_array_equal(viewer.layers[NAME].data, generate_sample(cfg, 3, 1).raw)
 
 

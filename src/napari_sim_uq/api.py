@@ -202,10 +202,12 @@ def reconstruction_layer_data(rec: Any, source: SimSource, *, device: str | None
 
 
 def _is_napari_image(layer: Any) -> bool:
-    # by class name, so that this module never imports napari (DESIGN.md 1)
+    # by class name, so that this module never imports napari (DESIGN.md 1); __class__,
+    # not type(): plugin widgets see layers through napari's PublicOnlyProxy, whose type
+    # is the proxy but whose __class__ is the layer's
     return any(
         c.__name__ == "Image" and c.__module__.startswith("napari.layers")
-        for c in type(layer).__mro__
+        for c in layer.__class__.__mro__
     )
 
 
