@@ -71,6 +71,8 @@ def main() -> int:
     viewer.close()
     reconstruct_widget_screenshot()
     explorer_widget_screenshot()
+    generate_widget_screenshot()
+    train_widget_screenshot()
     print(f"screenshots written to {OUT}")
     return 0
 
@@ -128,7 +130,82 @@ def explorer_widget_screenshot() -> None:
     viewer.close()
 
 
+def generate_widget_screenshot() -> None:
+    """The "Generate SIM data" dock widget after a preview (raw stack + GT overlay)."""
+    import os
+
+    os.environ["NAPARI_SIM_UQ_NOTHREADS"] = "1"  # the preview is there before the picture
+    _no_qt_toast()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 1000)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sim-uq", "Generate SIM data")
+    widget.fields.set_values({"lr_size": (64, 64), "hr_factor": 3, "job": {"seed": 2}})
+    widget.out_edit.setText("~/sim_data")
+    widget.preview()
+    gt = viewer.layers["synthetic sample GT emitter"]
+    gt.visible, gt.opacity, gt.blending = True, 0.6, "additive"
+    viewer.layers.selection.active = viewer.layers["synthetic sample"]
+    _settle()
+    viewer.reset_view()
+    _settle()
+    viewer.screenshot(str(OUT / "generate_widget.png"), canvas_only=False)
+    viewer.close()
+
+
+def train_widget_screenshot() -> None:
+    """The "Train SIM model" dock widget after a short run on a small generated dataset
+    (so the live loss plot has curves)."""
+    import os
+    import shutil
+    import tempfile
+
+    from napari_sim_uq.data.synth import SynthConfig, generate_splits
+    from napari_sim_uq.jobs.events import run
+
+    os.environ["NAPARI_SIM_UQ_NOTHREADS"] = "1"  # training ends before the picture
+    _no_qt_toast()
+    tmp = Path(tempfile.gettempdir()) / "simuq"  # short paths fit the dock's fields
+    shutil.rmtree(tmp, ignore_errors=True)
+    data = tmp / "data"
+    run(generate_splits(data, {"train": 16, "val": 4}, SynthConfig(lr_size=(32, 32), hr_factor=2)))
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 1000)
+    viewer.open(str(data / "train" / "sample_00000.tif"), plugin="napari-sim-uq")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sim-uq", "Train SIM model")
+    widget.train_glob.setText(str(data / "train" / "*.tif"))
+    widget.val_glob.setText(str(data / "val" / "*.tif"))
+    widget.ckpt_edit.setText(str(tmp / "checkpoints"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.fields.set_values(
+        {
+            "epochs": 12,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "supervised": True,
+            "model": {"base_channels": 8, "depth": 2},
+        }
+    )
+    widget.start()
+    _settle()
+    viewer.reset_view()
+    widget.plot.wait_idle()
+    _settle()
+    viewer.screenshot(str(OUT / "train_widget.png"), canvas_only=False)
+    viewer.close()
+
+
+SINGLE = {
+    "explorer": "explorer_widget_screenshot",
+    "reconstruct": "reconstruct_widget_screenshot",
+    "generate": "generate_widget_screenshot",
+    "train": "train_widget_screenshot",
+}
+
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] in SINGLE:  # just one widget's picture
+        OUT.mkdir(parents=True, exist_ok=True)
+        globals()[SINGLE[sys.argv[1]]]()
+        sys.exit(0)
     if sys.argv[1:] == ["explorer"]:  # just the Uncertainty explorer
         OUT.mkdir(parents=True, exist_ok=True)
         explorer_widget_screenshot()

@@ -7,7 +7,7 @@ off. An update must not stall the GUI thread, where a full matplotlib draw costs
 of Python on an idle core and several times that while a training thread competes for
 the CPU and the GIL. So the axes are drawn in full only when their limits change (x spans
 the planned epochs from the start; during a run y only grows when the data leave the
-range, at the end of a run it also shrinks to the data) or the canvas is resized, without
+range, at the end of a run it is fitted to the data) or the canvas is resized, without
 a layout engine; otherwise only the three curves are drawn over the saved background and
 blitted (about a millisecond).
 """
@@ -138,7 +138,7 @@ class LossPlot(QWidget):
 
     def _wanted_limits(self, tidy: bool):
         """(xlim, ylim) for the data: the current ones while the data fit, unless ``tidy``
-        (then also when the data fill less than a third of the y range)."""
+        (then fitted to the data)."""
         xmax = max([self.planned_epochs, *self.train_x, *self.val_x, *self.batch_x[-1:]])
         xlim = (0.0, float(max(math.ceil(xmax), 1)))
         # y from the epoch means, the validation and the latest epoch's batches: the first
@@ -150,8 +150,7 @@ class LossPlot(QWidget):
         if ys.size:
             lo, hi = float(ys.min()), float(ys.max())
             outside = lo < ylim[0] or hi > ylim[1]
-            loose = tidy and (hi - lo) < (ylim[1] - ylim[0]) / 3
-            if outside or loose or self._background is None:
+            if tidy or outside or self._background is None:
                 # while training, leave room for the loss to move (fewer full draws)
                 ylim = nice_limits(lo, hi, pad=0.05 if tidy else 0.3)
         return xlim, ylim
@@ -227,5 +226,5 @@ class LossPlot(QWidget):
         # fixed margins in pixels (a layout engine would double the cost of a full draw)
         w, h = self.figure.bbox.width, self.figure.bbox.height
         if w > 100 and h > 80:
-            self.figure.subplots_adjust(left=52 / w, right=1 - 10 / w, bottom=36 / h, top=1 - 8 / h)
+            self.figure.subplots_adjust(left=52 / w, right=1 - 12 / w, bottom=44 / h, top=1 - 8 / h)
         self._background = None  # the next draw (Qt redraws after a resize) saves it
