@@ -74,15 +74,21 @@ def test_resume_continues_the_same_run(data, tmp_path):
 
 
 def test_stop_mid_epoch_leaves_a_loadable_checkpoint(data, tmp_path):
-    job = train_sim_job(_cfg(data, tmp_path / "ck", epochs=5, batch_size=2))
+    job = train_sim_job(_cfg(data, tmp_path / "ck", epochs=2, batch_size=2))
     events = [next(job) for _ in range(3)]  # 3 optimiser steps into epoch 1 (of 4 per epoch)
     assert [e.step for e in events] == [1, 2, 3]
     job.close()  # what napari's worker.quit() does
     ck = load_checkpoint(tmp_path / "ck" / "latest.pt", expected_model_type="sim_uq_net")
     assert ck.train_state["step"] == 3 and ck.train_state["epoch"] == 0
-    # and it resumes
-    res = run(train_sim_job(_cfg(data, tmp_path / "ck", epochs=1, batch_size=2, resume=True)))
-    assert res["steps"] >= 3
+    # and it resumes inside epoch 1: the same 8 steps and weights as a run never stopped
+    res = run(train_sim_job(_cfg(data, tmp_path / "ck", epochs=2, batch_size=2, resume=True)))
+    full = run(train_sim_job(_cfg(data, tmp_path / "full", epochs=2, batch_size=2)))
+    assert res["steps"] == full["steps"] == 8 and res["epochs_done"] == 2
+    stopped = load_checkpoint(tmp_path / "ck" / "latest.pt")
+    uninterrupted = load_checkpoint(tmp_path / "full" / "latest.pt")
+    assert stopped.train_state["epoch"] == uninterrupted.train_state["epoch"] == 2
+    for k, v in uninterrupted.model_state.items():
+        torch.testing.assert_close(stopped.model_state[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_refuses_to_overwrite_an_existing_run(data, tmp_path):

@@ -321,6 +321,7 @@ def train_sim_job(cfg: TrainConfig):
     )
 
     start_epoch, step, best_val = 0, 0, math.inf
+    resume_rng = None  # torch's RNG state of the stopped run
     if cfg.resume and latest.exists():
         ck = load_checkpoint(latest, expected_model_type=MODEL_TYPE, map_location=device)
         if ck.config.get("model") != model_cfg.to_dict():
@@ -335,7 +336,7 @@ def train_sim_job(cfg: TrainConfig):
         if ck.scheduler_state:
             sched.load_state_dict(ck.scheduler_state)
         if isinstance(ck.extra.get("rng_state"), torch.Tensor):
-            torch.set_rng_state(ck.extra["rng_state"].to("cpu", torch.uint8))
+            resume_rng = ck.extra["rng_state"].to("cpu", torch.uint8)
         start_epoch = int(ck.train_state.get("epoch", 0))
         step = int(ck.train_state.get("step", 0))
         best_val = float(ck.train_state.get("best_metric", math.inf))
@@ -381,6 +382,13 @@ def train_sim_job(cfg: TrainConfig):
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    # a run stopped mid-epoch resumes inside that epoch: the epoch's batch order and crops
+    # depend only on (seed, epoch), so skipping the batches already trained on continues
+    # exactly where the stopped run was (same steps, schedule and result as without a stop)
+    skip = min(max(step - start_epoch * steps_per_epoch, 0), steps_per_epoch)
+    if resume_rng is not None and not skip:
+        torch.set_rng_state(resume_rng)  # at an epoch start, as the stopped run was
+        resume_rng = None
     epoch = start_epoch
     completed_epoch = start_epoch
     history: list[dict] = []
@@ -395,7 +403,16 @@ def train_sim_job(cfg: TrainConfig):
             criterion.train()
             sums: dict[str, float] = {}
             n_batches = 0
-            for batch in train_loader:
+            batches = iter(train_loader)  # (takes a number from torch's RNG)
+            if resume_rng is not None:
+                # mid-epoch: the stopped run's state after its last step, not before the
+                # epoch's iterator was made
+                torch.set_rng_state(resume_rng)
+                resume_rng = None
+            for batch in batches:
+                if skip:
+                    skip -= 1
+                    continue
                 if step >= total_steps:
                     break
                 batch = _to_device(batch, device)
