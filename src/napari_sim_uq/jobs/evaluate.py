@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import Event
+from napari_sim_uq.jobs.events import Event, relay
 
 __all__ = [
     "MAX_POOLED_PIXELS",
@@ -404,15 +404,7 @@ def _collect(
         job = predict_sim(
             model, x, mc_samples=mc_samples, tile=tile, device=str(device), sigma_scale=None
         )
-        try:
-            while True:
-                ev = next(job)
-                ev.message = f"stack {i + 1}/{n_items} ({name}): {ev.message}"
-                yield ev
-        except StopIteration as stop:
-            pred = stop.value
-        finally:
-            job.close()
+        pred = yield from relay(job, f"stack {i + 1}/{n_items} ({name}): ")
 
         row: dict[str, Any] = {"name": name}
         # ---- calibration (normalised model units, unit sigma scale)

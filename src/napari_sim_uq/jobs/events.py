@@ -63,3 +63,19 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
         job.close()
         for bar in bars.values():
             bar.close()
+
+
+def relay(job: Job[R], prefix: str) -> Job[R]:
+    """Run the sub-job ``job`` inside another job: yields its events with ``prefix`` put
+    before their messages and returns its result (``result = yield from relay(...)``).
+    The sub-job is closed when this ends, also when this generator is closed (a stop)."""
+    try:
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as stop:
+                return stop.value
+            ev.message = prefix + ev.message
+            yield ev
+    finally:
+        job.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sim_uq.errors import InputError
+from napari_sim_uq.jobs.events import relay
 
 OUTPUTS = ("emitter", "emitter_std", "lp", "lp_std", "psf", "psf_std", "rec_std")
 
@@ -106,15 +107,7 @@ def reconstruct_sim_job(
             sigma_scale=sigma_scale,
             seed=seed,
         )
-        try:
-            while True:
-                ev = next(job)
-                ev.message = f"time point {t + 1}/{n_t}: {ev.message}"
-                yield ev
-        except StopIteration as stop:
-            pred = stop.value
-        finally:
-            job.close()
+        pred = yield from relay(job, f"time point {t + 1}/{n_t}: ")
         # back to the input's intensity units: the emitter lives in the raw data's scale
         # (gt_norm "raw"), patterns and PSF are unitless, rec is a raw-frame prediction
         e_scale = norm.scale if gt_norm == "raw" else 1.0
