@@ -12,7 +12,9 @@ long interval between two ticks. Per case it reports
 - **p99 tick** and **max tick**: 99th percentile and maximum interval;
 - **longest stall**: ``max interval - 10 ms``, the time the event loop was blocked beyond
   the timer period (this is the number compared with the target);
-- ``n > 50 ms``: number of intervals longer than 50 ms.
+- ``n > 50 ms``: number of intervals longer than 50 ms;
+- **fullGC**: the longest full (generation 2) garbage collection during the case, on any
+  thread (it holds the GIL, so it stalls the event loop too).
 
 Targets: longest stall < 100 ms, median tick < 20 ms.
 
@@ -32,10 +34,16 @@ idle for a second before its measurement):
    widget's thread setting);
 6. ``reconstruct, first run``: the "Reconstruct SIM" widget reconstructs a generated
    ``9 x rec_size x rec_size`` stack with the bundled example model, until the seven
-   result layers are added (one per event-loop turn, on the GUI thread; included). The
+   result layers are added (one at a time, 30 ms apart, on the GUI thread; included). The
    first reconstruction of a session includes more of torch's lazy imports (``sympy``
    and friends, again seconds of GIL-bound Python in the worker);
-7. ``reconstruct``: the same again (the layers are replaced in place).
+7. ``reconstruct``: the same again (the layers are replaced in place);
+8. ``napari alone: add 7 layers`` / ``update 7``: no plugin code, for comparison: plain
+   ``viewer.add_image`` of arrays like the seven results (then ``layer.data = ...``),
+   paced like the plugin's adds (``LAYER_ADD_GAP_MS`` apart), i.e. napari's own cost.
+
+``--no-gc-freeze`` switches off the widgets' ``gc.freeze()`` while jobs run, to show what
+it changes (the JSON gets a ``_no_gc_freeze`` suffix).
 
 Prints a table and writes ``bench/results/ui_responsiveness.json`` (``_quick`` with
 ``--quick``), with the machine description and load average.
@@ -61,8 +69,36 @@ TARGET_STALL_MS = 100.0
 TARGET_MEDIAN_MS = 20.0
 
 
+class GcRecorder:
+    """Durations of Python's full (generation 2) garbage collections, on any thread."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.t0 = 0.0
+        self.full_ms: list[float] = []
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self.t0 = time.perf_counter()
+        elif self.t0:
+            self.full_ms.append((time.perf_counter() - self.t0) * 1000.0)
+
+    def reset(self) -> None:
+        self.full_ms = []
+
+    def summary(self) -> dict:
+        return {
+            "full_gc_count": len(self.full_ms),
+            "full_gc_max_ms": float(max(self.full_ms, default=0.0)),
+        }
+
+
 class TickRecorder:
-    """Timestamps of a 10 ms QTimer on the GUI thread."""
+    """Timestamps of a 10 ms QTimer on the GUI thread (and the full collections)."""
 
     def __init__(self) -> None:
         from qtpy.QtCore import Qt, QTimer
@@ -72,8 +108,10 @@ class TickRecorder:
         self.timer.setTimerType(Qt.PreciseTimer)
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+        self.gc = GcRecorder()
 
     def start(self) -> None:
+        self.gc.reset()
         self.times = [time.perf_counter()]
         self.timer.start()
 
@@ -89,6 +127,7 @@ class TickRecorder:
             "max_tick_ms": float(iv.max()),
             "longest_stall_ms": float(max(iv.max() - TICK_MS, 0.0)),
             "n_over_50ms": int((iv > 50).sum()),
+            **self.gc.summary(),
         }
 
 
@@ -111,6 +150,31 @@ def run_until_finished(widget, start, timeout_s: float = 600.0) -> None:
     poll.start()
     loop.exec_()
     poll.stop()
+
+
+class NapariBaseline:
+    """napari alone, for comparison: calls ``calls`` one per ``gap_ms`` on the GUI thread
+    (the pacing of the plugin's layer adds), with no plugin code; ``busy`` until done."""
+
+    def __init__(self, calls, gap_ms: int) -> None:
+        self.calls = list(calls)
+        self.gap_ms = gap_ms
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.calls)
+
+    def start(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.calls.pop(0)()
+        if self.calls:
+            QTimer.singleShot(self.gap_ms, self._next)
 
 
 def measure(recorder: TickRecorder, widget, start) -> dict:
@@ -149,22 +213,29 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="training epochs per case (12)")
     ap.add_argument("--rec-size", type=int, default=None, help="reconstructed stack side (256)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
+    ap.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="switch off the widgets' gc.freeze() while jobs run (for comparison)",
+    )
     args = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise SystemExit("needs a display: run under xvfb-run -a python bench/ui_responsiveness.py")
     epochs = args.epochs or (3 if args.quick else 12)
     rec_size = args.rec_size or (96 if args.quick else 256)
-    out_path = args.out or RESULTS / (
-        "ui_responsiveness_quick.json" if args.quick else "ui_responsiveness.json"
-    )
+    stem = "ui_responsiveness" + ("_quick" if args.quick else "")
+    stem += "_no_gc_freeze" if args.no_gc_freeze else ""
+    out_path = args.out or RESULTS / f"{stem}.json"
 
     import napari
     import torch
 
-    from napari_sim_uq._napari._widgets import default_torch_threads
+    from napari_sim_uq._napari._widgets import GC_FREEZE, LAYER_ADD_GAP_MS, default_torch_threads
     from napari_sim_uq.data.synth import SynthConfig, generate_sample, generate_splits
     from napari_sim_uq.jobs.events import run
 
+    if args.no_gc_freeze:
+        GC_FREEZE.hold = GC_FREEZE.release = lambda: None
     env = machine_info([torch.device("cpu")])
     tmp = Path(tempfile.mkdtemp(prefix="sim_uq_ui_bench_"))
     try:
@@ -240,6 +311,36 @@ def main(argv=None):
                 f"{row['longest_stall_ms']:.0f} ms in {row['job_s']:.1f} s",
                 flush=True,
             )
+
+        # napari's own cost of adding (and updating) layers like the seven results, with
+        # the same pacing, for comparison with the reconstruction rows
+        like = [
+            (
+                np.array(layer.data),
+                {
+                    "name": f"baseline {i}",
+                    "scale": tuple(layer.scale),
+                    "translate": tuple(layer.translate),
+                    "colormap": layer.colormap.name,
+                    "visible": bool(layer.visible),
+                },
+            )
+            for i, layer in enumerate(rec.last_layers)
+        ]
+
+        def add(data, kw):
+            return lambda: viewer.add_image(data, **kw)
+
+        def update(data, kw):
+            return lambda: setattr(viewer.layers[kw["name"]], "data", data * 1.01)
+
+        for name, make in (("napari alone: add 7 layers", add), ("napari alone: update 7", update)):
+            settle()
+            base = NapariBaseline([make(d, kw) for d, kw in like], LAYER_ADD_GAP_MS)
+            row = {"case": name}
+            row.update(measure(recorder, base, base.start))
+            rows.append(row)
+            print(f"{name}: longest stall {row['longest_stall_ms']:.0f} ms", flush=True)
         viewer.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -250,17 +351,18 @@ def main(argv=None):
         )
     print()
     header = (
-        f"{'case':>18} {'job [s]':>8} {'median':>7} {'p99':>7} {'max':>7} {'stall':>7} "
-        f"{'>50ms':>6} {'ok':>3}"
+        f"{'case':>26} {'job [s]':>8} {'median':>7} {'p99':>7} {'max':>7} {'stall':>7} "
+        f"{'>50ms':>6} {'fullGC':>7} {'ok':>3}"
     )
-    print(header + "   (tick intervals in ms; stall = max - 10 ms)")
+    print(header)
+    print("(tick intervals in ms; stall = max - 10 ms; fullGC = longest full collection)")
     print("-" * len(header))
     for r in rows:
         job = r.get("job_s", r["duration_s"])
         print(
-            f"{r['case']:>18} {job:>8.1f} {r['median_tick_ms']:>7.1f} {r['p99_tick_ms']:>7.1f} "
+            f"{r['case']:>26} {job:>8.1f} {r['median_tick_ms']:>7.1f} {r['p99_tick_ms']:>7.1f} "
             f"{r['max_tick_ms']:>7.1f} {r['longest_stall_ms']:>7.1f} {r['n_over_50ms']:>6} "
-            f"{'yes' if r['meets_targets'] else 'NO':>3}"
+            f"{r['full_gc_max_ms']:>7.1f} {'yes' if r['meets_targets'] else 'NO':>3}"
         )
     env["loadavg_end"] = list(os.getloadavg())
     result = {
@@ -274,6 +376,7 @@ def main(argv=None):
             "train_data": "16 train + 4 val generated stacks, 9 x 48 x 48, hr_factor 2",
             "train_settings": {**settings, "epochs": f"1 (first run), {epochs}"},
             "reconstruct": f"bundled example model, 9 x {rec_size} x {rec_size}, cpu",
+            "gc_freeze_while_jobs_run": not args.no_gc_freeze,
         },
         "environment": env,
         "results": rows,

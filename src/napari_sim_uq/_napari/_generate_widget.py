@@ -35,6 +35,7 @@ from napari_sim_uq._napari._widgets import (
     row,
     run_buttons,
     set_progress,
+    set_waiting,
     status_label,
 )
 from napari_sim_uq.data.samples import sim_sample_layer_data
@@ -217,8 +218,8 @@ class GenerateSimWidget(QWidget):
         v = self.job_options()
         kw = {"seed": int(v["seed"]), "workers": v["workers"], "overwrite": bool(v["overwrite"])}
         self._mode = ("write", Path(out))
-        self.progress.setRange(0, sum(counts.values()))
         n = sum(counts.values())
+        set_progress(self.progress, 0, n)
         return (lambda: generate_splits(out, counts, cfg, **kw)), f"writing {n} samples …"
 
     def _launch(self, prepare) -> None:
@@ -256,7 +257,7 @@ class GenerateSimWidget(QWidget):
         self.last_result = result
         n = sum(r["n_samples"] for r in result.values())
         msg = f"wrote {n} samples ({', '.join(result)}) to {what}"
-        self.progress.setValue(self.progress.maximum())
+        set_progress(self.progress, self.progress.maximum(), self.progress.maximum())
         self.status.setText(msg)
         show_info(msg)
 
@@ -276,8 +277,7 @@ class GenerateSimWidget(QWidget):
 
         def added(layers):
             self.last_layers = layers
-            self.progress.setRange(0, 1)
-            self.progress.setValue(1)
+            set_progress(self.progress, 1, 1)
             self.status.setText(
                 f"preview: sample {p['index']} (photons {p['photons']:.0f}, modulation "
                 f"{p['modulation']:.2f}); the GT emitter and noise sigma layers start hidden"
@@ -309,8 +309,7 @@ class GenerateSimWidget(QWidget):
 
     def _fail(self, message: str) -> None:
         self.status.setText(message)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        set_progress(self.progress, 0, 1)
         show_error(message)
 
     def _set_running(self, running: bool) -> None:
@@ -318,4 +317,4 @@ class GenerateSimWidget(QWidget):
             w.setEnabled(not running)
         self.stop_btn.setEnabled(running)
         if running and self.progress.maximum() <= 1:
-            self.progress.setRange(0, 0)  # busy until the first event
+            set_waiting(self.progress)  # until the first event

@@ -8,8 +8,8 @@ of Python on an idle core and several times that while a training thread compete
 the CPU and the GIL. So the axes are drawn in full only when their limits change (x spans
 the planned epochs from the start; during a run y only grows when the data leave the
 range, at the end of a run it is fitted to the data) or the canvas is resized, without
-a layout engine; otherwise only the three curves are drawn over the saved background and
-blitted (about a millisecond).
+a layout engine; otherwise only the three curves are drawn over the saved background
+(about a millisecond) and shown with a deferred repaint of the axes' rectangle.
 """
 
 from __future__ import annotations
@@ -220,7 +220,13 @@ class LossPlot(QWidget):
         self.canvas.restore_region(self._background)
         for line in self.lines.values():
             self.ax.draw_artist(line)
-        self.canvas.blit(self.ax.bbox)
+        # matplotlib's canvas.blit() repaints at once (QWidget.repaint), which in a napari
+        # window composites the whole window (10-25 ms on software OpenGL) inside this
+        # event handler; a deferred update of the same rectangle is merged with the other
+        # repaints of this event-loop turn
+        ratio = self.canvas.device_pixel_ratio or 1.0
+        left, bottom, width, height = (int(v / ratio) for v in self.ax.bbox.bounds)
+        self.canvas.update(left, self.canvas.rect().height() - bottom - height, width, height)
 
     def _on_resize(self, _event=None) -> None:
         # fixed margins in pixels (a layout engine would double the cost of a full draw)

@@ -35,6 +35,7 @@ from napari_sim_uq._napari._widgets import (
     progress_bar,
     run_buttons,
     set_progress,
+    set_waiting,
     status_label,
     watch_layers,
 )
@@ -208,8 +209,7 @@ class ReconstructSimWidget(QWidget):
 
         def added(layers):
             self.last_layers = layers
-            self.progress.setRange(0, 1)
-            self.progress.setValue(1)
+            set_progress(self.progress, 1, 1)
             msg = f"done: {len(layers)} layers for '{source.name}'"
             self.status.setText(msg)
             show_info(msg)
@@ -233,12 +233,11 @@ class ReconstructSimWidget(QWidget):
 
     def _fail(self, message: str) -> None:
         self.status.setText(message)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        set_progress(self.progress, 0, 1)
         show_error(message)
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.stop_btn.setEnabled(running)
         if running:
-            self.progress.setRange(0, 0)
+            set_waiting(self.progress, "reconstructing …")

@@ -49,6 +49,8 @@ from napari_sim_uq._napari._widgets import (
     progress_bar,
     row,
     run_buttons,
+    set_progress,
+    set_waiting,
     status_label,
     watch_layers,
 )
@@ -585,14 +587,10 @@ class TrainSimWidget(QWidget):
             spe = self._steps_per_epoch
             if spe:
                 self.plot.add_batch(epoch - 1 + in_epoch / spe, loss)
-                self.batch_bar.setRange(0, spe)
-                self.batch_bar.setValue(min(in_epoch, spe))
+                set_progress(self.batch_bar, min(in_epoch, spe), spe)
             elif ev.total:
-                self.batch_bar.setFormat("step %v / %m")
-                self.batch_bar.setRange(0, int(ev.total))
-                self.batch_bar.setValue(min(int(ev.step), int(ev.total)))
-            self.epoch_bar.setRange(0, self._epochs)
-            self.epoch_bar.setValue(epoch - 1)
+                set_progress(self.batch_bar, ev.step, ev.total, "step %v / %m")
+            set_progress(self.epoch_bar, epoch - 1, self._epochs)
             self.status.setText(
                 f"epoch {epoch}/{self._epochs}, step {ev.step}"
                 + (f"/{ev.total}" if ev.total else "")
@@ -601,7 +599,7 @@ class TrainSimWidget(QWidget):
         elif ev.stage == "validate":
             self._flush_epoch()
             self.plot.add_val(ev.step, float(m.get("val_loss", math.nan)))
-            self.epoch_bar.setValue(min(int(ev.step), self._epochs))
+            set_progress(self.epoch_bar, min(int(ev.step), self._epochs), self._epochs)
             self.status.setText(
                 f"epoch {ev.step}: validation loss {m.get('val_loss', math.nan):.4g}"
             )
@@ -613,8 +611,7 @@ class TrainSimWidget(QWidget):
         self.last_result = result
         self._flush_epoch()
         self.plot.request_redraw(force=True, tidy=True)
-        self.epoch_bar.setRange(0, self._epochs)
-        self.epoch_bar.setValue(min(int(result["epochs_done"]), self._epochs))
+        set_progress(self.epoch_bar, min(int(result["epochs_done"]), self._epochs), self._epochs)
         where = result["best"] or result["latest"]
         msg = (
             f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
@@ -664,10 +661,8 @@ class TrainSimWidget(QWidget):
         self.stop_btn.setEnabled(running)
         if running:
             self.use_btn.setEnabled(False)
-            self.epoch_bar.setRange(0, self._epochs)
-            self.epoch_bar.setValue(0)
-            self.batch_bar.setFormat("batch %v / %m")
-            self.batch_bar.setRange(0, 0)  # busy until the first batch
+            set_progress(self.epoch_bar, 0, self._epochs)
+            set_waiting(self.batch_bar)  # until the first batch
 
 
 def _fill_combo(combo: QComboBox, names: list[str], default: str | None) -> None:

@@ -11,6 +11,7 @@ calling thread when ``NAPARI_SIM_UQ_NOTHREADS=1`` (tests).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,47 @@ def default_torch_threads() -> int:
 def no_threads() -> bool:
     """True when ``NAPARI_SIM_UQ_NOTHREADS`` asks to run jobs on the calling thread."""
     return os.environ.get(NOTHREADS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class GcFreeze:
+    """Keep the objects that exist when a job starts out of Python's full garbage
+    collections until the last job (and its layer adds) has ended: held by
+    :class:`JobRunner` while a job runs and by :class:`LayerAdder` while it adds layers
+    (holds are counted).
+
+    With napari, Qt and torch loaded the heap holds about a million container objects; a
+    full (generation 2) collection walks all of them in C, holding the GIL for 150-280 ms,
+    so the event loop stalls whichever thread triggered it, and a job allocates fast (the
+    first one imports ``torch._dynamo`` and ``sympy``). ``gc.freeze()`` moves every
+    existing object into the permanent generation, which collections skip;
+    ``gc.unfreeze()`` at the end hands them back, so garbage that existed at the start is
+    still collected later (nothing leaks). When something else has frozen objects
+    already (``gc.get_freeze_count() > 0``) this is left alone.
+    ``bench/ui_responsiveness.py --no-gc-freeze`` shows the difference.
+    """
+
+    def __init__(self) -> None:
+        self.holds = 0
+        self.froze = False
+
+    def hold(self) -> None:
+        if self.holds == 0:
+            self.froze = gc.get_freeze_count() == 0
+            if self.froze:
+                gc.freeze()
+        self.holds += 1
+
+    def release(self) -> None:
+        if self.holds == 0:
+            return
+        self.holds -= 1
+        if self.holds == 0 and self.froze:
+            gc.unfreeze()
+            self.froze = False
+
+
+#: the process-wide guard used by :class:`JobRunner` and :class:`LayerAdder`
+GC_FREEZE = GcFreeze()
 
 
 # --------------------------------------------------------------------------- layout
@@ -291,22 +333,57 @@ def watch_layers(viewer, callback: Callable[..., None]) -> None:
         lay.events.name.connect(changed)
 
 
+_FORMAT_PROPERTY = "sim_uq_format"
+
+
 def progress_bar(fmt: str | None = None) -> QProgressBar:
+    """A progress bar whose text is ``fmt`` (Qt's, e.g. ``"batch %v / %m"``; default
+    ``"%p%"``) while it shows progress."""
     bar = QProgressBar()
-    if fmt:
-        bar.setFormat(fmt)
+    bar.setProperty(_FORMAT_PROPERTY, fmt or "%p%")
+    bar.setFormat(fmt or "%p%")
     bar.setRange(0, 1)
     bar.setValue(0)
     return bar
 
 
-def set_progress(bar: QProgressBar, step, total) -> None:
-    """Show ``step`` of ``total`` (a busy indicator when ``total`` is unknown)."""
-    if total:
+def set_progress(bar: QProgressBar, step, total, fmt: str | None = None) -> None:
+    """Show ``step`` of ``total`` (:func:`set_waiting` when ``total`` is unknown), with
+    the bar's own text format unless ``fmt`` is given.
+
+    ``QProgressBar.setValue`` repaints the bar at once (synchronously) whenever its text
+    changes; in a napari window every repaint composites the whole window, 10-25 ms on
+    software-rendered OpenGL, per bar and per event. Updates are switched off around the
+    change, and switching them back on schedules one ordinary, deferred repaint, which Qt
+    merges with the others of the same event-loop turn.
+    """
+    if not total:
+        set_waiting(bar)
+        return
+    bar.setUpdatesEnabled(False)
+    try:
+        bar.setFormat(fmt or bar.property(_FORMAT_PROPERTY) or "%p%")
         bar.setRange(0, int(total))
         bar.setValue(min(int(step), int(total)))
-    else:
-        bar.setRange(0, 0)
+    finally:
+        bar.setUpdatesEnabled(True)
+
+
+def set_waiting(bar: QProgressBar, text: str = "starting …") -> None:
+    """An empty bar showing ``text``, for work whose length is not known yet.
+
+    Not Qt's busy indicator (``setRange(0, 0)``): its animation repaints the window all
+    the time, which on software-rendered OpenGL (Xvfb, remote desktops, VMs without a
+    GPU) took a core from the job and doubled the event loop's median tick
+    (``bench/ui_responsiveness.py``).
+    """
+    bar.setUpdatesEnabled(False)  # one deferred repaint (see set_progress)
+    try:
+        bar.setRange(0, 1)
+        bar.setValue(0)
+        bar.setFormat(text)
+    finally:
+        bar.setUpdatesEnabled(True)
 
 
 def image_layers(viewer) -> list:
@@ -336,14 +413,21 @@ def error_message(err: BaseException, what: str) -> str:
 # --------------------------------------------------------------------------- layers
 
 
+#: pause between two layer adds of a :class:`LayerAdder`: long enough for the repaint that
+#: follows an add to run before the next add (with a 0 ms timer Qt often ran the next add
+#: first, and the event loop stalled for two adds and a repaint at a time)
+LAYER_ADD_GAP_MS = 30
+
+
 class LayerAdder:
-    """Add layer data tuples to a viewer one per turn of the event loop.
+    """Add layer data tuples to a viewer one at a time, :data:`LAYER_ADD_GAP_MS` apart.
 
     Adding an image layer costs napari 50-150 ms of GUI-thread time (layer controls,
     visuals); seven at once would freeze the viewer for a second. Between two adds the
     viewer repaints and handles input. ``done(layers)`` follows the last add, ``error(exc)``
     a failed one. With ``NAPARI_SIM_UQ_NOTHREADS=1`` all are added at once. Layers of the
     same name are replaced (:func:`napari_sim_uq.api.add_or_replace_layers`).
+    :data:`GC_FREEZE` is held until the last add.
     """
 
     def __init__(self, viewer) -> None:
@@ -359,8 +443,14 @@ class LayerAdder:
     def start(self, layer_data: list, done, error) -> None:
         from qtpy.QtCore import QTimer
 
+        if not self.pending:
+            GC_FREEZE.hold()
         self.pending, self.layers = list(layer_data), []
         self._done, self._error = done, error
+        if not self.pending:
+            GC_FREEZE.release()
+            done([])
+            return
         if no_threads():
             while self.pending:
                 if not self._add_one():
@@ -375,9 +465,11 @@ class LayerAdder:
             self.layers += add_or_replace_layers(self.viewer, [self.pending.pop(0)])
         except Exception as err:  # shown by the widget, never raised into Qt
             self.pending = []
+            GC_FREEZE.release()
             self._error(err)
             return False
         if not self.pending:
+            GC_FREEZE.release()
             self._done(self.layers)
         return True
 
@@ -385,7 +477,7 @@ class LayerAdder:
         from qtpy.QtCore import QTimer
 
         if self.pending and self._add_one() and self.pending:
-            QTimer.singleShot(0, self._next)
+            QTimer.singleShot(LAYER_ADD_GAP_MS, self._next)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -415,7 +507,8 @@ class JobRunner:
     ``on_aborted()`` a stop, ``on_finished()`` the end in every case; all on the GUI
     thread. With ``NAPARI_SIM_UQ_NOTHREADS=1`` the job runs to its end inside
     :meth:`start`, calling the same callbacks. ``torch_threads`` sets torch's intra-op
-    thread count while the job runs (restored afterwards).
+    thread count while the job runs (restored afterwards); :data:`GC_FREEZE` is held
+    while it runs.
     """
 
     def __init__(self, on_event, on_returned, on_error, on_aborted, on_finished) -> None:
@@ -466,6 +559,7 @@ class JobRunner:
         worker.aborted.connect(self.on_aborted)
         worker.finished.connect(self._finished)
         self.worker = worker
+        GC_FREEZE.hold()
         worker.start()
 
     def quit(self) -> None:
@@ -476,4 +570,5 @@ class JobRunner:
 
     def _finished(self) -> None:
         self.worker = None
+        GC_FREEZE.release()
         self.on_finished()
