@@ -93,13 +93,40 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     adder = LayerAdder(viewer)
     got = {}
-    data = [(np.full((8, 8), i, np.float32), {"name": f"l{i}"}, "image") for i in range(3)]
+    def item(value, i):
+        kw = {"name": f"l{i}", "scale": (1.0, 1.0), "translate": (0.0, 0.0), "metadata": {}}
+        return np.full((8, 8), value, np.float32), kw, "image"
+
+    data = [item(i, i) for i in range(3)]
     adder.start(data, lambda layers: got.setdefault("done", layers), got.setdefault)
     assert adder.busy and guard.holds == 1
     assert len(viewer.layers) == 0  # nothing added inside start(): one per timer turn
     qtbot.waitUntil(lambda: "done" in got, timeout=5000)
     assert [la.name for la in got["done"]] == ["l0", "l1", "l2"]
     assert not adder.busy and guard.holds == 0
+    # the first new layer is the active one at the end, napari's insert behaviour restored
+    assert viewer.layers.selection.active.name == "l0"
+    assert getattr(viewer.layers, "_activate_on_insert", True) is True
+
+    # layers of the same names are updated in place; the user's selection is kept
+    viewer.layers.selection.active = viewer.layers["l2"]
+    got.clear()
+    new = [item(10 + i, i) for i in range(3)]
+    adder.start(new, lambda layers: got.setdefault("done", layers), got.setdefault)
+    qtbot.waitUntil(lambda: "done" in got, timeout=5000)
+    assert len(viewer.layers) == 3 and float(viewer.layers["l1"].data[0, 0]) == 11.0
+    assert viewer.layers.selection.active.name == "l2" and guard.holds == 0
+
+    # without threads (tests, scripts) everything happens inside start()
+    monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
+    got.clear()
+    adder.start(
+        [(np.ones((4, 4)), {"name": "sync"}, "image")],
+        lambda layers: got.setdefault("done", layers),
+        got.setdefault,
+    )
+    assert [la.name for la in got["done"]] == ["sync"] and not adder.busy
+    monkeypatch.delenv("NAPARI_SIM_UQ_NOTHREADS")
 
     # a failing add: the error callback, no exception into Qt, the freeze released
     errors = []

@@ -419,33 +419,46 @@ def error_message(err: BaseException, what: str) -> str:
 LAYER_ADD_GAP_MS = 30
 
 
+def _unwrapped(obj):
+    """The napari object behind the ``PublicOnlyProxy`` that plugin widgets are given."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 class LayerAdder:
     """Add layer data tuples to a viewer one at a time, :data:`LAYER_ADD_GAP_MS` apart.
 
-    Adding an image layer costs napari 50-150 ms of GUI-thread time (layer controls,
-    visuals); seven at once would freeze the viewer for a second. Between two adds the
-    viewer repaints and handles input. ``done(layers)`` follows the last add, ``error(exc)``
-    a failed one. With ``NAPARI_SIM_UQ_NOTHREADS=1`` all are added at once. Layers of the
-    same name are replaced (:func:`napari_sim_uq.api.add_or_replace_layers`).
-    :data:`GC_FREEZE` is held until the last add.
+    Adding an image layer costs napari 100-200 ms of GUI-thread time here (layer
+    controls, visuals, selection); seven at once would freeze the viewer for a second.
+    Between two adds the viewer repaints and handles input. New layers are inserted
+    without making each one the active layer (napari's ``_activate_on_insert``, when it
+    exists: the selection change is nearly half of an add's cost); after the last add the
+    first new layer becomes the active one, as napari does for a single add.
+    ``done(layers)`` follows, ``error(exc)`` a failed add. With
+    ``NAPARI_SIM_UQ_NOTHREADS=1`` all is done at once. Layers of the same name are
+    replaced (:func:`napari_sim_uq.api.add_or_replace_layers`). :data:`GC_FREEZE` is
+    held until the end.
     """
 
     def __init__(self, viewer) -> None:
         self.viewer = viewer
         self.pending: list = []
         self.layers: list = []
+        self._finishing = False
+        self._inserted = False
+        self._run = 0  # a restart makes the timers of the earlier run no-ops
         self._done = self._error = None
 
     @property
     def busy(self) -> bool:
-        return bool(self.pending)
+        return bool(self.pending) or self._finishing
 
     def start(self, layer_data: list, done, error) -> None:
-        from qtpy.QtCore import QTimer
-
-        if not self.pending:
+        if not self.busy:
             GC_FREEZE.hold()
+        self._run += 1
         self.pending, self.layers = list(layer_data), []
+        self._inserted = False
+        self._finishing = bool(self.pending)
         self._done, self._error = done, error
         if not self.pending:
             GC_FREEZE.release()
@@ -455,29 +468,51 @@ class LayerAdder:
             while self.pending:
                 if not self._add_one():
                     return
+            self._finish(self._run)
             return
-        QTimer.singleShot(0, self._next)
+        self._later(0, self._step)
+
+    def _later(self, ms: int, fn) -> None:
+        from qtpy.QtCore import QTimer
+
+        run = self._run
+        QTimer.singleShot(ms, lambda: fn(run) if run == self._run else None)
+
+    def _step(self, run: int) -> None:
+        if self.pending and self._add_one():
+            self._later(LAYER_ADD_GAP_MS, self._step if self.pending else self._finish)
 
     def _add_one(self) -> bool:
         from napari_sim_uq.api import add_or_replace_layers
 
+        item = self.pending.pop(0)
+        layers = _unwrapped(self.viewer.layers)
+        self._inserted |= item[1]["name"] not in layers
+        activate = getattr(layers, "_activate_on_insert", None)  # private in napari
         try:
-            self.layers += add_or_replace_layers(self.viewer, [self.pending.pop(0)])
+            if activate is not None:
+                layers._activate_on_insert = False
+            self.layers += add_or_replace_layers(self.viewer, [item])
         except Exception as err:  # shown by the widget, never raised into Qt
-            self.pending = []
+            self.pending, self._finishing = [], False
             GC_FREEZE.release()
             self._error(err)
             return False
-        if not self.pending:
-            GC_FREEZE.release()
-            self._done(self.layers)
+        finally:
+            if activate is not None:
+                layers._activate_on_insert = activate
         return True
 
-    def _next(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        if self.pending and self._add_one() and self.pending:
-            QTimer.singleShot(LAYER_ADD_GAP_MS, self._next)
+    def _finish(self, run: int) -> None:
+        if self._inserted and self.layers:
+            try:
+                layers = _unwrapped(self.viewer.layers)
+                layers.selection.active = _unwrapped(self.layers[0])
+            except Exception:  # e.g. the layer was removed meanwhile: selection unchanged
+                pass
+        self._finishing = False
+        GC_FREEZE.release()
+        self._done(self.layers)
 
 
 # --------------------------------------------------------------------------- jobs
