@@ -19,7 +19,9 @@ long interval between two ticks. Per case it reports
 Targets: longest stall < 100 ms, median tick < 20 ms.
 
 Cases (one viewer, run one after another; every widget is docked and the viewer left
-idle for a second before its measurement):
+idle for a second before its measurement). The cases after the first runs are repeated
+``--repeats`` times (3): a row gives the statistics over all ticks of its runs, the
+longest stall of the worst run and each run's longest stall:
 
 1. ``idle``: no job, 3 s (the floor of this machine under its current load);
 2. ``train, first run``: the "Train SIM model" widget trains for 1 epoch on 16 generated
@@ -119,16 +121,31 @@ class TickRecorder:
         self.timer.stop()
         self.times.append(time.perf_counter())
         iv = np.diff(np.asarray(self.times)) * 1000.0
-        return {
-            "n_ticks": int(iv.size),
-            "duration_s": float(iv.sum() / 1000.0),
-            "median_tick_ms": float(np.median(iv)),
-            "p99_tick_ms": float(np.percentile(iv, 99)),
-            "max_tick_ms": float(iv.max()),
-            "longest_stall_ms": float(max(iv.max() - TICK_MS, 0.0)),
-            "n_over_50ms": int((iv > 50).sum()),
-            **self.gc.summary(),
-        }
+        return {**tick_stats(iv), **self.gc.summary(), "intervals": iv}
+
+
+def tick_stats(iv: np.ndarray) -> dict:
+    return {
+        "n_ticks": int(iv.size),
+        "duration_s": float(iv.sum() / 1000.0),
+        "median_tick_ms": float(np.median(iv)),
+        "p99_tick_ms": float(np.percentile(iv, 99)),
+        "max_tick_ms": float(iv.max()),
+        "longest_stall_ms": float(max(iv.max() - TICK_MS, 0.0)),
+        "n_over_50ms": int((iv > 50).sum()),
+    }
+
+
+def merge(runs: list[dict]) -> dict:
+    """One row from repeated runs of a case: tick statistics over all their ticks (the
+    longest stall is the worst run's), the per-run longest stalls, the mean job time."""
+    out = tick_stats(np.concatenate([r["intervals"] for r in runs]))
+    out["runs"] = len(runs)
+    out["longest_stall_ms_per_run"] = [round(r["longest_stall_ms"], 1) for r in runs]
+    out["job_s"] = float(np.mean([r["job_s"] for r in runs]))
+    out["full_gc_count"] = int(sum(r["full_gc_count"] for r in runs))
+    out["full_gc_max_ms"] = float(max(r["full_gc_max_ms"] for r in runs))
+    return out
 
 
 def run_until_finished(widget, start, timeout_s: float = 600.0) -> None:
@@ -212,6 +229,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer epochs, smaller stack")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs per case (12)")
     ap.add_argument("--rec-size", type=int, default=None, help="reconstructed stack side (256)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs of each case but the first ones (3; 1 with --quick)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     ap.add_argument(
         "--no-gc-freeze",
@@ -223,6 +246,7 @@ def main(argv=None):
         raise SystemExit("needs a display: run under xvfb-run -a python bench/ui_responsiveness.py")
     epochs = args.epochs or (3 if args.quick else 12)
     rec_size = args.rec_size or (96 if args.quick else 256)
+    repeats = args.repeats or (1 if args.quick else 3)
     stem = "ui_responsiveness" + ("_quick" if args.quick else "")
     stem += "_no_gc_freeze" if args.no_gc_freeze else ""
     out_path = args.out or RESULTS / f"{stem}.json"
@@ -257,7 +281,7 @@ def main(argv=None):
         viewer.window.resize(1400, 1000)
         recorder = TickRecorder()
         settle(2.0)
-        rows = [{"case": "idle", **idle(recorder, 3.0)}]
+        rows = [{"case": "idle", **merge([{**idle(recorder, 3.0), "job_s": 3.0}])}]
         print(f"idle: {rows[-1]['median_tick_ms']:.1f} ms median tick", flush=True)
 
         _d, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train SIM model")
@@ -278,17 +302,22 @@ def main(argv=None):
             ("train, all cores", True, os.cpu_count() or 1, epochs),
         ]
         for i, (name, plot, threads, n_epochs) in enumerate(cases):
-            train.ckpt_edit.setText(str(tmp / f"ckpt{i}"))
-            train.fields.set_values({**settings, "epochs": n_epochs})
-            train.plot_check.setChecked(plot)
-            train.threads_spin.setValue(threads)
+            runs, train_s = [], []
             draws0 = train.plot.n_draws
+            for k in range(1 if i == 0 else repeats):
+                train.ckpt_edit.setText(str(tmp / f"ckpt{i}_{k}"))
+                train.fields.set_values({**settings, "epochs": n_epochs})
+                train.plot_check.setChecked(plot)
+                train.threads_spin.setValue(threads)
+                settle(0.5)
+                runs.append(measure(recorder, train, train.start))
+                res = train.last_result or {}
+                train_s.append(res.get("seconds") or float("nan"))
             row = {"case": name, "torch_threads": threads, "live_plot": plot, "epochs": n_epochs}
-            row.update(measure(recorder, train, train.start))
-            row["plot_redraws"] = train.plot.n_draws - draws0
-            res = train.last_result or {}
+            row.update(merge(runs))
+            row["plot_redraws_per_run"] = (train.plot.n_draws - draws0) / len(runs)
             row["steps"] = res.get("steps")
-            row["train_s"] = res.get("seconds")
+            row["train_s"] = float(np.mean(train_s))
             rows.append(row)
             print(
                 f"{name}: {row['median_tick_ms']:.1f} ms median tick, longest stall "
@@ -301,9 +330,12 @@ def main(argv=None):
         rec.layer_combo.setCurrentText("bench stack")
         rec.device_combo.setCurrentText("cpu")
         for name in ("reconstruct, first run", "reconstruct"):
-            settle()
+            runs = []
+            for _k in range(1 if name.endswith("first run") else repeats):
+                settle()
+                runs.append(measure(recorder, rec, rec.run))
             row = {"case": name, "stack": list(rec_stack.shape)}
-            row.update(measure(recorder, rec, rec.run))
+            row.update(merge(runs))
             row["layers_added"] = len(rec.last_layers)
             rows.append(row)
             print(
@@ -338,7 +370,7 @@ def main(argv=None):
             settle()
             base = NapariBaseline([make(d, kw) for d, kw in like], LAYER_ADD_GAP_MS)
             row = {"case": name}
-            row.update(measure(recorder, base, base.start))
+            row.update(merge([measure(recorder, base, base.start)]))
             rows.append(row)
             print(f"{name}: longest stall {row['longest_stall_ms']:.0f} ms", flush=True)
         viewer.close()
@@ -351,18 +383,21 @@ def main(argv=None):
         )
     print()
     header = (
-        f"{'case':>26} {'job [s]':>8} {'median':>7} {'p99':>7} {'max':>7} {'stall':>7} "
-        f"{'>50ms':>6} {'fullGC':>7} {'ok':>3}"
+        f"{'case':>26} {'runs':>4} {'job [s]':>8} {'median':>7} {'p99':>7} {'stall':>7} "
+        f"{'>50ms':>6} {'fullGC':>7} {'ok':>3}  stall per run"
     )
     print(header)
-    print("(tick intervals in ms; stall = max - 10 ms; fullGC = longest full collection)")
+    print(
+        "(tick intervals in ms over all runs of a case; stall = longest interval - 10 ms, "
+        "the worst run's; fullGC = longest full collection)"
+    )
     print("-" * len(header))
     for r in rows:
-        job = r.get("job_s", r["duration_s"])
+        per_run = " ".join(f"{v:.0f}" for v in r["longest_stall_ms_per_run"])
         print(
-            f"{r['case']:>26} {job:>8.1f} {r['median_tick_ms']:>7.1f} {r['p99_tick_ms']:>7.1f} "
-            f"{r['max_tick_ms']:>7.1f} {r['longest_stall_ms']:>7.1f} {r['n_over_50ms']:>6} "
-            f"{r['full_gc_max_ms']:>7.1f} {'yes' if r['meets_targets'] else 'NO':>3}"
+            f"{r['case']:>26} {r['runs']:>4} {r['job_s']:>8.1f} {r['median_tick_ms']:>7.1f} "
+            f"{r['p99_tick_ms']:>7.1f} {r['longest_stall_ms']:>7.1f} {r['n_over_50ms']:>6} "
+            f"{r['full_gc_max_ms']:>7.1f} {'yes' if r['meets_targets'] else 'NO':>3}  {per_run}"
         )
     env["loadavg_end"] = list(os.getloadavg())
     result = {
@@ -375,6 +410,7 @@ def main(argv=None):
             "targets": {"longest_stall_ms": TARGET_STALL_MS, "median_tick_ms": TARGET_MEDIAN_MS},
             "train_data": "16 train + 4 val generated stacks, 9 x 48 x 48, hr_factor 2",
             "train_settings": {**settings, "epochs": f"1 (first run), {epochs}"},
+            "repeats": repeats,
             "reconstruct": f"bundled example model, 9 x {rec_size} x {rec_size}, cpu",
             "gc_freeze_while_jobs_run": not args.no_gc_freeze,
         },
