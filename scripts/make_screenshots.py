@@ -206,12 +206,4 @@ if __name__ == "__main__":
         OUT.mkdir(parents=True, exist_ok=True)
         globals()[SINGLE[sys.argv[1]]]()
         sys.exit(0)
-    if sys.argv[1:] == ["explorer"]:  # just the Uncertainty explorer
-        OUT.mkdir(parents=True, exist_ok=True)
-        explorer_widget_screenshot()
-        sys.exit(0)
-    if sys.argv[1:] == ["reconstruct"]:  # just the Reconstruct SIM widget
-        OUT.mkdir(parents=True, exist_ok=True)
-        reconstruct_widget_screenshot()
-        sys.exit(0)
     sys.exit(main())
