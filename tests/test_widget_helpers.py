@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_sim_uq._napari import _widgets  # noqa: E402
-from napari_sim_uq._napari._widgets import (  # noqa: E402
+from napari_sim_uq._napari import _widgets
+from napari_sim_uq._napari._widgets import (
     LAYER_ADD_GAP_MS,
     GcFreeze,
     LayerAdder,
@@ -93,6 +93,7 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     adder = LayerAdder(viewer)
     got = {}
+
     def item(value, i):
         kw = {"name": f"l{i}", "scale": (1.0, 1.0), "translate": (0.0, 0.0), "metadata": {}}
         return np.full((8, 8), value, np.float32), kw, "image"
