@@ -99,12 +99,19 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
         return np.full((8, 8), value, np.float32), kw, "image"
 
     data = [item(i, i) for i in range(3)]
-    adder.start(data, lambda layers: got.setdefault("done", layers), got.setdefault)
+    ends = []
+    adder.start(
+        data,
+        lambda layers: got.setdefault("done", layers),
+        got.setdefault,
+        lambda: ends.append(("finished", "done" in got, adder.busy)),
+    )
     assert adder.busy and guard.holds == 1
     assert len(viewer.layers) == 0  # nothing added inside start(): one per timer turn
     qtbot.waitUntil(lambda: "done" in got, timeout=5000)
     assert [la.name for la in got["done"]] == ["l0", "l1", "l2"]
     assert not adder.busy and guard.holds == 0
+    assert ends == [("finished", True, False)]  # after done(), and no longer busy
     # the first new layer is the active one at the end, napari's insert behaviour restored
     assert viewer.layers.selection.active.name == "l0"
     assert getattr(viewer.layers, "_activate_on_insert", True) is True
@@ -132,9 +139,11 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
     # a failing add: the error callback, no exception into Qt, the freeze released
     errors = []
     bad = [(np.zeros((8, 8)), {"name": "ok"}, "image"), (np.zeros(3), {"name": "x"}, "points")]
-    adder.start(bad, lambda layers: None, errors.append)
-    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    ends.clear()
+    adder.start(bad, lambda layers: None, errors.append, lambda: ends.append(bool(errors)))
+    qtbot.waitUntil(lambda: bool(ends), timeout=5000)
     assert "only image layers" in str(errors[0]) and guard.holds == 0
+    assert ends == [True]  # finished() follows error()
     assert LAYER_ADD_GAP_MS >= 10
 
 

@@ -282,13 +282,8 @@ class GenerateSimWidget(QWidget):
                 f"preview: sample {p['index']} (photons {p['photons']:.0f}, modulation "
                 f"{p['modulation']:.2f}); the GT emitter and noise sigma layers start hidden"
             )
-            self._finished()
 
-        def failed(err):
-            self._on_error(err)
-            self._finished()
-
-        self.adder.start(layer_data, added, failed)
+        self.adder.start(layer_data, added, self._on_error, self._finished)
 
     def _on_error(self, err: BaseException) -> None:
         self._fail(error_message(err, "generation"))

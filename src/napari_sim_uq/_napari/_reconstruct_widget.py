@@ -213,13 +213,8 @@ class ReconstructSimWidget(QWidget):
             msg = f"done: {len(layers)} layers for '{source.name}'"
             self.status.setText(msg)
             show_info(msg)
-            self._on_finished()
 
-        def failed(err):
-            self._on_error(err)
-            self._on_finished()
-
-        self.adder.start(layer_data, added, failed)
+        self.adder.start(layer_data, added, self._on_error, self._on_finished)
 
     def _on_error(self, err: BaseException) -> None:
         self._fail(error_message(err, "reconstruction"))

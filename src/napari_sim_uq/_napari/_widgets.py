@@ -433,7 +433,8 @@ class LayerAdder:
     without making each one the active layer (napari's ``_activate_on_insert``, when it
     exists: the selection change is nearly half of an add's cost); after the last add the
     first new layer becomes the active one, as napari does for a single add.
-    ``done(layers)`` follows, ``error(exc)`` a failed add. With
+    ``done(layers)`` follows, ``error(exc)`` a failed add, and ``finished()`` either of
+    them. With
     ``NAPARI_SIM_UQ_NOTHREADS=1`` all is done at once. Layers of the same name are
     replaced (:func:`napari_sim_uq.api.add_or_replace_layers`). :data:`GC_FREEZE` is
     held until the end.
@@ -446,23 +447,23 @@ class LayerAdder:
         self._finishing = False
         self._inserted = False
         self._run = 0  # a restart makes the timers of the earlier run no-ops
-        self._done = self._error = None
+        self._done = self._error = self._finished = None
 
     @property
     def busy(self) -> bool:
         return bool(self.pending) or self._finishing
 
-    def start(self, layer_data: list, done, error) -> None:
+    def start(self, layer_data: list, done, error, finished=None) -> None:
         if not self.busy:
             GC_FREEZE.hold()
         self._run += 1
         self.pending, self.layers = list(layer_data), []
         self._inserted = False
         self._finishing = bool(self.pending)
-        self._done, self._error = done, error
+        self._done, self._error, self._finished = done, error, finished
         if not self.pending:
             GC_FREEZE.release()
-            done([])
+            self._end(done, [])
             return
         if no_threads():
             while self.pending:
@@ -496,7 +497,7 @@ class LayerAdder:
         except Exception as err:  # shown by the widget, never raised into Qt
             self.pending, self._finishing = [], False
             GC_FREEZE.release()
-            self._error(err)
+            self._end(self._error, err)
             return False
         finally:
             if activate is not None:
@@ -512,7 +513,14 @@ class LayerAdder:
                 pass
         self._finishing = False
         GC_FREEZE.release()
-        self._done(self.layers)
+        self._end(self._done, self.layers)
+
+    def _end(self, callback, arg) -> None:
+        try:
+            callback(arg)
+        finally:
+            if self._finished is not None:
+                self._finished()
 
 
 # --------------------------------------------------------------------------- jobs
