@@ -175,3 +175,27 @@ def test_loss_plot_blits_without_a_full_draw(qtbot):
     assert np.abs(patch - orange).sum(axis=-1).min() < 60
     qtbot.wait(50)  # the deferred repaint runs without a full draw either
     assert plot.n_full_draws == full
+
+
+def test_removing_a_layer_during_a_job_frees_it(make_napari_viewer, qtbot, unfrozen):
+    # napari layers are freed by the cyclic collector: frozen, a removed layer (and its
+    # data) would stay in memory until the job ends
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((64, 64), np.float32), name="big")
+    ref = weakref.ref(layer)
+    del layer
+    guard = GcFreeze()
+    guard.hold(viewer)
+    guard.hold(viewer)  # a job and its layer adds: one connection
+    viewer.layers.remove("big")
+    qtbot.waitUntil(lambda: guard.n_collections == 1, timeout=5000)
+    assert ref() is None
+    assert gc.get_freeze_count() > 0  # still frozen for the rest of the job
+    guard.release()
+    guard.release()
+    assert gc.get_freeze_count() == 0
+    # after the job nothing is watched any more
+    viewer.add_image(np.zeros((4, 4)), name="small")
+    viewer.layers.remove("small")
+    qtbot.wait(20)
+    assert guard.n_collections == 1

@@ -122,7 +122,12 @@ class GenerateSimWidget(QWidget):
         self.last_result: dict | None = None
         self._stopping = False
         self.runner = JobRunner(
-            self._on_event, self._on_returned, self._on_error, self._on_aborted, self._finished
+            self._on_event,
+            self._on_returned,
+            self._on_error,
+            self._on_aborted,
+            self._finished,
+            viewer=self.viewer,
         )
         self.adder = LayerAdder(self.viewer)
         f = self.fields = Fields()  # SynthConfig fields, and the job's under "job."

@@ -61,7 +61,12 @@ class ReconstructSimWidget(QWidget):
         self.viewer = napari_viewer
         self.last_layers: list = []
         self.runner = JobRunner(
-            self._on_event, self._returned, self._on_error, self._on_aborted, self._on_finished
+            self._on_event,
+            self._returned,
+            self._on_error,
+            self._on_aborted,
+            self._on_finished,
+            viewer=self.viewer,
         )
         self.adder = LayerAdder(self.viewer)  # adds the result layers one at a time
 

@@ -201,7 +201,12 @@ class TrainSimWidget(QWidget):
         self._stopping = False
         self._reset_progress_state()
         self.runner = JobRunner(
-            self._on_event, self._on_returned, self._on_error, self._on_aborted, self._finished
+            self._on_event,
+            self._on_returned,
+            self._on_error,
+            self._on_aborted,
+            self._finished,
+            viewer=self.viewer,
         )
         t = TrainConfig()
         f = self.fields = Fields()  # TrainConfig keys ("model.depth" -> cfg.model["depth"])

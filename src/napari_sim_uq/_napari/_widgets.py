@@ -64,27 +64,60 @@ class GcFreeze:
     ``gc.unfreeze()`` at the end hands them back, so garbage that existed at the start is
     still collected later (nothing leaks). When something else has frozen objects
     already (``gc.get_freeze_count() > 0``) this is left alone.
-    ``bench/ui_responsiveness.py --no-gc-freeze`` shows the difference.
+
+    A napari layer is freed by the cyclic collector, not by reference counting, so a
+    layer that the user removes while a job runs would keep its data in memory until the
+    job ends. Holders pass their viewer: removing a layer from it then runs one full
+    collection of everything (unfreeze, collect, freeze again) on the next event-loop
+    turn, a stall the user caused and expects. ``bench/ui_responsiveness.py
+    --no-gc-freeze`` shows what the freeze changes.
     """
 
     def __init__(self) -> None:
         self.holds = 0
         self.froze = False
+        self.n_collections = 0  # full collections run because a layer was removed
+        self._viewers: list = []  # layer lists whose removals are watched
+        self._pending = False
 
-    def hold(self) -> None:
+    def hold(self, viewer=None) -> None:
         if self.holds == 0:
             self.froze = gc.get_freeze_count() == 0
             if self.froze:
                 gc.freeze()
         self.holds += 1
+        layers = getattr(_unwrapped(viewer), "layers", None)
+        if self.froze and layers is not None and all(v is not layers for v in self._viewers):
+            layers.events.removed.connect(self._layer_removed)
+            self._viewers.append(layers)
 
     def release(self) -> None:
         if self.holds == 0:
             return
         self.holds -= 1
-        if self.holds == 0 and self.froze:
+        if self.holds == 0:
+            for layers in self._viewers:
+                layers.events.removed.disconnect(self._layer_removed)
+            self._viewers = []
+            if self.froze:
+                gc.unfreeze()
+                self.froze = False
+
+    def _layer_removed(self, event=None) -> None:
+        from qtpy.QtCore import QTimer
+
+        if not self._pending:  # one collection for several layers removed at once
+            self._pending = True
+            QTimer.singleShot(0, self.collect)
+
+    def collect(self) -> None:
+        """One full collection of everything, frozen objects included; stays frozen."""
+        self._pending = False
+        if self.froze:
             gc.unfreeze()
-            self.froze = False
+            gc.collect()
+            gc.freeze()
+            self.n_collections += 1
 
 
 #: the process-wide guard used by :class:`JobRunner` and :class:`LayerAdder`
@@ -455,7 +488,7 @@ class LayerAdder:
 
     def start(self, layer_data: list, done, error, finished=None) -> None:
         if not self.busy:
-            GC_FREEZE.hold()
+            GC_FREEZE.hold(self.viewer)
         self._run += 1
         self.pending, self.layers = list(layer_data), []
         self._inserted = False
@@ -554,7 +587,10 @@ class JobRunner:
     while it runs.
     """
 
-    def __init__(self, on_event, on_returned, on_error, on_aborted, on_finished) -> None:
+    def __init__(
+        self, on_event, on_returned, on_error, on_aborted, on_finished, viewer=None
+    ) -> None:
+        self.viewer = viewer  # for GC_FREEZE: layers removed meanwhile are collected
         self.on_event = on_event
         self.on_returned = on_returned
         self.on_error = on_error
@@ -602,7 +638,7 @@ class JobRunner:
         worker.aborted.connect(self.on_aborted)
         worker.finished.connect(self._finished)
         self.worker = worker
-        GC_FREEZE.hold()
+        GC_FREEZE.hold(self.viewer)
         worker.start()
 
     def quit(self) -> None:
