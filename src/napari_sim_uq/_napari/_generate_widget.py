@@ -22,14 +22,12 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
-    JobRunner,
-    LayerAdder,
+    JobWidget,
     error_message,
     progress_bar,
     row,
@@ -112,24 +110,14 @@ ADVANCED_FIELDS = [
 # fmt: on
 
 
-class GenerateSimWidget(QWidget):
+class GenerateSimWidget(JobWidget):
     """Generator options, a preview as layers, and dataset writing in the background."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent, adds_layers=True)
         self.last_layers: list = []
         self.last_result: dict | None = None
         self._stopping = False
-        self.runner = JobRunner(
-            self._on_event,
-            self._on_returned,
-            self._on_error,
-            self._on_aborted,
-            self._finished,
-            viewer=self.viewer,
-        )
-        self.adder = LayerAdder(self.viewer)
         f = self.fields = Fields()  # SynthConfig fields, and the job's under "job."
         main = QFormLayout()
         f.add_rows(main, MAIN_FIELDS, _default)
@@ -167,15 +155,6 @@ class GenerateSimWidget(QWidget):
         box.addStretch(1)
 
     # ------------------------------------------------------------------ settings
-
-    @property
-    def worker(self):
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """A job runs, or the preview layers are still being added."""
-        return self.runner.running or self.adder.busy
 
     def config(self) -> SynthConfig:
         """The generator config of the current settings (raises InputError if invalid)."""
@@ -288,7 +267,7 @@ class GenerateSimWidget(QWidget):
                 f"{p['modulation']:.2f}); the GT emitter and noise sigma layers start hidden"
             )
 
-        self.adder.start(layer_data, added, self._on_error, self._finished)
+        self.adder.start(layer_data, added, self._on_error, self._on_finished)
 
     def _on_error(self, err: BaseException) -> None:
         self._fail(error_message(err, "generation"))
@@ -296,7 +275,7 @@ class GenerateSimWidget(QWidget):
     def _on_aborted(self) -> None:
         self.status.setText("stopping …")
 
-    def _finished(self) -> None:
+    def _on_finished(self) -> None:
         if self.busy:
             return  # the preview layers are still being added
         self._set_running(False)

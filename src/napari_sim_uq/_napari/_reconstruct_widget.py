@@ -21,13 +21,11 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_sim_uq._napari._widgets import (
     NOTHREADS_ENV,
-    JobRunner,
-    LayerAdder,
+    JobWidget,
     default_torch_threads,
     error_message,
     image_layers,
@@ -53,22 +51,13 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 _no_threads = no_threads  # kept for the widgets that import it from here
 
 
-class ReconstructSimWidget(QWidget):
+class ReconstructSimWidget(JobWidget):
     """Reconstruct the chosen raw SIM layer: emitter, light patterns, PSF and std maps."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        # self.adder adds the result layers one at a time
+        super().__init__(napari_viewer, parent, adds_layers=True)
         self.last_layers: list = []
-        self.runner = JobRunner(
-            self._on_event,
-            self._returned,
-            self._on_error,
-            self._on_aborted,
-            self._on_finished,
-            viewer=self.viewer,
-        )
-        self.adder = LayerAdder(self.viewer)  # adds the result layers one at a time
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("raw SIM stack: (angles*phases, H, W) frames or a series")
@@ -116,16 +105,6 @@ class ReconstructSimWidget(QWidget):
 
         watch_layers(self.viewer, self._refresh_layers)
         self._refresh_layers()
-
-    @property
-    def worker(self):
-        """The running thread worker, or None."""
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """A reconstruction runs, or its layers are still being added."""
-        return self.runner.running or self.adder.busy
 
     # ------------------------------------------------------------------ layer choice
 
@@ -201,10 +180,10 @@ class ReconstructSimWidget(QWidget):
         set_progress(self.progress, ev.step, ev.total)
         self.status.setText(ev.message or ev.stage)
 
-    def _returned(self, rec) -> None:
-        self._on_returned(rec, *self._source_device)
+    def _on_returned(self, rec) -> None:
+        self._show_result(rec, *self._source_device)
 
-    def _on_returned(self, rec, source, device) -> None:
+    def _show_result(self, rec, source, device) -> None:
         try:
             layer_data = reconstruction_layer_data(rec, source, device=device)
         except Exception as err:  # shown, not raised

@@ -42,7 +42,7 @@ from napari_sim_uq._napari._loss_plot import LossPlot
 from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
-    JobRunner,
+    JobWidget,
     default_torch_threads,
     error_message,
     image_layers,
@@ -190,24 +190,15 @@ ADVANCED_FIELDS = [
 # fmt: on
 
 
-class TrainSimWidget(QWidget):
+class TrainSimWidget(JobWidget):
     """Train the SIM uncertainty network from files or layers, with live progress."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.last_result: dict | None = None
         self._extra = {"model": {}, "loss": {}}  # loaded options without widgets
         self._stopping = False
         self._reset_progress_state()
-        self.runner = JobRunner(
-            self._on_event,
-            self._on_returned,
-            self._on_error,
-            self._on_aborted,
-            self._finished,
-            viewer=self.viewer,
-        )
         t = TrainConfig()
         f = self.fields = Fields()  # TrainConfig keys ("model.depth" -> cfg.model["depth"])
 
@@ -336,15 +327,6 @@ class TrainSimWidget(QWidget):
         self._refresh_layers()
 
     # ------------------------------------------------------------------ layers, paths
-
-    @property
-    def worker(self):
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """Training runs (or is stopping)."""
-        return self.runner.running
 
     def _refresh_layers(self, event=None) -> None:
         layers = image_layers(self.viewer)
@@ -631,7 +613,7 @@ class TrainSimWidget(QWidget):
     def _on_aborted(self) -> None:
         self.status.setText("stopping: saving latest.pt …")
 
-    def _finished(self) -> None:
+    def _on_finished(self) -> None:
         self._set_running(False)
         self._update_ckpt_info()
         if self._stopping:

@@ -6,7 +6,8 @@ nested dict with dotted keys (``"model.depth"`` -> ``{"model": {"depth": ...}}``
 widget's settings are exactly a ``TrainConfig`` / ``SynthConfig`` dict and a checkpoint's
 stored config fills them back in. :class:`JobRunner` runs a job (a generator of
 :class:`~napari_sim_uq.jobs.events.Event`, DESIGN.md 2) in a thread worker, or on the
-calling thread when ``NAPARI_SIM_UQ_NOTHREADS=1`` (tests).
+calling thread when ``NAPARI_SIM_UQ_NOTHREADS=1`` (tests); :class:`JobWidget` is the base
+of the widgets that run jobs.
 """
 
 from __future__ import annotations
@@ -651,3 +652,33 @@ class JobRunner:
         self.worker = None
         GC_FREEZE.release()
         self.on_finished()
+
+
+class JobWidget(QWidget):
+    """Base of the dock widgets that run jobs: ``viewer``, a :class:`JobRunner` wired to
+    the subclass's ``_on_event``, ``_on_returned``, ``_on_error``, ``_on_aborted`` and
+    ``_on_finished``, and (``adds_layers=True``) a :class:`LayerAdder` for result layers.
+    """
+
+    def __init__(self, napari_viewer, parent=None, *, adds_layers: bool = False) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.runner = JobRunner(
+            self._on_event,
+            self._on_returned,
+            self._on_error,
+            self._on_aborted,
+            self._on_finished,
+            viewer=napari_viewer,
+        )
+        self.adder = LayerAdder(napari_viewer) if adds_layers else None
+
+    @property
+    def worker(self):
+        """The running thread worker, or None."""
+        return self.runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """A job runs (or is stopping), or its result layers are still being added."""
+        return self.runner.running or (self.adder is not None and self.adder.busy)
