@@ -37,3 +37,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _assert_same_noisy_data(a, b, what: str = "") -> None:
+    """Equal up to float rounding of the clean data. A shot-noise count that differs (what
+    a last-bit change of a Poisson rate does to a rate-dependent sampler, issue 11) changes
+    a pixel by at least one count, far above this tolerance."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, what
+    bad = np.abs(a - b) > 1e-3 + 1e-6 * np.abs(b)
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {a.size} values differ by more than rounding, first at "
+        f"{tuple(int(i) for i in np.argwhere(bad)[0])}"
+    )
+
+
+@pytest.fixture
+def assert_same_noisy_data():
+    """``assert_same_noisy_data(a, b, what)``: generated noisy data equal on any machine."""
+    return _assert_same_noisy_data
