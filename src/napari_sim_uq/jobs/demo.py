@@ -109,7 +109,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
 def demo_job(cfg: DemoConfig | dict | None = None):
     """Generate, train, calibrate, evaluate, reconstruct and plot (a job; see the module
     docstring). Returns a dict with the paths written and the main test-set numbers."""
-    from napari_sim_uq.data.synth import SynthConfig, generate_dataset
+    from napari_sim_uq.data.synth import SynthConfig, generate_splits
     from napari_sim_uq.data.tiff_io import read_image
     from napari_sim_uq.jobs.evaluate import calibrate_sim_job, evaluate_sim_job
     from napari_sim_uq.jobs.events import Event
@@ -128,10 +128,9 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     # 1. data
     t0 = time.perf_counter()
     synth = SynthConfig(lr_size=(cfg.lr_size, cfg.lr_size), hr_factor=cfg.hr_factor)
-    for i, (split, n) in enumerate(
-        (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test), ("calib", cfg.n_calib))
-    ):
-        yield from generate_dataset(data, n, synth, seed=cfg.seed + 1000 * i, split=split)
+    # one "generate" stage counting over all splits (split i: seed + SPLIT_SEED_STRIDE * i)
+    counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "calib": cfg.n_calib}
+    yield from generate_splits(data, counts, synth, seed=cfg.seed)
     timings["generate_s"] = time.perf_counter() - t0
 
     # 2. training, stopped between epochs when the time budget would be exceeded

@@ -41,28 +41,79 @@ def run(job: Job[R], on_event: Callable[[Event], Any] | None = None) -> R:
 
 
 def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
-    """Drive ``job`` with a tqdm progress bar per stage (for the command line)."""
+    """Drive ``job`` with a tqdm progress bar per stage (for the command line).
+
+    Each stage gets one bar, in the order the stages first report, and keeps it until the
+    job ends: stages interleave (``train`` / ``validate``) and nest (a ``reconstruct`` per
+    stack inside ``calibrate``), so a stage that stops reporting for a while has not ended.
+
+    - A stage whose step goes back (the next split of ``generate``, the next stack's
+      ``reconstruct``) starts over: its bar is reset to the new total, in place.
+    - A new total without the step going back is a revised plan: the bar takes it over.
+    - When the job ends, returned, failed or stopped (``KeyboardInterrupt``), every bar is
+      closed. A bar stays on screen only if its stage finished: it reached its total (with
+      no total known: the job returned). A stage that ended early (training stopped by a
+      time budget, a failure, Ctrl-C) is removed (``leave=False``), never left partial.
+      The bars that stay are written one below the other, the last screen shows finished
+      bars only, and what the caller prints next follows them directly.
+    """
+    if disable:
+        try:
+            return run(job)
+        finally:
+            job.close()
+
     from tqdm.auto import tqdm
 
-    bars: dict[str, Any] = {}
+    bars: dict[str, Any] = {}  # stage -> its bar, in the order the stages first reported
 
     def show(ev: Event) -> None:
         bar = bars.get(ev.stage)
         if bar is None:
             bar = bars[ev.stage] = tqdm(
-                total=ev.total, desc=ev.stage, disable=disable, dynamic_ncols=True
+                total=ev.total, desc=ev.stage, dynamic_ncols=True, leave=True
             )
+        elif ev.step < bar.n:  # the stage starts over (a new split, the next stack)
+            bar.reset(total=ev.total)
+        if bar.total != ev.total:  # reset() keeps the old total when given None
+            bar.total = ev.total
         bar.n = ev.step
         if ev.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in ev.metrics.items()}, refresh=False)
         bar.refresh()
 
+    returned = False
     try:
-        return run(job, show)
+        result = run(job, show)
+        returned = True
+        return result
     finally:
-        job.close()
-        for bar in bars.values():
-            bar.close()
+        try:
+            _close_bars(list(bars.values()), returned)
+        finally:
+            job.close()
+
+
+def _close_bars(bars: list[Any], returned: bool) -> None:
+    """Close the bars of :func:`run_with_progress`: finished ones stay, the others go."""
+
+    def finished(bar: Any) -> bool:
+        return returned if bar.total is None else bar.n >= bar.total
+
+    bars = sorted(bars, key=lambda b: abs(getattr(b, "pos", 0)))
+    try:
+        # Blank every line first (bottom-up, the cursor stays on the first bar's line):
+        # the bars that stay are written from that line down, one after the other, and
+        # must not land on a line still showing an older bar.
+        for bar in reversed(bars):
+            bar.clear()
+    finally:
+        for bar in reversed(bars):
+            if not finished(bar):
+                bar.leave = False
+                bar.close()
+        for bar in bars:
+            bar.close()  # no-op for the bars closed above
 
 
 def relay(job: Job[R], prefix: str) -> Job[R]:
