@@ -11,7 +11,7 @@ job closes at its next progress event), and ``returned`` adds the layers through
 
 from __future__ import annotations
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -159,6 +159,7 @@ class ReconstructSimWidget(JobWidget):
             "device": device,
             "angles": source.angles,
             "phases": source.phases,
+            "warn_small_input": False,  # shown from the result's metadata (_show_result)
         }
         self._set_running(True)
         self.status.setText(f"reconstructing '{source.name}' …")
@@ -191,10 +192,18 @@ class ReconstructSimWidget(JobWidget):
             return
         self.status.setText(f"adding {len(layer_data)} layers …")
 
+        context = rec.metadata.get("context") or {}
+        caveats = [context[k] for k in ("message", "tile_message") if context.get(k)]
+
         def added(layers):
             self.last_layers = layers
             set_progress(self.progress, 1, 1)
             msg = f"done: {len(layers)} layers for '{source.name}'"
+            if caveats:  # a small field or tile: the result lacks context (uq.inference)
+                self.status.setText(f"{msg}; warning: {caveats[0]}")
+                for text in caveats:
+                    show_warning(f"'{source.name}': {text}")
+                return
             self.status.setText(msg)
             show_info(msg)
 

@@ -56,6 +56,20 @@ def load_sim_model(checkpoint, device="cpu"):
     return model, ck
 
 
+def model_context(ck, model) -> int:
+    """Field size (raw pixels on a side) that ``model`` from checkpoint ``ck`` needs for the
+    results it was trained to give: the smaller side of its training fields (recorded by
+    training as ``config["data"]["input_size"]``), at most the receptive-field diameter;
+    for a checkpoint without that record, the receptive-field diameter."""
+    diameter = 2 * int(model.receptive_radius) + 1
+    size = (ck.config.get("data") or {}).get("input_size")
+    try:
+        trained = min(int(v) for v in size)
+    except (TypeError, ValueError):
+        return diameter
+    return max(1, min(trained, diameter))
+
+
 def reconstruct_sim_job(
     data,
     checkpoint,
@@ -67,8 +81,13 @@ def reconstruct_sim_job(
     angles: int | None = None,
     phases: int | None = None,
     seed: int = 0,
+    warn_small_input: bool = True,
 ):
-    """Job: reconstruct ``data`` (array, ImageRecord or path) with ``checkpoint``."""
+    """Job: reconstruct ``data`` (array, ImageRecord or path) with ``checkpoint``.
+
+    A field smaller than the model's context (:func:`model_context`) is padded and gives a
+    ``SmallInputWarning`` (unless ``warn_small_input`` is False);
+    ``metadata["context"]`` records it (``uq.inference``, *Small inputs*)."""
     from napari_sim_uq.data.sim_dataset import Normalization, frames_from_array
     from napari_sim_uq.data.tiff_io import ImageRecord, read_image
     from napari_sim_uq.training.sim_train import resolve_device
@@ -92,6 +111,7 @@ def reconstruct_sim_job(
     mode = norm_cfg.get("mode", "percentile")
     gt_norm = norm_cfg.get("gt_norm", "raw")
     sigma_scale = {k: float(v) for k, v in (ck.sigma_scale or {}).items()}
+    context = model_context(ck, model)
     per_t: list[dict[str, np.ndarray]] = []
     n_t = frames.shape[0]
     for t in range(n_t):
@@ -106,6 +126,8 @@ def reconstruct_sim_job(
             device=str(dev),
             sigma_scale=sigma_scale,
             seed=seed,
+            context=context,
+            warn_small_input=warn_small_input,
         )
         pred = yield from relay(job, f"time point {t + 1}/{n_t}: ")
         # back to the input's intensity units: the emitter lives in the raw data's scale
@@ -142,6 +164,9 @@ def reconstruct_sim_job(
             for k in ("tile", "overlap", "blend_margin", "n_tiles", "tiling_exact")
         },
         "sigma_scale": sigma_scale,
+        # small fields (uq.inference, "Small inputs"): limited is True when the field was
+        # smaller than the context the model was trained with
+        "context": pred.meta["context"],
         "normalization": {
             "mode": mode,
             "gt_norm": gt_norm,

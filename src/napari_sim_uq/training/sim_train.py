@@ -357,7 +357,16 @@ def train_sim_job(cfg: TrainConfig):
         "model": model_cfg.to_dict(),
         "loss": loss_cfg.to_dict(),
         "train": cfg.to_dict(),
-        "data": {"norm_mode": cfg.norm_mode, "gt_norm": cfg.gt_norm},
+        "data": {
+            "norm_mode": cfg.norm_mode,
+            "gt_norm": cfg.gt_norm,
+            # the smallest training field (raw pixels): the context reconstruction needs
+            # (jobs.reconstruct.model_context)
+            "input_size": [
+                min(s[1] for s in train_ds.item_shapes),
+                min(s[2] for s in train_ds.item_shapes),
+            ],
+        },
     }
 
     def save(path: Path, epoch: int) -> None:

@@ -111,6 +111,28 @@ Memory: per tile, the device holds the tile input repeated ``mc_batch`` times an
 network activations for it, plus the running statistics of one tile; the whole-field
 accumulators are float32 NumPy arrays in host memory.
 
+Small inputs
+------------
+A network sees its input through a receptive field (``model.receptive_radius``, 53 raw
+pixels for the default depth 3) and is trained on fields of some size (``context``, the
+training stacks' size stored in the checkpoint). A field smaller than that lacks context the
+model relies on, and its reconstruction differs from the same region reconstructed as part
+of a larger field. ``predict_sim`` therefore
+
+- refuses fields smaller than :data:`MIN_SIM_FIELD` raw pixels on a side (one cell of the
+  network's coarsest grid; measured on the bundled model: a 4 x 4 crop differs from the
+  whole-field result by 91 % of the emitter, an 8 x 8 crop by 41 %) with an ``InputError``;
+- for fields smaller than ``context`` on an axis, issues a :class:`SmallInputWarning`
+  naming the size the model needs, pads the stack to ``context`` on that axis with
+  ``pad_mode`` (default ``"replicate"``, the best of zero / reflect / replicate measured by
+  ``bench/small_input.py``), reconstructs, and crops every output back to the input's
+  field; ``meta["context"]`` records what was done (``limited`` is then True).
+
+``bench/small_input.py`` measures the remaining difference (docs/user-guide.md): about half
+of it comes from the percentile normalisation fitted on the small field alone, the rest from
+the missing context. For a crop of a larger image, reconstruct the larger image and crop
+the result.
+
 ``sigma_scale``
 ---------------
 Recalibration factors ``{"emitter": s_e, "lp": s_l, "psf": s_h, "raw": s_r}`` (missing keys
@@ -144,7 +166,10 @@ from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softma
 __all__ = [
     "SIGMA_SCALE_KEYS",
     "RunningMoments",
+    "MIN_SIM_FIELD",
+    "PAD_MODES",
     "SimPrediction",
+    "SmallInputWarning",
     "blend_ramp",
     "predict_sim",
     "predict_sim_sync",
@@ -156,6 +181,17 @@ __all__ = [
 SIGMA_SCALE_KEYS = ("emitter", "lp", "psf", "raw")
 
 STAGE = "reconstruct"
+
+#: Smallest field (raw pixels on a side) :func:`predict_sim` reconstructs (module docstring).
+MIN_SIM_FIELD = 8
+
+#: Padding modes for fields smaller than the model's context (``"zero"`` pads with 0 in
+#: normalised units).
+PAD_MODES = ("replicate", "reflect", "zero")
+
+
+class SmallInputWarning(UserWarning):
+    """The field is smaller than the context the model was trained with."""
 
 
 # --------------------------------------------------------------------------------------
@@ -393,6 +429,79 @@ def _window_1d(size: int, lo_cut: bool, hi_cut: bool, overlap: int, margin: int)
         if hi_cut:
             w[size - overlap :] *= ramp[::-1]
     return w
+
+
+def _pad_to_context(
+    x: torch.Tensor, context: int | None, pad_mode: str, min_field: int, warn: bool
+) -> tuple[torch.Tensor, dict]:
+    """Refuse fields below ``min_field``; pad ``(F, H, W)`` to ``context`` on each axis that
+    is shorter (split evenly, ``pad_mode``), warning if ``warn``. Returns
+    ``(x, meta["context"])``."""
+    _, h, w = x.shape
+    if min(h, w) < min_field:
+        need = f"; the model needs {context} x {context} for full quality" if context else ""
+        raise InputError(
+            f"the SIM field is {h} x {w} raw pixels, smaller than the minimum of {min_field} x "
+            f"{min_field} that can be reconstructed{need}. Reconstruct a larger region (for a "
+            "crop of a larger image: reconstruct the whole image and crop the result)."
+        )
+    ph = max(0, (context or 0) - h)
+    pw = max(0, (context or 0) - w)
+    top, left = ph // 2, pw // 2
+    info = {
+        "needed": context,
+        "input": [int(h), int(w)],
+        "padded_to": [int(h + ph), int(w + pw)],
+        "pad": [top, ph - top, left, pw - left],
+        "pad_mode": pad_mode if ph or pw else None,
+        "limited": bool(ph or pw),
+    }
+    if not (ph or pw):
+        return x, info
+    info["message"] = (
+        f"the SIM field is {h} x {w} raw pixels, smaller than the {context} x {context} the "
+        f"model was trained with: it lacks context the model relies on, so the result can "
+        f"differ from the same region reconstructed within a larger field (padded to "
+        f"{h + ph} x {w + pw} with '{pad_mode}'). Reconstruct at least {context} x {context} "
+        "pixels (for a crop: the whole image, then crop the result)."
+    )
+    if warn:
+        warnings.warn(info["message"], SmallInputWarning, stacklevel=3)
+    pad = (left, pw - left, top, ph - top)
+    if pad_mode == "zero":
+        xp = F.pad(x[None], pad, mode="constant", value=0.0)[0]
+    elif pad_mode == "replicate":
+        xp = F.pad(x[None], pad, mode="replicate")[0]
+    else:  # reflect, repeated for pads longer than the field (mirror at the edge pixels)
+        xp = x[:, _reflect_index(h, top, h + ph)][:, :, _reflect_index(w, left, w + pw)]
+    return xp, info
+
+
+def _reflect_index(n: int, before: int, total: int) -> torch.Tensor:
+    """Indices of a field of length ``n`` mirrored about its edge pixels (as
+    ``mode="reflect"``) extended to ``total`` with ``before`` pixels in front; any length."""
+    idx = np.arange(-before, total - before)
+    period = 2 * n - 2
+    if period <= 0:
+        return torch.zeros(total, dtype=torch.long)
+    idx = np.mod(idx, period)
+    return torch.from_numpy(np.where(idx >= n, period - idx, idx))
+
+
+def _crop_to_field(res: dict[str, Any], info: dict, f: int) -> None:
+    """Crop the HR (emitter, patterns) and LR (rec) maps of ``res`` in place to the field
+    inside the context padding of :func:`_pad_to_context`."""
+    top, _, left, _ = info["pad"]
+    h, w = info["input"]
+    for k, v in res.items():
+        if not isinstance(v, np.ndarray):
+            continue
+        if k.startswith(("emitter", "lp")):
+            res[k] = np.ascontiguousarray(
+                v[..., f * top : f * (top + h), f * left : f * (left + w)]
+            )
+        elif k.startswith("rec"):
+            res[k] = np.ascontiguousarray(v[..., top : top + h, left : left + w])
 
 
 def _pad_amounts(length: int, m: int) -> tuple[int, int]:
@@ -659,6 +768,9 @@ def predict_sim(
     device: str | torch.device = "cpu",
     sigma_scale: dict[str, float] | None = None,
     seed: int = 0,
+    context: int | None = None,
+    pad_mode: str = "replicate",
+    warn_small_input: bool = True,
 ) -> Generator[Event, None, SimPrediction]:
     """Reconstruct one SIM stack with uncertainty (a job: yields events, returns the result).
 
@@ -679,6 +791,13 @@ def predict_sim(
     sigma_scale : std recalibration factors, keys ``"emitter"``, ``"lp"``, ``"psf"``,
         ``"raw"`` (missing = 1); they multiply the std maps.
     seed : seed of the dropout RNG (MC only).
+    context : field size (raw pixels on a side) the model was trained with
+        (:func:`~napari_sim_uq.jobs.reconstruct.model_context`); smaller fields are padded
+        to it with ``pad_mode`` (one of :data:`PAD_MODES`) and give a
+        :class:`SmallInputWarning`. ``None``: no padding. Fields below
+        :data:`MIN_SIM_FIELD` are refused either way (module docstring, *Small inputs*).
+    warn_small_input : issue the :class:`SmallInputWarning`s (front ends that show
+        ``meta["context"]["message"]`` themselves pass False).
 
     Yields one ``Event("reconstruct", step, total)`` per tile and MC chunk
     (``total = n_tiles * ceil(T / mc_batch)``, 1 chunk without MC); returns a
@@ -703,6 +822,11 @@ def predict_sim(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise InputError(f"seed must be an integer, got {seed!r}")
     scales = _check_sigma_scale(sigma_scale)
+    if context is not None:
+        context = _int_param("context", context, 1)
+    if pad_mode not in PAD_MODES:
+        raise InputError(f"pad_mode must be one of {list(PAD_MODES)}, got {pad_mode!r}")
+    x, context_info = _pad_to_context(x, context, pad_mode, MIN_SIM_FIELD, warn_small_input)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -719,6 +843,14 @@ def predict_sim(
         k = int(getattr(cfg, "psf_size", 1))
         need = int(radius) + -(-(k // 2) // f)
     plan = _plan_tiles(h, w, tile, overlap, align, need)
+    if plan.tiled and context and plan.tile < context and not plan.exact:
+        context_info["tile_message"] = (
+            f"tile {plan.tile} is smaller than the {context} x {context} raw pixels the model "
+            "was trained with, and the overlap is too small for exact tiling: tiles lack "
+            f"context. Use tile >= {context}, or leave the overlap at its default."
+        )
+        if warn_small_input:
+            warnings.warn(context_info["tile_message"], SmallInputWarning, stacklevel=2)
     two_pass = plan.tiled and hasattr(model, "bottleneck")
     if plan.tiled:
         x, _, _ = _pad_like_model(x, align)
@@ -891,8 +1023,11 @@ def predict_sim(
         bg_epi = glob_("background_epi")
         res["background_std"] = None if bg_epi is None else float(np.sqrt(max(bg_epi, 0.0)))
 
+        if context_info["limited"]:
+            _crop_to_field(res, context_info, f)
         timings["total_s"] = time.perf_counter() - t_start
         res["meta"] = {
+            "context": context_info,
             "tile": plan.tile,
             "overlap": plan.overlap if plan.tiled else None,
             "blend_margin": plan.margin if plan.tiled else None,
@@ -904,10 +1039,10 @@ def predict_sim(
             "n_tiles": n_tiles,
             "tile_boxes": [
                 (
-                    b[0] - plan.pad_top,
-                    b[1] - plan.pad_top,
-                    b[2] - plan.pad_left,
-                    b[3] - plan.pad_left,
+                    b[0] - plan.pad_top - context_info["pad"][0],
+                    b[1] - plan.pad_top - context_info["pad"][0],
+                    b[2] - plan.pad_left - context_info["pad"][2],
+                    b[3] - plan.pad_left - context_info["pad"][2],
                 )
                 for b in plan.boxes
             ],
