@@ -3,7 +3,8 @@
 #   bash scripts/test.sh [pytest args]
 # Creates/updates the virtual environment in $VENV (default .venv), installs the package
 # with its test extras (torch pinned through constraints.txt), checks the code with ruff and
-# runs pytest under a virtual X server so that the napari viewer tests run too.
+# runs pytest under a virtual X server so that the napari viewer tests run too, then the
+# non-GUI tests once more on one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -23,3 +24,12 @@ echo "== ruff"
 echo "== pytest"
 export PATH="$PWD/$VENV/bin:$PATH"
 xvfb-run -a -s "-screen 0 1600x1000x24" "$VENV/bin/python" -m pytest "$@"
+
+# Once more on one thread (the full run above uses torch's default thread count): results
+# that depend on one machine's float rounding (FFT/BLAS work split across threads) show up
+# here instead of on a user's machine (issue 11). Only for a full run (no pytest args);
+# SIM_UQ_ONE_THREAD_PASS=0 skips it.
+if [ "$#" -eq 0 ] && [ "${SIM_UQ_ONE_THREAD_PASS:-1}" != "0" ]; then
+  echo "== pytest, one thread (OMP_NUM_THREADS=1), without GUI and slow tests"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -m "not gui and not slow"
+fi
