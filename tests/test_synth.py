@@ -68,6 +68,17 @@ def test_poisson_by_inversion_has_the_poisson_distribution(rate):
     assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-4
 
 
+def test_poisson_by_inversion_is_the_poisson_quantile_of_a_uniform():
+    # the same uniform numbers through SciPy's quantile function give the same counts
+    rng = np.random.default_rng(3)
+    rate = np.concatenate([rng.uniform(0, 3, 3000), rng.uniform(0, 600, 3000), [0.0, 1e5]])
+    k = poisson_by_inversion(rate, np.random.default_rng(4))
+    u = np.random.default_rng(4).random(rate.shape) + 2.0**-54
+    np.testing.assert_array_equal(k, stats.poisson.ppf(u, rate))
+    with pytest.raises(InputError, match="finite"):
+        poisson_by_inversion(np.array([1.0, np.nan]), rng)
+
+
 def test_poisson_by_inversion_is_a_step_function_of_the_rate():
     # the property that makes data reproducible across machines (issue 11): a rate that
     # differs in its last bits gives the same draw; NumPy's rate-dependent sampler does not
