@@ -113,8 +113,11 @@ def test_emitter_equals_the_job(tuples, raw):
     from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
 
     rec = run(reconstruct_sim_job(raw, MODEL, device="cpu"))
-    np.testing.assert_array_equal(tuples[0][0], rec.arrays["emitter"])
-    np.testing.assert_array_equal(tuples[6][0], rec.arrays["rec_std"])
+    # two separate model runs (each loads the checkpoint): equal up to float32 rounding, not
+    # bit for bit (issue 11); a different input, model, scale or layout is far outside this
+    for got, key in ((tuples[0][0], "emitter"), (tuples[6][0], "rec_std")):
+        want = rec.arrays[key]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_path_input_and_explicit_checkpoint(raw):

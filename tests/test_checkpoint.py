@@ -57,6 +57,18 @@ def _files(folder):
     return sorted(os.listdir(folder))
 
 
+def _assert_states_equal(got, want, where="state"):
+    """Nested dicts of tensors (state_dicts) equal bit for bit, key for key."""
+    assert list(got) == list(want), where
+    for key, value in want.items():
+        if isinstance(value, dict):
+            _assert_states_equal(got[key], value, f"{where}[{key!r}]")
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value), f"{where}[{key!r}]"
+        else:
+            assert got[key] == value, f"{where}[{key!r}]"
+
+
 # --------------------------------------------------------------------------- round trip
 
 
@@ -85,13 +97,21 @@ def test_round_trip_resumes_model_and_optimizer_exactly(tmp_path):
     model2.load_state_dict(ckpt.model_state)
     opt2.load_state_dict(ckpt.optimizer_state)
     sched2.load_state_dict(ckpt.scheduler_state)
+    # what is restored is bit for bit what was saved (a file round trip of the same values)
+    _assert_states_equal(model2.state_dict(), model.state_dict())
+    _assert_states_equal(opt2.state_dict()["state"], opt.state_dict()["state"])
+    assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    assert sched2.state_dict() == sched.state_dict()
+    # what is computed from it is compared up to float32 rounding, not bit for bit (issue 11);
+    # a state restored wrongly (weights, BatchNorm statistics, Adam moments or step count,
+    # learning rate) is far outside these tolerances
     model.eval(), model2.eval()
-    assert torch.equal(model(x), model2(x))
+    torch.testing.assert_close(model2(x), model(x), rtol=1e-5, atol=1e-6)
     model.train(), model2.train()
-    _train_steps(model, opt, sched, x, 2)  # the next steps are identical too
+    _train_steps(model, opt, sched, x, 2)  # the next steps are the same too
     _train_steps(model2, opt2, sched2, x, 2)
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(2.5e-3)
 
     assert ckpt.config == CONFIG and ckpt.model_type == "sim_uq_net"

@@ -182,7 +182,9 @@ def test_calibrate_gives_unit_zms_and_is_relative_to_the_raw_sigma(setup, tmp_pa
     update_sigma_scale(b, {"emitter": 3.0, "lp": 0.5, "raw": 2.0, "psf": 1.7})
     res_b = _calibrate(b, d)
     for q, s in res["fitted"].items():
-        assert res_b["fitted"][q] == pytest.approx(s, rel=1e-9)
+        # another model run (its own load of the weights): equal up to float32 rounding of the
+        # model outputs (issue 11); a stored scale leaking into the fit would be a factor 0.5-3
+        assert res_b["fitted"][q] == pytest.approx(s, rel=1e-6)
     assert res_b["before"]["emitter"]["zms"] == pytest.approx(res["fitted"]["emitter"] ** 2 / 9)
     stored = load_checkpoint(b).sigma_scale
     assert stored["psf"] == 1.7  # scales it does not fit are kept

@@ -45,4 +45,4 @@ def test_shipped_model_beats_widefield_on_the_sample_stack():
     gain = psnr(e, gt, dr) - psnr(a * wf + b, gt, dr)
     assert gain > 2.0, gain  # measured: 6.8 dB
     rho = spearmanr(s.ravel(), np.abs(e - gt).ravel())[0]
-    assert rho > 0.6, rho  # measured: 0.74
+    assert rho > 0.6, rho  # measured: 0.76

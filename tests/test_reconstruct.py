@@ -110,7 +110,12 @@ def test_time_series_is_reconstructed_per_time_point(trained):
     ts = run(reconstruct_sim_job(np.stack([s0, s1]), ck, device="cpu"))
     assert ts.time_series and ts.arrays["emitter"].shape == (2, 48, 48)
     one = run(reconstruct_sim_job(s1, ck, device="cpu"))
-    np.testing.assert_allclose(ts.arrays["emitter"][1], one.arrays["emitter"], rtol=1e-5)
+    # separate model runs: equal up to float32 rounding, which is relative to the image's
+    # magnitude, not to each pixel's (near-zero background pixels)
+    want = one.arrays["emitter"]
+    np.testing.assert_allclose(
+        ts.arrays["emitter"][1], want, rtol=1e-5, atol=1e-6 * np.abs(want).max()
+    )
 
 
 def test_bad_inputs(trained, tmp_path, capsys):

@@ -19,6 +19,13 @@ SUFFIXES = [
 ]
 
 
+def _assert_same_float32(got, want):
+    """Two separate float32 reconstructions of the same input: equal up to rounding; another
+    input, model, normalisation or MC setting is far outside this."""
+    want = np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
 def _dock(viewer):
     _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct SIM")
     return widget
@@ -64,9 +71,11 @@ def test_reconstruct_through_the_manifest(make_napari_viewer, qtbot, monkeypatch
     assert emitter.metadata["sim_uq"]["reconstruction"]["model_type"] == "sim_uq_net"
     first = emitter.data.copy()
 
-    # the console API on the same layer gives the same emitter
+    # the console API on the same layer gives the same emitter: it runs on this thread, the
+    # widget ran in a worker with its own torch thread count, so up to float32 rounding (not
+    # bit for bit, issue 11)
     console = reconstruct_sim(viewer.layers["SIM sample"], device="cpu")
-    np.testing.assert_array_equal(first, console[0][0])
+    _assert_same_float32(console[0][0], first)
 
     # a second run (synchronous, MC dropout on) replaces the layers instead of adding copies
     monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
@@ -84,7 +93,7 @@ def test_reconstruct_through_the_manifest(make_napari_viewer, qtbot, monkeypatch
     layers = reconstruct_sim(viewer.layers["SIM sample"], viewer=viewer, device="cpu")
     assert [lay.name for lay in layers] == names
     assert len(viewer.layers) == 2 + len(names)
-    np.testing.assert_array_equal(viewer.layers["SIM sample emitter"].data, first)
+    _assert_same_float32(viewer.layers["SIM sample emitter"].data, first)
 
 
 def test_2d_layer_gives_a_notification(make_napari_viewer, qtbot, errors):
