@@ -19,8 +19,10 @@ def _record_to_layer(rec: ImageRecord) -> tuple:
 def napari_get_reader(path):
     """Return a reader for ``path`` if it is a file type this plugin reads, else None.
 
-    The returned reader raises a clear ``InputError`` naming the file and the problem
-    (corrupt, empty, colour, NaN values, an unsupported stack shape); napari shows it.
+    The returned reader raises a clear ``InputError`` naming the file and the problem;
+    napari shows it. A file that exists but cannot be read (empty, truncated or corrupt,
+    colour, NaN values, an implausibly large declared size, an unsupported stack shape)
+    always gives its subclass ``FileFormatError``, never a raw error from the decoders.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:

@@ -68,6 +68,7 @@ from napari_sim_uq.data.tiff_io import (
     TIFF_SUFFIXES,
     _int_or_none,
     _stored_layer_info,
+    check_ifd_chain,
     read_image,
 )
 from napari_sim_uq.errors import FileFormatError, InputError
@@ -353,6 +354,7 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], str, dict] | None:
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
         return None
     try:
+        check_ifd_chain(path)  # a looping directory chain would make tifffile read forever
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 return None
@@ -396,7 +398,10 @@ def _read_gt(path: Path) -> np.ndarray:
         raise InputError(f"Cannot open '{path}': file not found")
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
+            check_ifd_chain(path)
             a = tifffile.imread(path)
+        except FileFormatError:
+            raise
         except Exception as err:  # reported to the user with the file name
             raise FileFormatError(
                 f"Cannot open '{path}': not a readable TIFF file ({err})"

@@ -11,8 +11,10 @@ layer metadata, display settings) as JSON in the ImageJ ``Info`` property, so th
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import struct
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sim_uq.data.layout import Layout, infer_layout
+from napari_sim_uq.data.layout import Layout, _check_ap, infer_layout
 from napari_sim_uq.errors import FileFormatError, InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -107,6 +109,71 @@ def to_jsonable(metadata: dict, what: str = "metadata") -> dict:
 
 # --------------------------------------------------------------------------- reading
 
+#: The most pixel data (in bytes) :func:`read_image` loads from one file; a file declaring
+#: more is refused before anything is allocated. ``None``: half of this machine's physical
+#: memory (4 GiB where that cannot be found out).
+MAX_IMAGE_BYTES: int | None = None
+
+# Deflate (PNG, TIFF "zlib") cannot shrink data by more than 1032:1, so a deflated file
+# declaring more pixel bytes than 1032 times its size cannot hold them.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _max_image_bytes() -> tuple[int, str]:
+    """(the most bytes of pixels to load, where that limit comes from)."""
+    if MAX_IMAGE_BYTES is not None:
+        return int(MAX_IMAGE_BYTES), "napari_sim_uq.data.tiff_io.MAX_IMAGE_BYTES"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on POSIX
+        total = 0
+    if total > 0:
+        return total // 2, "half of this machine's memory"
+    return 4 * 2**30, "the limit where this machine's memory is unknown"
+
+
+def _format_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} EiB"
+
+
+def _check_declared_size(
+    path: Path, shape: tuple[int, ...], itemsize: int, stored_min: int | None
+) -> None:
+    """Refuse an image whose declared size cannot be real, before allocating it.
+
+    ``stored_min`` is the fewest bytes of the file the pixels need (uncompressed data),
+    or None when compressed data could be any size.
+    """
+    nbytes = math.prod(shape) * itemsize
+    declares = f"it declares an image of shape {shape} ({_format_bytes(nbytes)})"
+    file_size = path.stat().st_size
+    if stored_min is not None and stored_min > file_size:
+        raise _fail(
+            path,
+            f"{declares}, but the file has only {_format_bytes(file_size)}: "
+            "it looks truncated or corrupt",
+        )
+    cap, source = _max_image_bytes()
+    if nbytes > cap:
+        raise _fail(
+            path,
+            f"{declares}, more than the {_format_bytes(cap)} this reader loads at once "
+            f"({source}): it looks truncated or corrupt, or is too large to open in one "
+            "piece",
+        )
+
+
+def _error_name(err: BaseException) -> str:
+    cls = type(err)
+    module = cls.__module__.split(".")[0]
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
 
 def _check_file(path: Path) -> None:
     if not path.exists():
@@ -160,9 +227,11 @@ def _pixel_size_from_tags(page) -> tuple[float | None, float | None, str | None]
         xn, xd = xres.value
         yn, yd = yres.value
         sx, sy = xd / xn, yd / yn
+        unit = int(unit_tag.value) if unit_tag is not None else 2
     except (TypeError, ValueError, ZeroDivisionError):
         return None, None, None
-    unit = int(unit_tag.value) if unit_tag is not None else 2
+    if not (math.isfinite(sx) and math.isfinite(sy) and sx > 0 and sy > 0):
+        return None, None, None
     if unit == 3:  # centimetre
         return sy * 1e4, sx * 1e4, "um"
     if unit == 1:  # no absolute unit (ImageJ files carry theirs in the description)
@@ -178,44 +247,141 @@ def _ome_pixel_size(ome_xml: str | None) -> tuple[float | None, float | None, st
     pu = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome_xml)
     if not (px and py):
         return None, None, None
-    return float(py.group(1)), float(px.group(1)), _parse_unit(pu.group(1) if pu else "um")
+    try:
+        sy, sx = float(py.group(1)), float(px.group(1))
+    except ValueError:
+        return None, None, None
+    return sy, sx, _parse_unit(pu.group(1) if pu else "um")
 
 
 def _int_or_none(value) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _declared_planes(tif, series) -> int | None:
+    """Number of planes the file's own description declares, when tifffile could not
+    build the series it describes (a truncated file, or damaged metadata)."""
+    if tif.is_imagej and series.kind != "imagej":
+        return _int_or_none((tif.imagej_metadata or {}).get("images"))
+    shaped = tif.shaped_metadata if series.kind != "shaped" else None
+    if shaped and isinstance(shaped[0], dict):
+        shape = shaped[0].get("shape")
+        if isinstance(shape, (list, tuple)) and len(shape) >= 2:
+            ints = [_int_or_none(s) for s in shape[:-2]]
+            if all(i is not None for i in ints):
+                return math.prod(ints)
+    return None
+
+
+def _check_tiff_size(path: Path, tif, series) -> None:
+    """Refuse truncated files and gigantic declared images before reading any pixels."""
+    shape = tuple(int(s) for s in series.shape)
+    page = series.keyframe
+    file_size = path.stat().st_size
+    planes = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    declared = _declared_planes(tif, series)
+    if declared is not None and declared > planes:
+        raise _fail(
+            path,
+            f"its metadata declares {declared} image planes, but only {planes} could be "
+            "found: it looks truncated or corrupt",
+        )
+    compression = int(page.compression)
+    uncompressed = compression == 1
+    stored_min = math.prod(shape) * int(page.bitspersample) // 8
+    if compression in (8, 32946):  # deflate
+        stored_min //= _DEFLATE_MAX_RATIO
+    elif not uncompressed:
+        stored_min = None
+    _check_declared_size(path, shape, np.dtype(series.dtype).itemsize, stored_min)
+    if uncompressed and series.dataoffset is not None:
+        ends = [int(series.dataoffset) + stored_min]
+    else:
+        ends = [
+            int(offset) + int(count)
+            for p in series.pages
+            if p is not None
+            for offset, count in zip(p.dataoffsets, p.databytecounts, strict=False)
+            if count
+        ]
+    if ends and max(ends) > file_size:
+        raise _fail(
+            path,
+            f"its pixel data of shape {shape} runs to byte {max(ends)}, but the file has "
+            f"only {file_size} bytes: it looks truncated",
+        )
+
+
+def check_ifd_chain(path: Path) -> None:
+    """Walk the file's chain of image file directories (IFDs) before tifffile does.
+
+    In a damaged file the chain can loop back on itself, and tifffile then reads the same
+    pages over and over without end.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if head[:2] not in (b"II", b"MM") or len(head) < 8:
+            return  # not a TIFF file at all: tifffile says so
+        order = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:  # classic TIFF
+            count_fmt, offset_fmt, entry_size = order + "H", order + "I", 12
+            offset = struct.unpack(offset_fmt, head[4:8])[0]
+        elif version == 43 and len(head) == 16:  # BigTIFF
+            count_fmt, offset_fmt, entry_size = order + "Q", order + "Q", 20
+            offset = struct.unpack(offset_fmt, head[8:16])[0]
+        else:
+            return  # tifffile reports the unknown version
+        count_size, offset_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+        seen = set()
+        while 0 < offset < size:
+            if offset in seen:
+                raise _fail(
+                    path,
+                    f"its chain of image directories loops back to byte {offset}: "
+                    "the file is corrupt",
+                )
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(count_size)
+            if len(raw) < count_size:
+                return  # truncated: tifffile (or the size checks) report it
+            next_at = offset + count_size + struct.unpack(count_fmt, raw)[0] * entry_size
+            if next_at + offset_size > size:
+                return
+            fh.seek(next_at)
+            offset = struct.unpack(offset_fmt, fh.read(offset_size))[0]
 
 
 def _read_tiff(path: Path):
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise _fail(path, "the TIFF file holds no image data")
-            series = tif.series[0]
-            axes = series.axes
-            page = series.pages[0] if series.pages else tif.pages[0]
-            # Interleaved samples (..., Y, X, S) are a colour image. Separate sample planes
-            # (S, Y, X) are what tifffile writes by default for a float (3, H, W) or
-            # (4, H, W) stack, so those are read as an ordinary stack axis.
-            if axes.endswith("S"):
-                raise _fail(
-                    path,
-                    f"it is a colour (RGB) image with shape {series.shape}; napari-sim-uq "
-                    "works on single-channel intensity images. Convert it to grayscale, or "
-                    "save the channels as separate files.",
-                )
-            data = series.asarray()
-            ij = dict(tif.imagej_metadata or {})
-            ome = tif.ome_metadata if tif.is_ome else None
-            sy, sx, unit = _pixel_size_from_tags(page)
-    except FileFormatError:
-        raise
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as err:
-        raise _fail(path, f"it is not a readable TIFF file ({err})") from None
+    check_ifd_chain(path)
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise _fail(path, "the TIFF file holds no image data")
+        series = tif.series[0]
+        axes = series.axes
+        page = series.keyframe
+        # Interleaved samples (..., Y, X, S) are a colour image. Separate sample planes
+        # (S, Y, X) are what tifffile writes by default for a float (3, H, W) or
+        # (4, H, W) stack, so those are read as an ordinary stack axis.
+        if axes.endswith("S"):
+            raise _fail(
+                path,
+                f"it is a colour (RGB) image with shape {series.shape}; napari-sim-uq "
+                "works on single-channel intensity images. Convert it to grayscale, or "
+                "save the channels as separate files.",
+            )
+        _check_tiff_size(path, tif, series)
+        data = series.asarray()
+        ij = dict(tif.imagej_metadata or {})
+        ome = tif.ome_metadata if tif.is_ome else None
+        sy, sx, unit = _pixel_size_from_tags(page)
     if ij.get("unit"):
         unit = _parse_unit(ij["unit"])
     if ome:
@@ -225,26 +391,55 @@ def _read_tiff(path: Path):
     return data, axes, ij, (sy, sx), unit
 
 
-def _read_png(path: Path):
-    from PIL import Image, UnidentifiedImageError
+# bytes per pixel of the array Pillow makes from each grayscale PNG mode
+_PNG_ITEMSIZE = {"1": 1, "L": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
 
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "PA", "HSV", "LAB"):
-                raise _fail(
-                    path,
-                    f"it is a colour image (PNG mode {mode!r}); napari-sim-uq works on "
-                    "single-channel grayscale images. Convert it to grayscale first.",
-                )
-            data = np.asarray(img)
-    except FileFormatError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise _fail(path, f"it is not a readable PNG file ({err})") from None
+
+def _read_png(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        mode = img.mode
+        if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "PA", "HSV", "LAB"):
+            raise _fail(
+                path,
+                f"it is a colour image (PNG mode {mode!r}); napari-sim-uq works on "
+                "single-channel grayscale images. Convert it to grayscale first.",
+            )
+        width, height = img.size
+        # at least 1 bit per pixel goes through deflate, which shrinks by at most 1032:1
+        raw_min = height * ((width + 7) // 8) // _DEFLATE_MAX_RATIO
+        _check_declared_size(path, (height, width), _PNG_ITEMSIZE.get(mode, 4), raw_min)
+        data = np.asarray(img)
     if data.ndim != 2:
         raise _fail(path, f"expected a 2D grayscale PNG, got shape {data.shape}")
     return data
+
+
+def _decode(path: Path):
+    """(data, tifffile axes, ImageJ metadata, (y, x) pixel size, unit) of a TIFF or PNG.
+
+    The one place where whatever the decoders (tifffile, Pillow, zlib, ...) raise on a
+    damaged file becomes a :class:`FileFormatError` naming the file.
+    """
+    is_tiff = path.suffix.lower() in TIFF_SUFFIXES
+    try:
+        if is_tiff:
+            return _read_tiff(path)
+        return _read_png(path), None, {}, (None, None), None
+    except FileFormatError:
+        raise
+    except MemoryError:
+        raise _fail(
+            path,
+            "there is not enough memory to load it; the file is too large for this "
+            "machine, or truncated or corrupt",
+        ) from None
+    except PermissionError:
+        raise InputError(f"Cannot open '{path}': permission denied") from None
+    except Exception as err:  # decoders raise anything at all on a damaged file
+        kind = "TIFF" if is_tiff else "PNG"
+        raise _fail(path, f"it is not a readable {kind} file ({_error_name(err)}: {err})") from err
 
 
 def _stored_layer_info(ij: dict) -> dict:
@@ -253,11 +448,45 @@ def _stored_layer_info(ij: dict) -> dict:
         return {}
     try:
         doc = json.loads(info)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return {}
     if isinstance(doc, dict) and isinstance(doc.get(INFO_KEY), dict):
         return doc[INFO_KEY]
     return {}
+
+
+def _stored_floats(value, n: int) -> tuple[float, ...] | None:
+    """``value`` as ``n`` finite floats, or None if it is not that (damaged metadata)."""
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out if all(math.isfinite(v) for v in out) else None
+
+
+def _stored_dtype(value) -> np.dtype | None:
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except TypeError:
+        return None
+    return dtype if dtype is not None and dtype.kind in "biuf" else None
+
+
+def _stored_display(value) -> dict:
+    if not isinstance(value, dict):
+        return {}
+    display = {
+        k: v
+        for k, v in value.items()
+        if k in ("colormap", "blending", "opacity", "visible", "contrast_limits")
+    }
+    if "contrast_limits" in display:
+        limits = _stored_floats(display.pop("contrast_limits"), 2)
+        if limits is not None:
+            display["contrast_limits"] = limits
+    return display
 
 
 def read_image(
@@ -265,9 +494,11 @@ def read_image(
 ) -> ImageRecord:
     """Read a TIFF or PNG file as an :class:`ImageRecord`.
 
-    Raises :class:`~napari_sim_uq.errors.InputError` (or its subclass ``FileFormatError``)
-    with a message naming the file and the problem for missing, empty, corrupt, colour or
-    NaN-containing files and for shapes that are neither a 2D image nor a SIM stack.
+    Raises :class:`~napari_sim_uq.errors.InputError` with a message naming the file and the
+    problem: for a missing file, and as the subclass ``FileFormatError`` for every file that
+    cannot be read (empty, truncated or corrupt, colour, NaN-containing, declaring an
+    implausibly large image, or with a shape that is neither a 2D image nor a SIM stack).
+    Damaged napari-sim-uq layer metadata (scale, display settings, ...) is ignored.
     """
     path = Path(path)
     _check_file(path)
@@ -277,56 +508,61 @@ def read_image(
             f"Cannot open '{path}': unsupported file type '{suffix}' "
             f"(supported: {', '.join(READ_SUFFIXES)})"
         )
-    stored: dict = {}
-    unit = None
-    size_yx: tuple[float | None, float | None] = (None, None)
-    axes = None
-    if suffix in TIFF_SUFFIXES:
-        data, axes, ij, size_yx, unit = _read_tiff(path)
-        stored = _stored_layer_info(ij)
-        angles = angles if angles is not None else _int_or_none(ij.get("sim_angles"))
-        phases = phases if phases is not None else _int_or_none(ij.get("sim_phases"))
-    else:
-        data = _read_png(path)
+    _check_ap(angles, phases, "read_image")
+    data, axes, ij, size_yx, unit = _decode(path)
+    if data.size == 0:
+        raise _fail(path, f"it holds no pixels (shape {data.shape})")
+    stored = _stored_layer_info(ij)
+    if angles is None:
+        angles = _int_or_none(ij.get("sim_angles"))
+    if phases is None:
+        phases = _int_or_none(ij.get("sim_phases"))
     data = _check_values(data, path)
-    if stored.get("dtype") and stored["dtype"] != str(data.dtype):
-        data = _restore_dtype(data, np.dtype(stored["dtype"]))
-    if stored.get("layout"):
-        lay = stored["layout"]
-        angles = lay.get("angles", angles)
-        phases = lay.get("phases", phases)
+    dtype = _stored_dtype(stored.get("dtype"))
+    if dtype is not None and dtype != data.dtype:
+        data = _restore_dtype(data, dtype)
+        if dtype.kind == "f":  # damaged metadata could name a type too small for the data
+            data = _check_values(data, path)
+    lay = stored.get("layout")
+    if isinstance(lay, dict):
+        angles = _int_or_none(lay.get("angles", angles))
+        phases = _int_or_none(lay.get("phases", phases))
     ij_axes = stored.get("tiff_axes") or axes
-    layout = infer_layout(data.shape, angles=angles, phases=phases, axes=ij_axes, what=f"'{path}'")
+    try:
+        layout = infer_layout(
+            data.shape,
+            angles=angles,
+            phases=phases,
+            axes=ij_axes if isinstance(ij_axes, str) else None,
+            what=f"Cannot open '{path}'",
+        )
+    except InputError as err:  # a file whose shape or SIM metadata does not fit
+        raise FileFormatError(str(err)) from None
 
     if data.ndim < 2 or data.shape[-1] < 2 or data.shape[-2] < 2:
         raise _fail(path, f"image is too small (shape {data.shape})")
 
     nd = data.ndim
-    if stored.get("scale") and len(stored["scale"]) == nd:
-        scale = tuple(float(s) for s in stored["scale"])
-    else:
+    scale = _stored_floats(stored.get("scale"), nd)
+    if scale is None:
         sy, sx = size_yx
         scale = (1.0,) * (nd - 2) + ((float(sy), float(sx)) if sy and sx else (1.0, 1.0))
-    if stored.get("translate") and len(stored["translate"]) == nd:
-        translate = tuple(float(t) for t in stored["translate"])
-    else:
-        translate = (0.0,) * nd
-    axis_labels = tuple(stored.get("axis_labels") or layout.axis_labels)
-    if len(axis_labels) != nd:
+    translate = _stored_floats(stored.get("translate"), nd) or (0.0,) * nd
+    axis_labels = stored.get("axis_labels")
+    if not (
+        isinstance(axis_labels, list)
+        and len(axis_labels) == nd
+        and all(isinstance(a, str) for a in axis_labels)
+    ):
         axis_labels = layout.axis_labels
-    metadata = dict(stored.get("metadata") or {})
+    stored_md = stored.get("metadata")
+    metadata = dict(stored_md) if isinstance(stored_md, dict) else {}
     sim_md = metadata.get("sim_uq")
     metadata["sim_uq"] = {
         **(sim_md if isinstance(sim_md, dict) else {}),
         "layout": layout.to_dict(),
     }
-    display = {
-        k: v
-        for k, v in (stored.get("display") or {}).items()
-        if k in ("colormap", "contrast_limits", "blending", "opacity", "visible")
-    }
-    if "contrast_limits" in display:
-        display["contrast_limits"] = tuple(display["contrast_limits"])
+    stored_unit = stored.get("unit")
     return ImageRecord(
         data=data,
         layout=layout,
@@ -334,10 +570,10 @@ def read_image(
         path=str(path),
         scale=scale,
         translate=translate,
-        axis_labels=axis_labels,
+        axis_labels=tuple(axis_labels),
         metadata=metadata,
-        unit=stored.get("unit") or unit,
-        display=display,
+        unit=stored_unit if stored_unit and isinstance(stored_unit, str) else unit,
+        display=_stored_display(stored.get("display")),
     )
 
 
