@@ -73,18 +73,32 @@ def test_shipped_example_data_matches_generator(tmp_path, assert_same_noisy_data
     _compare_with_shipped(tmp_path, assert_same_noisy_data)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_example_data_is_the_same_with_other_thread_counts(
-    tmp_path, threads, assert_same_noisy_data
+@pytest.mark.parametrize(
+    ("threads", "env_extra"),
+    [
+        (1, {}),
+        (2, {}),
+        # torch's plain C++ kernels instead of the AVX2/AVX-512 ones: the float path of
+        # another CPU
+        (2, {"ATEN_CPU_CAPABILITY": "default"}),
+    ],
+)
+def test_example_data_is_the_same_on_other_float_paths(
+    tmp_path, threads, env_extra, assert_same_noisy_data
 ):
-    # a fresh interpreter with another torch/OpenMP thread count (other FFT work splits,
-    # other rounding) regenerates the same files as shipped
+    # a fresh interpreter with another torch/OpenMP thread count or CPU kernel set (other
+    # FFT work splits, other rounding) regenerates the same files as shipped
     code = (
         "import sys, torch; torch.set_num_threads(int(sys.argv[2]));"
         "from napari_sim_uq.data.samples import write_example_data;"
         "write_example_data(sys.argv[1])"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        **env_extra,
+    }
     subprocess.run(
         [sys.executable, "-c", code, str(tmp_path), str(threads)], check=True, env=env, timeout=300
     )
