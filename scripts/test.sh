@@ -31,5 +31,7 @@ xvfb-run -a -s "-screen 0 1600x1000x24" "$VENV/bin/python" -m pytest "$@"
 # SIM_UQ_ONE_THREAD_PASS=0 skips it.
 if [ "$#" -eq 0 ] && [ "${SIM_UQ_ONE_THREAD_PASS:-1}" != "0" ]; then
   echo "== pytest, one thread (OMP_NUM_THREADS=1), without GUI and slow tests"
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -m "not gui and not slow"
+  # (under Xvfb too: some widget-helper tests need a Qt application, not a viewer)
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xvfb-run -a -s "-screen 0 1600x1000x24" \
+    "$VENV/bin/python" -m pytest -q -m "not gui and not slow"
 fi

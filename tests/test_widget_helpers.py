@@ -65,6 +65,7 @@ def test_gc_freeze_leaves_a_freeze_by_someone_else_alone(unfrozen):
     assert gc.get_freeze_count() == before  # not unfrozen by us
 
 
+@pytest.mark.gui  # needs a Qt application (a display)
 def test_progress_bars_never_use_the_busy_animation(qtbot):
     bar = progress_bar("batch %v / %m")
     qtbot.addWidget(bar)
@@ -86,6 +87,7 @@ def test_progress_bars_never_use_the_busy_animation(qtbot):
     assert plain.text() == "25%"
 
 
+@pytest.mark.gui  # needs a Qt application (a display)
 def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbot, monkeypatch):
     guard = GcFreeze()
     monkeypatch.setattr(_widgets, "GC_FREEZE", guard)
@@ -147,6 +149,7 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
     assert LAYER_ADD_GAP_MS >= 10
 
 
+@pytest.mark.gui  # needs a Qt application (a display)
 def test_loss_plot_blits_without_a_full_draw(qtbot):
     from napari_sim_uq._napari._loss_plot import LossPlot
 
@@ -177,6 +180,7 @@ def test_loss_plot_blits_without_a_full_draw(qtbot):
     assert plot.n_full_draws == full
 
 
+@pytest.mark.gui  # needs a Qt application (a display)
 def test_removing_a_layer_during_a_job_frees_it(make_napari_viewer, qtbot, unfrozen):
     # napari layers are freed by the cyclic collector: frozen, a removed layer (and its
     # data) would stay in memory until the job ends
