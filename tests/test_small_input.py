@@ -92,6 +92,19 @@ def test_other_pad_modes(mode):
         predict_sim_sync(net, x, context=24, pad_mode="wrap")
 
 
+def test_small_tiles_without_exact_overlap_warn():
+    net, x = _net(), _frames(40, 40)
+    with pytest.warns(SmallInputWarning, match="tile 16 is smaller than the 32 x 32"):
+        p = predict_sim_sync(net, x, context=32, tile=16, overlap=2)
+    assert p.meta["n_tiles"] > 1 and not p.meta["tiling_exact"]
+    assert "tile_message" in p.meta["context"] and not p.meta["context"]["limited"]
+    with warnings.catch_warnings():  # exact tiling (default overlap): nothing to warn about
+        warnings.simplefilter("error", SmallInputWarning)
+        exact = predict_sim_sync(net, _frames(100, 100), context=96, tile=90)
+    assert exact.meta["tiling_exact"] and exact.meta["n_tiles"] > 1
+    assert "tile_message" not in exact.meta["context"]
+
+
 def test_large_enough_fields_are_untouched():
     net, x = _net(), _frames(16, 16)
     with warnings.catch_warnings():

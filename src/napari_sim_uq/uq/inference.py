@@ -120,7 +120,7 @@ model relies on, and its reconstruction differs from the same region reconstruct
 of a larger field. ``predict_sim`` therefore
 
 - refuses fields smaller than :data:`MIN_SIM_FIELD` raw pixels on a side (one cell of the
-  network's coarsest grid; measured on the bundled model: a 4 x 4 crop differs from the
+  coarsest grid of the default depth-3 network; measured on the bundled model: a 4 x 4 crop differs from the
   whole-field result by 91 % of the emitter, an 8 x 8 crop by 41 %) with an ``InputError``;
 - for fields smaller than ``context`` on an axis, issues a :class:`SmallInputWarning`
   naming the size the model needs, pads the stack to ``context`` on that axis with
