@@ -189,3 +189,30 @@ def test_demo_command_ends_with_finished_bars_and_its_summary(opened, monkeypatc
     assert lines[n].startswith("demo finished in 0.1 min on cpu (2 epochs of training)")
     assert lines[-1].startswith("open in napari:")
     assert all(b.disable for b in opened)
+
+
+def test_finished_bars_show_the_time_their_stage_took(monkeypatch):
+    # a fake clock: "generate" reports at t = 1 s and 2 s (its bar opens at the first
+    # report), then "train" at 12, 22, ..., 102 s. The generate bar must say the 1 s its
+    # stage took, not the 101 s until the job ended; train took 90 s
+    import tqdm.std
+
+    now = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+
+    def job():
+        for i in range(1, 3):
+            now[0] += 1.0
+            yield Event("generate", i, 2)
+        for i in range(1, 11):
+            now[0] += 10.0
+            yield Event("train", i, 10)
+        return "ok"
+
+    with _terminal() as out:
+        assert run_with_progress(job()) == "ok"
+    lines = _screen(out.getvalue())
+    gen = next(line for line in lines if line.startswith("generate"))
+    train = next(line for line in lines if line.startswith("train"))
+    assert "[00:01<" in gen, gen
+    assert "[01:30<" in train, train

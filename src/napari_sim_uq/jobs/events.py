@@ -55,7 +55,9 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
       no total known: the job returned). A stage that ended early (training stopped by a
       time budget, a failure, Ctrl-C) is removed (``leave=False``), never left partial.
       The bars that stay are written one below the other, the last screen shows finished
-      bars only, and what the caller prints next follows them directly.
+      bars only, and what the caller prints next follows them directly. A finished bar
+      shows the time its stage took (when it reached its total), not the time until the
+      job ended.
     """
     if disable:
         try:
@@ -66,6 +68,7 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
     from tqdm.auto import tqdm
 
     bars: dict[str, Any] = {}  # stage -> its bar, in the order the stages first reported
+    took: dict[str, float] = {}  # stage -> elapsed seconds when its bar reached its total
 
     def show(ev: Event) -> None:
         bar = bars.get(ev.stage)
@@ -78,6 +81,10 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
         if bar.total != ev.total:  # reset() keeps the old total when given None
             bar.total = ev.total
         bar.n = ev.step
+        if bar.total is not None and bar.n >= bar.total:
+            took.setdefault(ev.stage, bar.format_dict["elapsed"])
+        else:
+            took.pop(ev.stage, None)
         if ev.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in ev.metrics.items()}, refresh=False)
         bar.refresh()
@@ -89,6 +96,9 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
         return result
     finally:
         try:
+            for stage, elapsed in took.items():  # stop the clock of the finished stages
+                stopped = bars[stage].start_t + elapsed
+                bars[stage]._time = lambda t=stopped: t
             _close_bars(list(bars.values()), returned)
         finally:
             job.close()
