@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_sim_uq.data.outputs import placement
 from napari_sim_uq.errors import InputError
+from napari_sim_uq.jobs.reconstruct import SIM_OUTPUTS
 
 __all__ = [
     "LAYER_SUFFIXES",
@@ -41,18 +43,12 @@ __all__ = [
 EXAMPLE_MODEL = "sim_uq_demo_model.pt"
 
 #: output key of :class:`~napari_sim_uq.jobs.reconstruct.SimReconstruction` ->
-#: (layer name suffix, colormap, grid) in the order the layers are returned/added.
+#: (layer name suffix, colormap, grid) in the order the layers are returned/added; read
+#: from the SIM output table (``jobs.reconstruct.SIM_OUTPUTS``), which the file writer uses
+#: too.
 LAYER_SUFFIXES: dict[str, tuple[str, str, str]] = {
-    "emitter": ("emitter", "inferno", "hr"),
-    "emitter_std": ("emitter std", "magma", "hr"),
-    "lp": ("light pattern", "gray", "hr"),
-    "lp_std": ("light pattern std", "magma", "hr"),
-    "psf": ("PSF", "inferno", "psf"),
-    "psf_std": ("PSF std", "magma", "psf"),
-    "rec_std": ("reconstruction std", "magma", "raw"),
+    o.key: (o.suffix, o.colormap, o.grid) for o in SIM_OUTPUTS
 }
-# outputs with a frame axis (A*P) before the spatial axes
-_FRAME_AXIS = {"lp", "lp_std", "rec_std"}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -153,47 +149,44 @@ def sim_source(layer_or_array: Any, name: str | None = None) -> SimSource:
 def reconstruction_layer_data(rec: Any, source: SimSource, *, device: str | None = None):
     """Layer data tuples of a :class:`SimReconstruction` made from ``source``.
 
-    HR outputs overlay the raw frames (``hr_scale_translate``), the reconstruction std
-    lies on the raw grid, the PSF on its own pixel grid (no spatial alignment). A time
-    series keeps the source's time axis placement.
+    Names, colormaps and grids come from the SIM output table (``SIM_OUTPUTS``, shared with
+    the file writer): HR outputs overlay the raw frames, the reconstruction std lies on the
+    raw grid, the PSF on its own pixel grid (no spatial alignment). A time series keeps the
+    source's time axis placement.
     """
-    from napari_sim_uq.data.samples import hr_scale_translate
-
     sc_lr, tr_lr = tuple(source.scale[-2:]), tuple(source.translate[-2:])
-    sc_hr, tr_hr = hr_scale_translate(sc_lr, tr_lr, rec.hr_factor)
-    grids = {"hr": (sc_hr, tr_hr), "raw": (sc_lr, tr_lr), "psf": ((1.0, 1.0), (0.0, 0.0))}
-    lead_s = (float(source.scale[0]),) if rec.time_series else ()
-    lead_t = (float(source.translate[0]),) if rec.time_series else ()
-    lead_l = ("t",) if rec.time_series else ()
+    lead = {
+        "lead_scale": (float(source.scale[0]),),
+        "lead_translate": (float(source.translate[0]),),
+        "lead_labels": ("t",),
+    }
     params = dict(rec.metadata)
     if device is not None:
         params["device"] = device
     out = []
-    for key, (suffix, cmap, grid) in LAYER_SUFFIXES.items():
-        data = rec.arrays[key]
-        sc, tr = grids[grid]
-        frame = key in _FRAME_AXIS
-        scale = lead_s + ((1.0,) if frame else ()) + tuple(sc)
-        translate = lead_t + ((0.0,) if frame else ()) + tuple(tr)
-        labels = lead_l + (("frame",) if frame else ()) + ("y", "x")
+    for spec in SIM_OUTPUTS:
+        key, data = spec.key, rec.arrays[spec.key]
+        scale, translate, labels = placement(
+            spec, sc_lr, tr_lr, hr_factor=rec.hr_factor, **(lead if rec.time_series else {})
+        )
         if data.ndim != len(scale):
             raise InputError(f"internal: {key} has shape {data.shape}, expected {len(scale)}D")
         kwargs = {
-            "name": f"{source.name} {suffix}",
+            "name": f"{source.name} {spec.suffix}",
             "scale": scale,
             "translate": translate,
-            "colormap": cmap,
+            "colormap": spec.colormap,
             "axis_labels": labels,
             "metadata": {
                 "sim_uq": {
                     "output": key,
                     "source": source.name,
-                    "grid": grid,
+                    "grid": spec.grid,
                     "reconstruction": copy.deepcopy(params),
                 }
             },
         }
-        if key != "emitter":
+        if not spec.visible:
             # only the emitter shows over the raw frames; the rest is one click away (the
             # light patterns would cover it, the PSF sits on its own grid at the origin)
             kwargs["visible"] = False

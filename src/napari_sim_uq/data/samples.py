@@ -15,6 +15,18 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from napari_sim_uq.data.outputs import hr_scale_translate
+
+__all__ = [
+    "EXAMPLE_FILES",
+    "SimSample",
+    "hr_scale_translate",  # defined in data.outputs, kept here for existing callers
+    "image2d_sample",
+    "sim_sample",
+    "sim_sample_layer_data",
+    "write_example_data",
+]
+
 
 @dataclass
 class SimSample:
@@ -70,15 +82,6 @@ def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
     # shot noise by inversion: the same counts on every machine (synth.poisson_by_inversion)
     noisy = poisson_by_inversion(clean, rng) + rng.normal(0, 5, clean.shape)
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
-
-
-def hr_scale_translate(scale_lr, translate_lr, hr_factor: int):
-    """Scale and translate of an HR layer that overlays an LR layer exactly (DESIGN.md 3)."""
-    scale_lr = np.asarray(scale_lr, dtype=float)
-    translate_lr = np.asarray(translate_lr, dtype=float)
-    scale = scale_lr / hr_factor
-    translate = translate_lr - scale_lr * (1 - 1 / hr_factor) / 2
-    return tuple(scale.tolist()), tuple(translate.tolist())
 
 
 def sim_sample_layer_data(

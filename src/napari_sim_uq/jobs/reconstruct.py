@@ -18,10 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sim_uq.data.outputs import OutputSpec, placement
 from napari_sim_uq.errors import InputError
 from napari_sim_uq.jobs.events import relay
 
-OUTPUTS = ("emitter", "emitter_std", "lp", "lp_std", "psf", "psf_std", "rec_std")
+#: The SIM output table (``data.outputs``): file key, layer suffix, colormap and grid of
+#: every array of a :class:`SimReconstruction`, in the order files and layers are made.
+#: Means in inferno (the light patterns gray), std maps in magma (DESIGN.md 3).
+SIM_OUTPUTS = (
+    OutputSpec("emitter", "emitter", "inferno", "hr", visible=True),
+    OutputSpec("emitter_std", "emitter std", "magma", "hr"),
+    OutputSpec("lp", "light pattern", "gray", "hr", frame_axis=True),
+    OutputSpec("lp_std", "light pattern std", "magma", "hr", frame_axis=True),
+    OutputSpec("psf", "PSF", "inferno", "own"),
+    OutputSpec("psf_std", "PSF std", "magma", "own"),
+    OutputSpec("rec_std", "reconstruction std", "magma", "raw", frame_axis=True),
+)
+OUTPUTS = tuple(o.key for o in SIM_OUTPUTS)
 
 
 @dataclass
@@ -193,7 +206,6 @@ def write_reconstruction(
     overwrite: bool = False,
 ) -> list[Path]:
     """Write the outputs of one input as TIFFs (+ ``<name>_uq.json``) into ``out_dir``."""
-    from napari_sim_uq.data.samples import hr_scale_translate
     from napari_sim_uq.data.tiff_io import atomic_write, write_image
 
     out_dir = Path(out_dir)
@@ -206,37 +218,31 @@ def write_reconstruction(
         raise FileExistsError(
             f"not overwriting existing results: {', '.join(existing)} (use --overwrite)"
         )
-    sc_hr, tr_hr = hr_scale_translate(scale_lr, translate_lr, rec.hr_factor)
-    lead = (1.0,) if rec.time_series else ()
-    lead0 = (0.0,) if rec.time_series else ()
-    grids = {
-        "emitter": (sc_hr, tr_hr, 0),
-        "emitter_std": (sc_hr, tr_hr, 0),
-        "lp": (sc_hr, tr_hr, 1),
-        "lp_std": (sc_hr, tr_hr, 1),
-        "psf": ((1.0, 1.0), (0.0, 0.0), 0),
-        "psf_std": ((1.0, 1.0), (0.0, 0.0), 0),
-        "rec_std": (tuple(scale_lr), tuple(translate_lr), 1),
-    }
+    lead = {"lead_scale": (1.0,), "lead_translate": (0.0,), "lead_labels": ("t",)}
     written = []
     md = {"sim_uq": {"reconstruction": rec.metadata}}
-    for k in OUTPUTS:
-        arr = rec.arrays[k]
-        sc, tr, n_frame_axes = grids[k]
-        pre_s = lead + (1.0,) * n_frame_axes
-        pre_t = lead0 + (0.0,) * n_frame_axes
-        if arr.ndim != len(pre_s) + 2:
-            raise InputError(f"internal: {k} has shape {arr.shape}, expected {len(pre_s) + 2}D")
+    for spec in SIM_OUTPUTS:
+        arr = rec.arrays[spec.key]
+        scale, translate, labels = placement(
+            spec,
+            scale_lr,
+            translate_lr,
+            hr_factor=rec.hr_factor,
+            **(lead if rec.time_series else {}),
+        )
+        if arr.ndim != len(scale):
+            raise InputError(f"internal: {spec.key} has shape {arr.shape}, expected {len(scale)}D")
         written.append(
             write_image(
-                targets[k],
+                targets[spec.key],
                 arr,
-                name=f"{name} {k.replace('_', ' ')}",
-                scale=pre_s + tuple(sc),
-                translate=pre_t + tuple(tr),
+                name=f"{name} {spec.suffix}",
+                scale=scale,
+                translate=translate,
+                axis_labels=labels,
                 metadata=md,
                 overwrite=overwrite,
-                display={"colormap": "magma" if k.endswith("std") else "inferno"},
+                display={"colormap": spec.colormap},
             )
         )
     summary = {
