@@ -16,6 +16,7 @@ from napari_sim_uq.models import (
     SimUQNet,
     bounded_tanh_variance,
     count_parameters,
+    eval_mode,
     mc_dropout_mode,
     soft_clamp,
     softmax_covariance_factors,
@@ -283,6 +284,22 @@ def test_mc_dropout_mode():
     assert not net.training
     guard.restore()
     assert net.training
+
+
+def test_eval_mode():
+    net = _net(dropout=0.3).train()
+    net.stem[1].training = False  # a mixed state must come back as it was
+    before = {name: m.training for name, m in net.named_modules()}
+    with eval_mode(net) as model:
+        assert model is net
+        assert not any(m.training for m in net.modules())
+    assert {name: m.training for name, m in net.named_modules()} == before
+    guard = eval_mode(net)  # plain call
+    assert guard.n_dropout == 0 and not net.training
+    guard.restore()
+    assert net.training
+    with pytest.raises(InputError, match="eval_mode needs a torch.nn.Module"):
+        eval_mode("not a model")
 
 
 # ---------------------------------------------------------------- input validation

@@ -115,6 +115,21 @@ def test_train_from_files(make_napari_viewer, qtbot, tmp_path, data_dir, shown):
     assert other.plot.val_x == [1.0, 2.0]  # the history from metrics.csv
 
 
+def test_history_from_metrics_csv(make_napari_viewer, tmp_path):
+    widget = _dock(make_napari_viewer())
+    widget._load_history(tmp_path / "missing")  # no metrics.csv: an empty plot
+    assert widget.plot.train_x == [] and widget.plot.val_x == []
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,train_loss,val_loss\n2,0.5,0.6\n1,1.5,\n3,0.25,0.3\n"
+    )
+    widget._load_history(tmp_path)  # sorted by epoch; an empty cell adds no point
+    assert widget.plot.train_x == [1.0, 2.0, 3.0] and widget.plot.train_y == [1.5, 0.5, 0.25]
+    assert widget.plot.val_x == [2.0, 3.0] and widget.plot.val_y == [0.6, 0.3]
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss\n1,oops\n")
+    widget._load_history(tmp_path)  # unreadable: an empty plot, no error
+    assert widget.plot.train_x == [] and widget.plot.val_x == []
+
+
 def test_stop_leaves_a_loadable_checkpoint(make_napari_viewer, qtbot, tmp_path, data_dir, shown):
     from napari_sim_uq.data.checkpoint import load_checkpoint
 

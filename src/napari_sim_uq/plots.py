@@ -42,17 +42,13 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | No
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write ``fig`` as PNG to ``path`` atomically (parents created; an existing file is
+    replaced)."""
+    from napari_sim_uq.data.tiff_io import atomic_write
+
+    return atomic_write(
+        Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), overwrite=True
+    )
 
 
 def plot_calibration_curve(ax: Any, curve: Mapping[str, Any], *, label: str | None = None):

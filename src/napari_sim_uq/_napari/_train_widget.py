@@ -16,7 +16,6 @@ its next batch, leaving a resumable ``latest.pt``. User errors are napari notifi
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import fields as dc_fields
@@ -58,6 +57,7 @@ from napari_sim_uq.data.sim_dataset import GT_NORMS, NORM_MODES
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.jobs.events import Event
 from napari_sim_uq.models.sim_net import UQ_TARGETS, SimNetConfig
+from napari_sim_uq.plots import read_metrics_csv
 from napari_sim_uq.training.sim_loss import AUX_REC_MODES, SimLossConfig
 from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig, resolve_device
 
@@ -110,22 +110,6 @@ def files_training_job(cfg: dict):
     from napari_sim_uq.training.sim_train import train_sim_job
 
     return (yield from train_sim_job(TrainConfig.from_dict(cfg)))
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    """Rows of a training ``metrics.csv`` as floats ([] if missing or unreadable)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError:
-        return []
-    out = []
-    for r in rows:
-        try:
-            out.append({k: float(v) for k, v in r.items() if v not in ("", None)})
-        except ValueError:
-            continue
-    return out
 
 
 def _train_default(key: str):
@@ -440,11 +424,16 @@ class TrainSimWidget(JobWidget):
 
     def _load_history(self, ckpt_dir: Path, epochs: int = 1) -> None:
         self.plot.clear_data(epochs)
-        for r in read_metrics_csv(ckpt_dir / "metrics.csv"):
-            if "epoch" in r and "train_loss" in r:
-                self.plot.add_train(r["epoch"], r["train_loss"])
-            if "epoch" in r and "val_loss" in r:
-                self.plot.add_val(r["epoch"], r["val_loss"])
+        try:
+            m = read_metrics_csv(ckpt_dir / "metrics.csv")
+        except (InputError, OSError):
+            m = {}  # no (readable) history yet: an empty plot
+        for key, add in (("train_loss", self.plot.add_train), ("val_loss", self.plot.add_val)):
+            if key not in m:
+                continue
+            for epoch, loss in zip(m["epoch"], m[key], strict=True):
+                if math.isfinite(loss):  # NaN: an empty cell (e.g. no validation that epoch)
+                    add(epoch, loss)
         self.plot.request_redraw(force=True, tidy=True)
 
     def _update_ckpt_info(self) -> None:

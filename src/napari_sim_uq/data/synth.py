@@ -459,7 +459,7 @@ def prepare_out_dir(out_dir: Path, split: str, overwrite: bool) -> dict[str, Pat
 
 def write_sample(sample: SimSampleData, dirs: dict[str, Path], index: int) -> None:
     from napari_sim_uq.data.samples import hr_scale_translate
-    from napari_sim_uq.data.tiff_io import write_image
+    from napari_sim_uq.data.tiff_io import atomic_write, write_image
 
     name = sample_name(index)
     f = sample.params["hr_factor"]
@@ -490,9 +490,14 @@ def write_sample(sample: SimSampleData, dirs: dict[str, Path], index: int) -> No
         metadata=md,
         overwrite=True,
     )
-    tmp = dirs["meta"] / f".{name}.tmp.npz"
-    np.savez_compressed(tmp, **sample.meta_arrays())
-    os.replace(tmp, dirs["meta"] / f"{name}.npz")
+    meta = sample.meta_arrays()
+
+    def write_meta(tmp: str) -> None:
+        # an open file: given a name, numpy would append ".npz" to the temporary one
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **meta)
+
+    atomic_write(dirs["meta"] / f"{name}.npz", write_meta, overwrite=True)
 
 
 def _worker(args) -> int:
@@ -627,9 +632,10 @@ def generate_dataset(
             "psf_sigma, wave_vectors, phases, modulation, photons, background, gain",
         },
     }
-    tmp = doc_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, doc_path)
+    from napari_sim_uq.data.tiff_io import atomic_write
+
+    text = json.dumps(doc, indent=2)
+    atomic_write(doc_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
     return {
         "out_dir": str(out_dir),
         "split": split,

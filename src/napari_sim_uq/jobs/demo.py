@@ -248,11 +248,11 @@ def demo_job(cfg: DemoConfig | dict | None = None):
 
 def _write_json(path: Path, obj: dict) -> None:
     import json
-    import os
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from napari_sim_uq.data.tiff_io import atomic_write
+
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
 
 
 def save_summary_figure(

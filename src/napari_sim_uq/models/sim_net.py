@@ -108,6 +108,7 @@ __all__ = [
     "SimUQNet",
     "bounded_tanh_variance",
     "count_parameters",
+    "eval_mode",
     "mc_dropout_mode",
     "receptive_radius",
     "soft_clamp",
@@ -747,13 +748,18 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 class _ModeGuard:
-    """Returned by :func:`mc_dropout_mode`; restores the saved modes on ``__exit__`` or
-    :meth:`restore`."""
+    """Saves the train/eval mode of every module of ``model`` and sets new ones: every
+    module in eval mode, except the dropout modules with ``mc_dropout`` (train mode).
+    Returned by :func:`mc_dropout_mode` and :func:`eval_mode`; restores the saved modes on
+    ``__exit__`` or :meth:`restore`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, mc_dropout: bool):
         self.model = model
         self._saved = [(m, m.training) for m in model.modules()]
-        self.n_dropout = 0  # dropout modules with p > 0 (0: MC samples would be identical)
+        self.n_dropout = 0  # dropout modules with p > 0 in train mode (0: MC samples identical)
+        if not mc_dropout:
+            model.eval()
+            return
         for m in model.modules():
             is_dropout = isinstance(m, _DropoutNd)
             m.training = is_dropout
@@ -771,6 +777,11 @@ class _ModeGuard:
         self.restore()
 
 
+def _check_module(model: object, caller: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{caller} needs a torch.nn.Module, got {type(model).__name__}")
+
+
 def mc_dropout_mode(model: nn.Module) -> _ModeGuard:
     """Put every dropout module of ``model`` in train mode and every other module in eval
     mode (DESIGN.md section 5, MC dropout), at call time.
@@ -783,6 +794,14 @@ def mc_dropout_mode(model: nn.Module) -> _ModeGuard:
     or call it and later ``guard.restore()``. ``guard.n_dropout`` counts the dropout modules
     with ``p > 0`` (0 means the samples would all be identical).
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"mc_dropout_mode needs a torch.nn.Module, got {type(model).__name__}")
-    return _ModeGuard(model)
+    _check_module(model, "mc_dropout_mode")
+    return _ModeGuard(model, mc_dropout=True)
+
+
+def eval_mode(model: nn.Module) -> _ModeGuard:
+    """Put ``model`` in eval mode (``model.eval()``, dropout off) at call time; like
+    :func:`mc_dropout_mode`, a context manager (or call it and later ``guard.restore()``)
+    that restores the previous per-module modes. ``guard.n_dropout`` is 0.
+    """
+    _check_module(model, "eval_mode")
+    return _ModeGuard(model, mc_dropout=False)

@@ -77,7 +77,7 @@ from torch import nn
 
 from napari_sim_uq._config import JsonConfig
 from napari_sim_uq.errors import InputError, SimUqError
-from napari_sim_uq.models.sim_net import SimOutput
+from napari_sim_uq.models.sim_net import SimOutput, _inv_softplus
 from napari_sim_uq.physics import forward_mean_and_variance, softmax_psf_covariance
 from napari_sim_uq.uq.metrics import MS_SSIM_WEIGHTS, ms_ssim
 
@@ -226,11 +226,6 @@ def gaussian_nll(
 # --------------------------------------------------------------------------------------
 # camera noise
 # --------------------------------------------------------------------------------------
-
-
-def _inv_softplus(y: float) -> float:
-    """``x`` with ``softplus(x) = y`` (``y > 0``)."""
-    return y + math.log(-math.expm1(-y))
 
 
 class CameraNoise(nn.Module):

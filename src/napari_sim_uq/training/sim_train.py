@@ -196,6 +196,8 @@ class _MetricsCSV:
         self.path = path
 
     def append(self, row: dict) -> None:
+        from napari_sim_uq.data.tiff_io import atomic_write
+
         rows = []
         if self.path.exists():
             with open(self.path, newline="") as fh:
@@ -205,12 +207,14 @@ class _MetricsCSV:
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=keys)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write, overwrite=True)
 
 
 def _raw_calibration(x, y_mean, y_var) -> dict[str, float]:

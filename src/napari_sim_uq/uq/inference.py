@@ -120,8 +120,9 @@ model relies on, and its reconstruction differs from the same region reconstruct
 of a larger field. ``predict_sim`` therefore
 
 - refuses fields smaller than :data:`MIN_SIM_FIELD` raw pixels on a side (one cell of the
-  coarsest grid of the default depth-3 network; measured on the bundled model: a 4 x 4 crop differs from the
-  whole-field result by 91 % of the emitter, an 8 x 8 crop by 41 %) with an ``InputError``;
+  coarsest grid of the default depth-3 network; measured on the bundled model: a 4 x 4
+  crop differs from the whole-field result by 91 % of the emitter, an 8 x 8 crop by 41 %)
+  with an ``InputError``;
 - for fields smaller than ``context`` on an axis, issues a :class:`SmallInputWarning`
   naming the size the model needs, pads the stack to ``context`` on that axis with
   ``pad_mode`` (default ``"replicate"``, the best of zero / reflect / replicate measured by
@@ -160,7 +161,7 @@ from torch import nn
 
 from napari_sim_uq.errors import InputError
 from napari_sim_uq.jobs.events import Event, run
-from napari_sim_uq.models.sim_net import mc_dropout_mode
+from napari_sim_uq.models.sim_net import eval_mode, mc_dropout_mode
 from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
 
 __all__ = [
@@ -684,18 +685,6 @@ class _RngStream:
             yield
 
 
-class _EvalModes:
-    """Every module in eval mode; restores the saved per-module modes."""
-
-    def __init__(self, model: nn.Module):
-        self._saved = [(m, m.training) for m in model.modules()]
-        model.eval()
-
-    def restore(self) -> None:
-        for m, mode in self._saved:
-            m.training = mode
-
-
 # --------------------------------------------------------------------------------------
 # per-tile computation
 # --------------------------------------------------------------------------------------
@@ -879,7 +868,7 @@ def predict_sim(
                 )
                 n_draw = 1
         else:
-            modes = _EvalModes(model)
+            modes = eval_mode(model)
         chunks = [min(mc_batch, n_draw - i) for i in range(0, n_draw, mc_batch)] if mc else [1]
         n_tiles = len(plan.boxes)
         total = n_tiles * len(chunks) * (2 if two_pass else 1)
