@@ -458,7 +458,7 @@ def prepare_out_dir(out_dir: Path, split: str, overwrite: bool) -> dict[str, Pat
 
 
 def write_sample(sample: SimSampleData, dirs: dict[str, Path], index: int) -> None:
-    from napari_sim_uq.data.samples import hr_scale_translate
+    from napari_sim_uq.data.outputs import hr_scale_translate
     from napari_sim_uq.data.tiff_io import atomic_write, write_image
 
     name = sample_name(index)
