@@ -42,12 +42,13 @@ from napari_sim_uq.api import (
     resolve_checkpoint,
     sim_source,
 )
+from napari_sim_uq.devices import DEVICE_CHOICES
 from napari_sim_uq.errors import SimUqError
 from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
 
 __all__ = ["DEVICES", "NOTHREADS_ENV", "ReconstructSimWidget"]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = DEVICE_CHOICES  # devices.py: one list for every front end
 _no_threads = no_threads  # kept for the widgets that import it from here
 
 

@@ -54,16 +54,17 @@ from napari_sim_uq._napari._widgets import (
     watch_layers,
 )
 from napari_sim_uq.data.sim_dataset import GT_NORMS, NORM_MODES
+from napari_sim_uq.devices import DEVICE_CHOICES, resolve_device
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.jobs.events import Event
 from napari_sim_uq.models.sim_net import UQ_TARGETS, SimNetConfig
 from napari_sim_uq.plots import read_metrics_csv
 from napari_sim_uq.training.sim_loss import AUX_REC_MODES, SimLossConfig
-from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig, resolve_device
+from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig
 
 PLUGIN = "napari-sim-uq"
 RECONSTRUCT_WIDGET = "Reconstruct SIM"
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = DEVICE_CHOICES  # devices.py: one list for every front end
 SOURCES = ("files", "layers")
 NO_GT = "(none)"
 LAYER_DATA_DIR = "layer_data"

@@ -111,10 +111,11 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     docstring). Returns a dict with the paths written and the main test-set numbers."""
     from napari_sim_uq.data.synth import SynthConfig, generate_splits
     from napari_sim_uq.data.tiff_io import read_image
+    from napari_sim_uq.devices import resolve_device
     from napari_sim_uq.jobs.evaluate import calibrate_sim_job, evaluate_sim_job
     from napari_sim_uq.jobs.events import Event
     from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job, write_reconstruction
-    from napari_sim_uq.training.sim_train import TrainConfig, resolve_device, train_sim_job
+    from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
 
     cfg = DemoConfig.coerce(cfg)
     cfg.validate()

@@ -468,8 +468,8 @@ def _collect(
 
 
 def _prepare(checkpoint: Any, device: str, mc_samples: Any, tile: Any, max_samples: Any):
+    from napari_sim_uq.devices import resolve_device
     from napari_sim_uq.jobs.reconstruct import load_sim_model
-    from napari_sim_uq.training.sim_train import resolve_device
 
     mc = _opt_int(mc_samples, "mc_samples", 0)
     _opt_int(tile, "tile", 1)

@@ -103,7 +103,7 @@ def reconstruct_sim_job(
     ``metadata["context"]`` records it (``uq.inference``, *Small inputs*)."""
     from napari_sim_uq.data.sim_dataset import Normalization, frames_from_array
     from napari_sim_uq.data.tiff_io import ImageRecord, read_image
-    from napari_sim_uq.training.sim_train import resolve_device
+    from napari_sim_uq.devices import resolve_device
     from napari_sim_uq.uq.inference import predict_sim
 
     dev = resolve_device(device)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_sim_uq._config import JsonConfig
+from napari_sim_uq.devices import resolve_device
 from napari_sim_uq.errors import InputError
 
 MODEL_TYPE = "sim_uq_net"
@@ -106,28 +107,6 @@ class TrainConfig(JsonConfig):
         k = self.debug_samples
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"debug_samples must be a positive integer, got {k!r}")
-
-
-def resolve_device(name: str):
-    """``auto`` -> CUDA if available, else MPS, else CPU; explicit names are checked."""
-    import torch
-
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but PyTorch sees no CUDA GPU")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise InputError("device 'mps' was requested but it is not available")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- DDP
