@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, machine_info
-from napari_sim_uq.data.sim_dataset import Normalization
+from napari_sim_uq.data.normalization import Normalization
 from napari_sim_uq.data.tiff_io import read_image
 from napari_sim_uq.jobs.reconstruct import load_sim_model, model_context
 from napari_sim_uq.uq import inference

@@ -53,7 +53,8 @@ from napari_sim_uq._napari._widgets import (
     status_label,
     watch_layers,
 )
-from napari_sim_uq.data.sim_dataset import GT_NORMS, NORM_MODES
+from napari_sim_uq.data.normalization import NORM_MODES
+from napari_sim_uq.data.sim_dataset import GT_NORMS
 from napari_sim_uq.devices import DEVICE_CHOICES, resolve_device
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.jobs.events import Event
@@ -482,7 +483,7 @@ class TrainSimWidget(JobWidget):
     def _prepare(self):
         """(job factory, config dict) for the current settings; InputError if not usable."""
         from napari_sim_uq.api import sim_source
-        from napari_sim_uq.data.sim_dataset import resolve_files
+        from napari_sim_uq.data.loaders import resolve_files
 
         cfg = self.config_dict()
         d = self.ckpt_dir()

@@ -2,21 +2,8 @@
 
 Pure NumPy/PyTorch (no Qt, no napari).
 
-Normalisation
--------------
-Every raw SIM stack ``(A*P, H, W)`` (one time point) is mapped to float32 by an affine rule
-fitted on that stack, :class:`Normalization`::
-
-    x' = (x - offset) / scale          (apply)
-    x  = x' * scale + offset           (invert)
-    s  = s' * scale                    (invert_std: a standard deviation maps by scale only)
-
-with ``mode="percentile"`` (default): ``offset`` = the ``low_pct`` (0.1) percentile and
-``scale`` = ``high_pct`` (99.9) percentile - ``offset`` (numpy's linear interpolation);
-``mode="minmax"``: ``offset = min``, ``scale = max - min``; ``mode="none"``: ``offset = 0``,
-``scale = 1``. The rule and its fitted numbers serialise to JSON (:meth:`Normalization.to_dict`)
-so results and checkpoints can map outputs back to the input's units. A stack of a single
-value cannot be normalised (:class:`~napari_sim_uq.errors.InputError`).
+Normalisation: :mod:`napari_sim_uq.data.normalization` (the raw stacks are normalised per
+stack, per time point). Loaders and file lists: :mod:`napari_sim_uq.data.loaders`.
 
 Ground truth in the same units
 ------------------------------
@@ -48,23 +35,34 @@ truth ``D/{split}_gt/NAME.tif`` (emitter ``(fH, fW)``) and ``D/{split}_gt/NAME_l
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from napari_sim_uq.data.layout import Layout, as_frames, infer_layout
+from napari_sim_uq.data.loaders import (
+    EpochSampler,
+    make_loader,
+    positive_int,
+    resolve_files,
+    set_loader_epoch,
+)
+from napari_sim_uq.data.normalization import (
+    NORM_MODES,
+    Normalization,
+    _as_numpy,
+    _check_numeric,
+)
 from napari_sim_uq.data.tiff_io import (
-    READ_SUFFIXES,
     TIFF_SUFFIXES,
     _int_or_none,
     _stored_layer_info,
@@ -87,152 +85,10 @@ __all__ = [
     "set_loader_epoch",
 ]
 
-NORM_MODES = ("percentile", "minmax", "none")
 GT_NORMS = ("raw", "minmax_full", "percentile", "none")
 
 
 # --------------------------------------------------------------------------- normalisation
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _finite_float(v: Any, name: str) -> float:
-    try:
-        out = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"normalisation {name} must be a number, got {v!r}") from None
-    if not math.isfinite(out):
-        raise InputError(f"normalisation {name} must be finite, got {v!r}")
-    return out
-
-
-def _check_numeric(a: np.ndarray, what: str) -> np.ndarray:
-    if a.dtype == bool:
-        return a.astype(np.uint8)
-    if a.dtype.kind not in "uif":
-        raise InputError(f"{what}: unsupported data type {a.dtype} (need real numbers)")
-    if a.size == 0:
-        raise InputError(f"{what}: is empty (shape {a.shape})")
-    if a.dtype.kind == "f":
-        finite = np.isfinite(a)
-        if not finite.all():
-            n_nan = int(np.isnan(a).sum())
-            n_inf = int(a.size - finite.sum()) - n_nan
-            raise InputError(
-                f"{what}: contains {n_nan} NaN and {n_inf} infinite values; replace them "
-                "(e.g. with the background level) first"
-            )
-    return a
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Affine intensity normalisation ``x' = (x - offset) / scale`` (see module docstring).
-
-    ``Normalization(mode).fit(stack)`` returns a copy with ``offset`` and ``scale`` fitted
-    on ``stack``; the defaults (``offset=0, scale=1``) are the identity.
-    """
-
-    mode: str = "percentile"
-    low_pct: float = 0.1
-    high_pct: float = 99.9
-    offset: float = 0.0
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in NORM_MODES:
-            raise InputError(f"normalisation mode must be one of {NORM_MODES}, got {self.mode!r}")
-        lo = _finite_float(self.low_pct, "low_pct")
-        hi = _finite_float(self.high_pct, "high_pct")
-        if not 0.0 <= lo < hi <= 100.0:
-            raise InputError(
-                f"normalisation percentiles must satisfy 0 <= low_pct < high_pct <= 100, "
-                f"got low_pct={self.low_pct!r}, high_pct={self.high_pct!r}"
-            )
-        offset = _finite_float(self.offset, "offset")
-        scale = _finite_float(self.scale, "scale")
-        if scale <= 0:
-            raise InputError(f"normalisation scale must be > 0, got {self.scale!r}")
-        for name, v in (("low_pct", lo), ("high_pct", hi), ("offset", offset), ("scale", scale)):
-            object.__setattr__(self, name, v)
-
-    # -- fitting
-    def fit(self, stack: Any, what: str = "stack") -> Normalization:
-        """A copy with ``offset``/``scale`` fitted on ``stack`` (any real dtype).
-
-        ``what`` names the data (a file) in error messages.
-        """
-        a = _check_numeric(_as_numpy(stack), what)
-        if self.mode == "none":
-            return replace(self, offset=0.0, scale=1.0)
-        a = a.astype(np.float64, copy=False)
-        vmin, vmax = float(a.min()), float(a.max())
-        if vmax <= vmin:
-            raise InputError(
-                f"{what}: stack is constant (every value is {vmin:g}); it cannot be "
-                "normalised and holds no structure to learn or reconstruct"
-            )
-        if self.mode == "minmax":
-            return replace(self, offset=vmin, scale=vmax - vmin)
-        lo, hi = (float(v) for v in np.percentile(a, [self.low_pct, self.high_pct]))
-        if hi <= lo:
-            raise InputError(
-                f"{what}: stack is nearly constant: its {self.low_pct:g} and "
-                f"{self.high_pct:g} percentiles are both {lo:g} (values range from {vmin:g} "
-                f"to {vmax:g}); use normalisation mode 'minmax' or a wider percentile range"
-            )
-        return replace(self, offset=lo, scale=hi - lo)
-
-    # -- mapping
-    @staticmethod
-    def _affine(x: Any, mul: float, add: float) -> Any:
-        """``x * mul + add``: float32 result (float64 input stays float64)."""
-        if isinstance(x, torch.Tensor):
-            t = x if x.is_floating_point() else x.to(torch.float32)
-            return t * mul + add
-        if isinstance(x, (int, float, np.number)) and np.ndim(x) == 0:
-            return float(x) * mul + add
-        a = np.asarray(x)
-        out_dtype = np.float64 if a.dtype == np.float64 else np.float32
-        return (a.astype(np.float64) * mul + add).astype(out_dtype)
-
-    def apply(self, x: Any) -> Any:
-        """``(x - offset) / scale`` for arrays, tensors and numbers."""
-        return self._affine(x, 1.0 / self.scale, -self.offset / self.scale)
-
-    def invert(self, x: Any) -> Any:
-        """``x * scale + offset``: back to the input's units."""
-        return self._affine(x, self.scale, self.offset)
-
-    def apply_std(self, s: Any) -> Any:
-        """A standard deviation in input units -> normalised units (``s / scale``)."""
-        return self._affine(s, 1.0 / self.scale, 0.0)
-
-    def invert_std(self, s: Any) -> Any:
-        """A standard deviation in normalised units -> input units (``s * scale``)."""
-        return self._affine(s, self.scale, 0.0)
-
-    def invert_var(self, v: Any) -> Any:
-        """A variance in normalised units -> input units (``v * scale**2``)."""
-        return self._affine(v, self.scale**2, 0.0)
-
-    # -- serialisation
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Normalization:
-        if not isinstance(d, dict):
-            raise InputError(f"a normalisation must be stored as a dict, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown normalisation entries: {sorted(unknown)}")
-        return cls(**d)
 
 
 def emitter_normalization(
@@ -294,42 +150,6 @@ def _check_expected_frames(layout: Layout, expected: int | None, what: str) -> N
 
 
 # --------------------------------------------------------------------------- files
-
-
-def resolve_files(pattern_or_paths: str | os.PathLike | Iterable) -> list[Path]:
-    """The files named by a glob (``"D/train/*.tif"``, sorted), a folder (its image files,
-    sorted) or a list of paths (kept in the given order)."""
-    if isinstance(pattern_or_paths, (str, os.PathLike)):
-        spec = os.fspath(pattern_or_paths)
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            files = sorted(
-                q
-                for q in p.iterdir()
-                if q.is_file() and q.suffix.lower() in READ_SUFFIXES and not q.name.startswith(".")
-            )
-            if not files:
-                raise InputError(f"no image files ({', '.join(READ_SUFFIXES)}) in folder '{p}'")
-            return files
-        if any(c in spec for c in "*?["):
-            matches = glob.glob(os.path.expanduser(spec), recursive=True)
-            files = sorted(Path(m) for m in matches if Path(m).is_file())
-            if not files:
-                raise InputError(f"no files match '{spec}'")
-            return files
-        if not p.exists():
-            raise InputError(f"no files match '{spec}' (no such file or folder)")
-        return [p]
-    try:
-        files = [Path(os.fspath(q)) for q in pattern_or_paths]
-    except TypeError:
-        raise InputError(
-            "expected a glob pattern, a folder or a list of file paths, got "
-            f"{type(pattern_or_paths).__name__}"
-        ) from None
-    if not files:
-        raise InputError("the list of input files is empty")
-    return files
 
 
 def ground_truth_paths(raw_path: str | os.PathLike) -> dict[str, Path]:
@@ -419,14 +239,6 @@ def _read_meta(path: Path) -> dict[str, np.ndarray]:
         raise FileFormatError(f"Cannot open '{path}': not a readable .npz file ({err})") from None
 
 
-def _positive_int(v: Any, name: str, allow_none: bool = True) -> int | None:
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InputError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 # --------------------------------------------------------------------------- dataset
 
 
@@ -502,16 +314,16 @@ class SimStackDataset(Dataset):
         self.norm_template = Normalization(norm_mode, low, high)
         self.supervised = bool(supervised)
         self.gt_norm = gt_norm
-        self.angles = _positive_int(angles, "angles")
-        self.phases = _positive_int(phases, "phases")
-        self.expected_frames = _positive_int(expected_frames, "expected_frames")
-        given_f = _positive_int(hr_factor, "hr_factor")
+        self.angles = positive_int(angles, "angles")
+        self.phases = positive_int(phases, "phases")
+        self.expected_frames = positive_int(expected_frames, "expected_frames")
+        given_f = positive_int(hr_factor, "hr_factor")
         if crop is not None:
             try:
                 ch, cw = crop
             except (TypeError, ValueError):
                 raise InputError(f"crop must be (height, width) in pixels, got {crop!r}") from None
-            crop = (_positive_int(ch, "crop height", False), _positive_int(cw, "crop width", False))
+            crop = (positive_int(ch, "crop height", False), positive_int(cw, "crop width", False))
         self.crop = crop
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
@@ -832,102 +644,3 @@ def _norm_tensors(offset: float, scale: float) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- loaders
-
-
-class EpochSampler(Sampler[int]):
-    """Indices ``0..n-1``, shuffled (optionally) by a permutation that depends only on
-    ``seed`` and the epoch (:meth:`set_epoch`), like ``DistributedSampler`` on one process."""
-
-    def __init__(self, n: int, *, shuffle: bool, seed: int = 0) -> None:
-        self.n = int(n)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
-        g = torch.Generator()
-        g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    num_workers: int = 0,
-    distributed: bool = False,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A deterministic DataLoader over ``dataset``.
-
-    The order depends only on ``seed`` and the epoch: call :func:`set_loader_epoch` at the
-    start of every epoch (it also selects the dataset's random crops); without it every
-    epoch repeats epoch 0. With ``distributed=True`` a ``DistributedSampler`` splits the
-    items between the ranks of the initialised ``torch.distributed`` process group.
-    Workers are not persistent, so they see the dataset's current epoch; the item
-    randomness (crops) is explicit in the dataset, and PyTorch seeds each worker's
-    ``random``/NumPy/torch state from the loader's seeded generator.
-    """
-    batch_size = _positive_int(batch_size, "batch_size", False)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    if batch_size > 1 and isinstance(dataset, SimStackDataset):
-        dataset.check_batchable()
-    if distributed:
-        import torch.distributed as dist
-        from torch.utils.data.distributed import DistributedSampler
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise InputError(
-                "distributed=True needs an initialised torch.distributed process group "
-                "(torch.distributed.init_process_group, e.g. under torchrun)"
-            )
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sampler: Sampler = DistributedSampler(
-            dataset,
-            num_replicas=world,
-            rank=rank,
-            shuffle=shuffle,
-            seed=int(seed),
-            drop_last=drop_last,
-        )
-        per_rank = len(sampler)
-    else:
-        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=int(seed))
-        per_rank = len(dataset)
-    if drop_last and per_rank < batch_size:
-        raise InputError(
-            f"only {per_rank} items per process but batch_size={batch_size} with "
-            "drop_last=True: no batch would be produced; lower batch_size"
-        )
-    g = torch.Generator()
-    g.manual_seed(int(seed))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        generator=g,
-        persistent_workers=False,
-    )
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Start ``epoch``: sets the sampler's shuffle and the dataset's crops (if they have
-    ``set_epoch``)."""
-    for obj in (loader.sampler, loader.dataset):
-        if hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)

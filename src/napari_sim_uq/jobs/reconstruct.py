@@ -101,7 +101,8 @@ def reconstruct_sim_job(
     A field smaller than the model's context (:func:`model_context`) is padded and gives a
     ``SmallInputWarning`` (unless ``warn_small_input`` is False);
     ``metadata["context"]`` records it (``uq.inference``, *Small inputs*)."""
-    from napari_sim_uq.data.sim_dataset import Normalization, frames_from_array
+    from napari_sim_uq.data.normalization import Normalization
+    from napari_sim_uq.data.sim_dataset import frames_from_array
     from napari_sim_uq.data.tiff_io import ImageRecord, read_image
     from napari_sim_uq.devices import resolve_device
     from napari_sim_uq.uq.inference import predict_sim
