@@ -15,16 +15,10 @@ from torch import nn
 from napari_sim_uq.errors import InputError
 from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet, mc_dropout_mode
 from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
-from napari_sim_uq.uq.inference import (
-    RunningMoments,
-    SimPrediction,
-    blend_ramp,
-    mc_chunk_seed,
-    predict_sim,
-    predict_sim_sync,
-    tile_starts,
-    welford_merge,
-)
+from napari_sim_uq.uq.inference import SimPrediction, predict_sim, predict_sim_sync
+from napari_sim_uq.uq.mc import mc_chunk_seed
+from napari_sim_uq.uq.moments import RunningMoments, welford_merge
+from napari_sim_uq.uq.tiling import blend_ramp, tile_starts
 
 F_HR = 2
 PSF_K = 5

@@ -18,7 +18,7 @@ other module in eval mode (:func:`~napari_sim_uq.models.sim_net.mc_dropout_mode`
 samples are drawn in chunks of ``mc_batch`` by repeating the input along the batch
 dimension (one forward pass per chunk, not per sample); each chunk's mean and sum of
 squared deviations are merged into running statistics with the parallel Welford update of
-Chan et al. (:func:`welford_merge`, :class:`RunningMoments`). For every output ``q`` with
+Chan et al. (:func:`~napari_sim_uq.uq.moments.welford_merge`, :class:`~napari_sim_uq.uq.moments.RunningMoments`). For every output ``q`` with
 per-sample predicted mean ``mu_t`` and variance ``v_t``:
 
 - predictive mean ``E[q] = mean_t mu_t``;
@@ -28,7 +28,7 @@ per-sample predicted mean ``mu_t`` and variance ``v_t``:
   distribution of the ``T`` samples);
 - total variance = aleatoric + epistemic; every ``*_std`` is the square root of a variance.
 
-The dropout RNG is seeded per chunk with :func:`mc_chunk_seed` ``(seed, chunk)`` (the
+The dropout RNG is seeded per chunk with :func:`~napari_sim_uq.uq.mc.mc_chunk_seed` ``(seed, chunk)`` (the
 global torch RNG state is saved and restored around each chunk), so the same call gives the
 same result, and chunk ``c`` draws the same channel dropout masks (``Dropout2d`` draws one
 number per channel, independent of the tile size) in every tile and in the pooling pass,
@@ -97,7 +97,7 @@ the image. Tiled, a first pass runs only the encoder
 (:meth:`~napari_sim_uq.models.sim_net.SimUQNet.bottleneck`) over every tile (and MC chunk,
 with the same dropout masks) and averages the bottleneck cells over the whole padded field,
 each cell taken from the tile in which it lies farthest from a cut edge
-(:func:`_cell_owners`); the second pass gives every tile that ``pooled`` vector, so the PSF
+(:func:`~napari_sim_uq.uq.tiling.cell_owners`); the second pass gives every tile that ``pooled`` vector, so the PSF
 and background of every tile are those of the whole image. (They are still blended with the
 tiles' window weights, which is then the identity; a model without ``bottleneck`` gets its
 per-tile values averaged that way.)
@@ -149,8 +149,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,19 +162,24 @@ from napari_sim_uq.errors import InputError
 from napari_sim_uq.jobs.events import Event, run
 from napari_sim_uq.models.sim_net import eval_mode, mc_dropout_mode
 from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
+from napari_sim_uq.uq.mc import RngStream
+from napari_sim_uq.uq.moments import RunningMoments
+from napari_sim_uq.uq.tiling import (
+    Blender,
+    cell_owners,
+    pad_like_model,
+    plan_tiles,
+    window_1d,
+)
 
 __all__ = [
-    "SIGMA_SCALE_KEYS",
-    "RunningMoments",
     "MIN_SIM_FIELD",
     "PAD_MODES",
+    "SIGMA_SCALE_KEYS",
     "SimPrediction",
     "SmallInputWarning",
-    "blend_ramp",
     "predict_sim",
     "predict_sim_sync",
-    "tile_starts",
-    "welford_merge",
 ]
 
 #: Keys accepted in ``sigma_scale``.
@@ -193,77 +197,6 @@ PAD_MODES = ("replicate", "reflect", "zero")
 
 class SmallInputWarning(UserWarning):
     """The field is smaller than the context the model was trained with."""
-
-
-# --------------------------------------------------------------------------------------
-# running statistics
-# --------------------------------------------------------------------------------------
-
-
-def welford_merge(
-    count_a: int,
-    mean_a: Any,
-    m2_a: Any,
-    count_b: int,
-    mean_b: Any,
-    m2_b: Any,
-) -> tuple[int, Any, Any]:
-    """Merge the statistics of two groups of samples (parallel Welford, Chan et al. 1979).
-
-    ``mean_*`` are the group means and ``m2_*`` the sums of squared deviations from them
-    (``m2 = n var`` with ``ddof=0``); arrays or tensors, merged elementwise. An empty group
-    (count 0) is ignored. ``m2_a``/``m2_b`` may be ``None`` to track means only. Returns
-    ``(count, mean, m2)``::
-
-        delta = mean_b - mean_a
-        mean  = mean_a + delta n_b / n
-        m2    = m2_a + m2_b + delta^2 n_a n_b / n
-    """
-    if count_b == 0:
-        return count_a, mean_a, m2_a
-    if count_a == 0:
-        return count_b, mean_b, m2_b
-    n = count_a + count_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / n)
-    m2 = None
-    if m2_a is not None and m2_b is not None:
-        m2 = m2_a + m2_b + delta * delta * (count_a * count_b / n)
-    return n, mean, m2
-
-
-class RunningMoments:
-    """Running mean (and variance) of samples that arrive in chunks along dimension 0.
-
-    Each chunk's mean and sum of squared deviations are computed in one vectorised pass
-    and merged with :func:`welford_merge`. ``track_var=False`` keeps the mean only.
-    Works with torch tensors (on any device) and NumPy arrays.
-    """
-
-    def __init__(self, track_var: bool = True):
-        self.track_var = track_var
-        self.count = 0
-        self.mean: Any = None
-        self.m2: Any = None
-
-    def update(self, chunk: Any) -> None:
-        """Add the samples ``chunk[0], chunk[1], ...``."""
-        n = int(chunk.shape[0])
-        if n == 0:
-            return
-        mean_b = chunk.mean(0)
-        m2_b = ((chunk - mean_b) ** 2).sum(0) if self.track_var else None
-        self.count, self.mean, self.m2 = welford_merge(
-            self.count, self.mean, self.m2, n, mean_b, m2_b
-        )
-
-    def variance(self, ddof: int = 0) -> Any:
-        """``m2 / (count - ddof)`` (population variance for ``ddof=0``)."""
-        if not self.track_var:
-            raise ValueError("variance not tracked (track_var=False)")
-        if self.count - ddof <= 0:
-            raise ValueError(f"need more than {ddof} samples, have {self.count}")
-        return self.m2 / (self.count - ddof)
 
 
 # --------------------------------------------------------------------------------------
@@ -393,45 +326,6 @@ def _check_sigma_scale(sigma_scale: object) -> dict[str, float]:
 # --------------------------------------------------------------------------------------
 
 
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` and step ``stride`` covering ``[0, length)``,
-    the last one flush with the end (``[0]`` if ``length <= tile``)."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def blend_ramp(overlap: int, margin: int | None = None) -> np.ndarray:
-    """Rising blend ramp over an overlap band of ``overlap`` pixels (float64).
-
-    0 for the first ``margin`` pixels (default ``overlap // 4``), a raised cosine
-    ``0.5 - 0.5 cos(pi t)`` over the middle, 1 for the last ``margin`` pixels; it satisfies
-    ``r[x] + r[overlap - 1 - x] = 1``.
-    """
-    if overlap <= 0:
-        return np.ones(0)
-    if margin is None:
-        margin = overlap // 4
-    width = overlap - 2 * margin
-    if width <= 0:
-        raise ValueError(f"margin {margin} leaves no ramp in an overlap of {overlap}")
-    t = (np.arange(overlap) - margin + 0.5) / width
-    return 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
-
-
-def _window_1d(size: int, lo_cut: bool, hi_cut: bool, overlap: int, margin: int) -> np.ndarray:
-    w = np.ones(size)
-    if overlap > 0:
-        ramp = blend_ramp(overlap, margin)
-        if lo_cut:
-            w[:overlap] *= ramp
-        if hi_cut:
-            w[size - overlap :] *= ramp[::-1]
-    return w
-
-
 def _pad_to_context(
     x: torch.Tensor, context: int | None, pad_mode: str, min_field: int, warn: bool
 ) -> tuple[torch.Tensor, dict]:
@@ -505,106 +399,6 @@ def _crop_to_field(res: dict[str, Any], info: dict, f: int) -> None:
             res[k] = np.ascontiguousarray(v[..., top : top + h, left : left + w])
 
 
-def _pad_amounts(length: int, m: int) -> tuple[int, int]:
-    p = -length % m
-    return p // 2, p - p // 2
-
-
-def _pad_like_model(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
-    """Pad ``(F, H, W)`` to multiples of ``m`` the way ``SimUQNet`` pads its input (split
-    evenly, reflect, replicate where the image is too small). Returns ``(x, top, left)``."""
-    h, w = x.shape[-2:]
-    top, bottom = _pad_amounts(h, m)
-    left, right = _pad_amounts(w, m)
-    if top == bottom == left == right == 0:
-        return x, 0, 0
-    mode = "reflect" if max(top, bottom) < h and max(left, right) < w else "replicate"
-    return F.pad(x[None], (left, right, top, bottom), mode=mode)[0], top, left
-
-
-#: Width of the blend ramp (LR pixels) kept inside the overlap by the automatic overlap.
-AUTO_RAMP = 16
-
-
-@dataclass
-class _TilePlan:
-    tiled: bool
-    tile: int | None  # effective tile size (aligned), None when untiled
-    overlap: int
-    margin: int
-    align: int
-    pad_top: int
-    pad_left: int
-    padded_shape: tuple[int, int]
-    spans: list[list[tuple[int, int]]]  # per axis (y, x): tile extents on the padded grid
-    boxes: list[tuple[int, int, int, int]]  # (y0, y1, x0, x1), y outer, x inner
-    exact: bool = False  # tiled result equals the untiled one (away from image borders)
-
-
-def _plan_tiles(
-    h: int, w: int, tile: int | None, overlap: int | None, align: int, need: int | None
-) -> _TilePlan:
-    """Tiles for an ``h x w`` image. ``need``: the blend margin (LR px) that makes tiling
-    exact for this model (receptive field incl. PSF support), ``None`` if it cannot be
-    exact. ``overlap=None``: the smallest overlap that is exact (``2 need + AUTO_RAMP``),
-    or 16 for a model that cannot be exact."""
-    if tile is None or (h <= tile and w <= tile):
-        return _TilePlan(
-            False, None, 0, 0, align, 0, 0, (h, w), [[(0, h)], [(0, w)]], [(0, h, 0, w)], exact=True
-        )
-    auto = overlap is None
-    if auto:
-        overlap = 2 * need + AUTO_RAMP if need is not None else 16
-    t_eff = tile // align * align
-    ov_eff = -(-overlap // align) * align
-    if t_eff <= 2 * ov_eff:
-        if auto and need is not None:
-            raise InputError(
-                f"tile={tile} is too small for exact tiling with this model: its receptive "
-                f"field ({need} raw pixels incl. the PSF) needs an overlap of {ov_eff}, so "
-                f"tiles of at least {2 * ov_eff + align} pixels; use a larger tile, or pass a "
-                "smaller overlap for approximate tiling"
-            )
-        raise InputError(
-            f"tile={tile}, overlap={overlap}: this model needs tile sizes and strides that are "
-            f"multiples of {align} (2^depth), which gives tile {t_eff} and overlap {ov_eff}, "
-            f"but the tile must be larger than twice the overlap; use tile >= "
-            f"{2 * ov_eff + align} or a smaller overlap"
-        )
-    # blend margin: the receptive field when the overlap leaves room for it and a ramp of
-    # at least 4 pixels, else a quarter of the overlap (approximate tiling)
-    exact = need is not None and ov_eff >= 2 * need + 4
-    margin = need if exact else ov_eff // 4
-    stride = t_eff - ov_eff
-    top, bottom = _pad_amounts(h, align)
-    left, right = _pad_amounts(w, align)
-    hp, wp = h + top + bottom, w + left + right
-    spans = []
-    for length, padded in ((h, hp), (w, wp)):
-        if length <= tile:  # this axis is not cut
-            spans.append([(0, padded)])
-        else:
-            spans.append([(s, s + t_eff) for s in tile_starts(padded, t_eff, stride)])
-    boxes = [(y0, y1, x0, x1) for (y0, y1) in spans[0] for (x0, x1) in spans[1]]
-    return _TilePlan(True, t_eff, ov_eff, margin, align, top, left, (hp, wp), spans, boxes, exact)
-
-
-def _cell_owners(spans: list[tuple[int, int]], length: int, m: int) -> list[np.ndarray]:
-    """Per tile span along one axis: a boolean mask over its ``m``-pixel cells marking the
-    cells it owns. Every cell of ``[0, length)`` is owned by exactly one span: the one in
-    which the cell centre is farthest from a cut edge (image borders are not cuts)."""
-    n = length // m
-    centre = (np.arange(n) + 0.5) * m
-    dist = np.full((len(spans), n), -np.inf)
-    for i, (s, e) in enumerate(spans):
-        inside = (centre > s) & (centre < e)
-        d_lo = centre - s if s > 0 else np.inf
-        d_hi = e - centre if e < length else np.inf
-        dist[i] = np.where(inside, np.minimum(d_lo, d_hi), -np.inf)
-    owner = np.argmax(dist, axis=0)  # first maximum: ties go to the earlier tile
-    return [(owner == i)[s // m : e // m] for i, (s, e) in enumerate(spans)]
-
-
 def _fov_mask(box, crop, f: int, device, dtype) -> torch.Tensor | None:
     """HR 0/1 mask ``(1, 1, fh, fw)`` of the image inside a tile of the padded grid, or
     ``None`` if the tile lies inside the image."""
@@ -616,73 +410,6 @@ def _fov_mask(box, crop, f: int, device, dtype) -> torch.Tensor | None:
     xs, xe = max(crop[2], x0) - x0, min(crop[3], x1) - x0
     mask[..., f * ys : f * ye, f * xs : f * xe] = 1
     return mask
-
-
-class _Blender:
-    """Weighted accumulation of tile outputs into whole-field float32 NumPy arrays."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, np.ndarray] = {}
-        self.wsum: dict[str, np.ndarray] = {}
-
-    def add_map(self, name: str, value: np.ndarray, window: np.ndarray, box, shape) -> None:
-        """``value (C, h, w)`` weighted by ``window (h, w)`` into a field of ``shape``."""
-        y0, y1, x0, x1 = box
-        if name not in self.sums:
-            self.sums[name] = np.zeros((value.shape[0], *shape), np.float32)
-        self.sums[name][:, y0:y1, x0:x1] += value * window
-
-    def add_weight(self, window: np.ndarray, box, shape) -> None:
-        y0, y1, x0, x1 = box
-        key = f"w{shape}"
-        if key not in self.wsum:
-            self.wsum[key] = np.zeros(shape, np.float32)
-        self.wsum[key][y0:y1, x0:x1] += window
-
-    def result(self, name: str, shape) -> np.ndarray:
-        """The normalised blend (in place: the accumulator is consumed)."""
-        out = self.sums.pop(name)
-        out /= self.wsum[f"w{shape}"]
-        return out
-
-
-# --------------------------------------------------------------------------------------
-# RNG and modes
-# --------------------------------------------------------------------------------------
-
-
-def mc_chunk_seed(seed: int, chunk: int) -> int:
-    """Seed of the dropout RNG for MC chunk ``chunk`` (0-based) of a call with ``seed``."""
-    return (int(seed) * 1_000_003 + 7919 * int(chunk)) % (2**63 - 1)
-
-
-class _RngStream:
-    """Private dropout randomness on ``device``: inside :meth:`active(chunk)` the global
-    generator(s) are seeded with :func:`mc_chunk_seed`; the caller's state is restored on
-    exit (yields of the job never leak or consume the caller's random state). Seeding per
-    chunk, not continuing one stream, makes chunk ``c`` draw the same dropout masks in every
-    tile and in the encoder-only pooling pass."""
-
-    def __init__(self, seed: int, device: torch.device):
-        self.seed = int(seed)
-        self.device = device
-        self.cuda = device.type == "cuda"
-
-    @contextmanager
-    def active(self, chunk: int) -> Iterator[None]:
-        idx = self.device.index
-        if self.cuda and idx is None:
-            idx = torch.cuda.current_device()
-        devices = [idx] if self.cuda else []
-        s = mc_chunk_seed(self.seed, chunk)
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.default_generator.manual_seed(s)
-            if self.cuda:
-                with torch.cuda.device(devices[0]):
-                    torch.cuda.manual_seed(s)
-            elif self.device.type != "cpu":
-                torch.manual_seed(s)
-            yield
 
 
 # --------------------------------------------------------------------------------------
@@ -831,7 +558,7 @@ def predict_sim(
         # rec at LR pixel p reads the emitter over the PSF support around p's HR pixels
         k = int(getattr(cfg, "psf_size", 1))
         need = int(radius) + -(-(k // 2) // f)
-    plan = _plan_tiles(h, w, tile, overlap, align, need)
+    plan = plan_tiles(h, w, tile, overlap, align, need)
     if plan.tiled and context and plan.tile < context and not plan.exact:
         context_info["tile_message"] = (
             f"tile {plan.tile} is smaller than the {context} x {context} raw pixels the model "
@@ -842,7 +569,7 @@ def predict_sim(
             warnings.warn(context_info["tile_message"], SmallInputWarning, stacklevel=2)
     two_pass = plan.tiled and hasattr(model, "bottleneck")
     if plan.tiled:
-        x, _, _ = _pad_like_model(x, align)
+        x, _, _ = pad_like_model(x, align)
     hp, wp = plan.padded_shape
     hr_shape, lr_shape = (f * hp, f * wp), (hp, wp)
     # the image inside the padded grid (LR), for cropping and for the PSF tile weights
@@ -872,7 +599,7 @@ def predict_sim(
         chunks = [min(mc_batch, n_draw - i) for i in range(0, n_draw, mc_batch)] if mc else [1]
         n_tiles = len(plan.boxes)
         total = n_tiles * len(chunks) * (2 if two_pass else 1)
-        rng = _RngStream(int(seed), dev)
+        rng = RngStream(int(seed), dev)
         step = 0
         timings = {"model_s": 0.0, "physics_s": 0.0, "pooling_s": 0.0}
 
@@ -880,7 +607,7 @@ def predict_sim(
         # so every tile gets the PSF/background of the whole field (as untiled inference)
         pooled: list[torch.Tensor | None] = [None] * len(chunks)
         if two_pass:
-            owners = [_cell_owners(plan.spans[ax], plan.padded_shape[ax], align) for ax in (0, 1)]
+            owners = [cell_owners(plan.spans[ax], plan.padded_shape[ax], align) for ax in (0, 1)]
             n_x = len(plan.spans[1])
             sums: list[torch.Tensor | None] = [None] * len(chunks)
             for ti, box in enumerate(plan.boxes):
@@ -900,7 +627,7 @@ def predict_sim(
             n_cells = (plan.padded_shape[0] // align) * (plan.padded_shape[1] // align)
             pooled = [None if t is None else (t / n_cells).to(dtype) for t in sums]
 
-        blend = _Blender()
+        blend = Blender()
         glob: dict[str, Any] = {}  # weighted sums of PSF/background statistics
         glob_w = 0.0
         have: dict[str, bool] = {}
@@ -947,10 +674,10 @@ def predict_sim(
             ty, tx = y1 - y0, x1 - x0
             cut = (y0 > 0, y1 < hp, x0 > 0, x1 < wp)
             ov, mg = plan.overlap, plan.margin
-            wy = _window_1d(ty, cut[0], cut[1], ov, mg)
-            wx = _window_1d(tx, cut[2], cut[3], ov, mg)
-            wy_hr = _window_1d(f * ty, cut[0], cut[1], f * ov, f * mg)
-            wx_hr = _window_1d(f * tx, cut[2], cut[3], f * ov, f * mg)
+            wy = window_1d(ty, cut[0], cut[1], ov, mg)
+            wx = window_1d(tx, cut[2], cut[3], ov, mg)
+            wy_hr = window_1d(f * ty, cut[0], cut[1], f * ov, f * mg)
+            wx_hr = window_1d(f * tx, cut[2], cut[3], f * ov, f * mg)
             win_lr = np.outer(wy, wx).astype(np.float32)
             win_hr = np.outer(wy_hr, wx_hr).astype(np.float32)
             box_hr = (f * y0, f * y1, f * x0, f * x1)
