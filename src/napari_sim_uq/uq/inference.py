@@ -14,12 +14,13 @@ Without MC (``mc_samples=0``) the model runs once in eval mode; the returned var
 the predicted (aleatoric) ones and the epistemic parts are ``None``.
 
 With MC dropout (``mc_samples=T > 0``) the dropout modules are put in train mode and every
-other module in eval mode (:func:`~napari_sim_uq.models.sim_net.mc_dropout_mode`). The ``T``
-samples are drawn in chunks of ``mc_batch`` by repeating the input along the batch
+other module in eval mode (:func:`~napari_sim_uq.models.sim_net.mc_dropout_mode`). The
+``T`` samples are drawn in chunks of ``mc_batch`` by repeating the input along the batch
 dimension (one forward pass per chunk, not per sample); each chunk's mean and sum of
 squared deviations are merged into running statistics with the parallel Welford update of
-Chan et al. (:func:`~napari_sim_uq.uq.moments.welford_merge`, :class:`~napari_sim_uq.uq.moments.RunningMoments`). For every output ``q`` with
-per-sample predicted mean ``mu_t`` and variance ``v_t``:
+Chan et al. (:func:`~napari_sim_uq.uq.moments.welford_merge`,
+:class:`~napari_sim_uq.uq.moments.RunningMoments`). For every output ``q`` with per-sample
+predicted mean ``mu_t`` and variance ``v_t``:
 
 - predictive mean ``E[q] = mean_t mu_t``;
 - aleatoric variance ``mean_t v_t``;
@@ -28,14 +29,14 @@ per-sample predicted mean ``mu_t`` and variance ``v_t``:
   distribution of the ``T`` samples);
 - total variance = aleatoric + epistemic; every ``*_std`` is the square root of a variance.
 
-The dropout RNG is seeded per chunk with :func:`~napari_sim_uq.uq.mc.mc_chunk_seed` ``(seed, chunk)`` (the
-global torch RNG state is saved and restored around each chunk), so the same call gives the
-same result, and chunk ``c`` draws the same channel dropout masks (``Dropout2d`` draws one
-number per channel, independent of the tile size) in every tile and in the pooling pass,
-i.e. sample ``t`` is one network applied to the whole field. The samples depend on
-``mc_batch`` (the grouping of the draws), not only on ``seed``. A model without active dropout
-(``p = 0`` everywhere) gives identical samples: a ``UserWarning`` is issued, the model runs
-once per tile and the epistemic variances are 0.
+The dropout RNG is seeded per chunk with :func:`~napari_sim_uq.uq.mc.mc_chunk_seed`
+``(seed, chunk)`` (the global torch RNG state is saved and restored around each chunk), so
+the same call gives the same result, and chunk ``c`` draws the same channel dropout masks
+(``Dropout2d`` draws one number per channel, independent of the tile size) in every tile
+and in the pooling pass, i.e. sample ``t`` is one network applied to the whole field. The
+samples depend on ``mc_batch`` (the grouping of the draws), not only on ``seed``. A model
+without active dropout (``p = 0`` everywhere) gives identical samples: a ``UserWarning`` is
+issued, the model runs once per tile and the epistemic variances are 0.
 
 Reconstruction ``rec``
 ----------------------
@@ -87,20 +88,19 @@ window, same shape), the raw-frame ``rec`` maps with the LR window.
 Blending conventions: means are blended linearly (normalised weighted mean). Variances are
 blended as the normalised weighted mean of the tile variances (a convex combination of two
 predictions of the same quantity, not a mixture: the disagreement of neighbouring tiles in
-the seam is a tiling artefact, not posterior uncertainty, and the mixture formula
-``E[var + mean^2] - mean^2`` cancels catastrophically in float32). Aleatoric and
-epistemic parts are blended separately, so total = aleatoric + epistemic still holds.
-``rec``/``rec_std`` are computed per tile from the tile's own outputs (the forward model
-couples pixels over the PSF support, and a tile's PSF belongs to its tile) and blended on
-the LR grid. The PSF and the background come from the mean of the bottleneck features over
-the image. Tiled, a first pass runs only the encoder
-(:meth:`~napari_sim_uq.models.sim_net.SimUQNet.bottleneck`) over every tile (and MC chunk,
-with the same dropout masks) and averages the bottleneck cells over the whole padded field,
-each cell taken from the tile in which it lies farthest from a cut edge
-(:func:`~napari_sim_uq.uq.tiling.cell_owners`); the second pass gives every tile that ``pooled`` vector, so the PSF
-and background of every tile are those of the whole image. (They are still blended with the
-tiles' window weights, which is then the identity; a model without ``bottleneck`` gets its
-per-tile values averaged that way.)
+the seam is a tiling artefact, not posterior uncertainty, and the mixture formula ``E[var +
+mean^2] - mean^2`` cancels catastrophically in float32). Aleatoric and epistemic parts are
+blended separately, so total = aleatoric + epistemic still holds. ``rec``/``rec_std`` are
+computed per tile from the tile's own outputs (the forward model couples pixels over the
+PSF support, and a tile's PSF belongs to its tile) and blended on the LR grid. The PSF and
+the background come from the mean of the bottleneck features over the image. Tiled, a first
+pass runs only the encoder (:meth:`~napari_sim_uq.models.sim_net.SimUQNet.bottleneck`) over
+every tile (and MC chunk, with the same dropout masks) and averages the bottleneck cells
+over the whole padded field, each cell taken from the tile in which it lies farthest from a
+cut edge (:func:`~napari_sim_uq.uq.tiling.cell_owners`); the second pass gives every tile
+that ``pooled`` vector, so the PSF and background of every tile are those of the whole
+image. (They are still blended with the tiles' window weights, which is then the identity;
+a model without ``bottleneck`` gets its per-tile values averaged that way.)
 
 Hence, for a model whose conv blocks use a per-pixel norm or none (``SimNetConfig.norm``
 ``"pixel"``, the default, or ``"none"``) tiling with ``margin >= need`` reproduces the
