@@ -118,60 +118,16 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
+    from napari_sim_uq._config import add_config_arguments
     from napari_sim_uq.data.synth import SynthConfig
 
-    d = SynthConfig()
     p.add_argument("--out-dir", type=Path, required=True, help="dataset folder")
     p.add_argument("--n-samples", type=int, required=True, help="number of samples")
-    p.add_argument(
-        "--lr-size",
-        type=int,
-        nargs="+",
-        default=list(d.lr_size),
-        metavar=("H", "W"),
-        help="raw frame size in pixels (default: 80 80)",
-    )
-    p.add_argument(
-        "--hr-factor",
-        type=int,
-        default=d.hr_factor,
-        help="HR grid is this many times finer (default: %(default)s; CPU cost "
-        "grows ~f^2, f=2 or 3 for quick experiments)",
-    )
+    # the generator's parameters: flags, defaults, choices and ranges from SynthConfig
+    add_config_arguments(p, SynthConfig)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument(
         "--split", default="train", help="folder prefix: train, val, test... (default: %(default)s)"
-    )
-    p.add_argument("--angles", type=int, default=d.n_angles, help="pattern angles")
-    p.add_argument("--phases", type=int, default=d.n_phases, help="phases per angle")
-
-    def rng_arg(flag, default, help_text):
-        p.add_argument(
-            flag,
-            type=float,
-            nargs=2,
-            default=list(default),
-            metavar=("LO", "HI"),
-            help=f"{help_text} (default: %(default)s)",
-        )
-
-    rng_arg("--modulation", d.modulation, "pattern modulation depth range, within [0, 1]")
-    rng_arg("--period", d.period_lr, "pattern period range in raw pixels")
-    rng_arg("--psf-sigma", d.psf_sigma_lr, "Gaussian PSF sigma range in raw pixels")
-    rng_arg("--photons", d.photons, "peak photons per frame range")
-    rng_arg("--background", d.background, "background photons per pixel range")
-    rng_arg("--read-noise", d.read_noise, "range of the smooth read-noise sigma map (counts)")
-    p.add_argument(
-        "--noise-regions",
-        type=int,
-        default=d.high_noise_regions,
-        help="number of high-noise regions in the noise map (0: none)",
-    )
-    p.add_argument(
-        "--noise-factor",
-        type=float,
-        default=d.high_noise_factor,
-        help="read-noise multiplier inside high-noise regions",
     )
     p.add_argument(
         "--workers",
@@ -195,26 +151,14 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _generate(args: argparse.Namespace) -> int:
     import time
 
+    from napari_sim_uq._config import config_from_args
     from napari_sim_uq.data.synth import SynthConfig, generate_dataset
     from napari_sim_uq.errors import InputError
     from napari_sim_uq.jobs.events import run_with_progress
 
     if len(args.lr_size) not in (1, 2):
         raise InputError(f"--lr-size takes H or H W, got {args.lr_size}")
-    cfg = SynthConfig(
-        lr_size=tuple(args.lr_size),
-        hr_factor=args.hr_factor,
-        n_angles=args.angles,
-        n_phases=args.phases,
-        modulation=tuple(args.modulation),
-        period_lr=tuple(args.period),
-        psf_sigma_lr=tuple(args.psf_sigma),
-        photons=tuple(args.photons),
-        background=tuple(args.background),
-        read_noise=tuple(args.read_noise),
-        high_noise_regions=args.noise_regions,
-        high_noise_factor=args.noise_factor,
-    )
+    cfg = config_from_args(SynthConfig, args)
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     t0 = time.perf_counter()
@@ -242,91 +186,52 @@ def _generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 
 
+#: TrainConfig fields shown in the "loss" and "debug output" groups of ``train --help``.
+_TRAIN_LOSS_FIELDS = ("camera_init",)
+_TRAIN_DEBUG_FIELDS = ("debug_every_epochs", "debug_samples")
+#: TrainConfig fields the command line requires (their dataclass defaults are not used).
+_TRAIN_REQUIRED = ("train_glob", "ckpt_dir")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-glob", required=True, help='raw stacks, e.g. "D/train/*.tif"')
-    p.add_argument(
-        "--ckpt-dir",
-        type=Path,
-        required=True,
-        help="writes latest.pt, best.pt and metrics.csv here",
+    # every option but --quiet is a field of TrainConfig, SimNetConfig or SimLossConfig:
+    # flags, defaults, help, choices and ranges come from the dataclasses' field metadata
+    from napari_sim_uq._config import add_config_arguments
+    from napari_sim_uq.models.sim_net import SimNetConfig
+    from napari_sim_uq.training.sim_loss import SimLossConfig
+    from napari_sim_uq.training.sim_train import TrainConfig
+
+    add_config_arguments(
+        p,
+        TrainConfig,
+        exclude=_TRAIN_LOSS_FIELDS + _TRAIN_DEBUG_FIELDS,
+        required=_TRAIN_REQUIRED,
     )
-    p.add_argument("--val-glob", default=None, help='validation stacks, e.g. "D/val/*.tif"')
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--lr-schedule",
-        default="cosine",
-        choices=["cosine", "constant"],
-        help="cosine: decay to 5%% of --lr over the epochs (default: %(default)s)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/latest.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crop", type=int, default=None, help="random crops of this many raw pixels")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument(
-        "--supervised",
-        action="store_true",
-        help="also fit the generator's ground truth (D/<split>_gt)",
-    )
-    p.add_argument(
-        "--gt-norm",
-        default="raw",
-        choices=["raw", "minmax_full", "percentile", "none"],
-        help="ground-truth scaling (default: raw = physics-consistent)",
-    )
-    m = p.add_argument_group("model")
-    m.add_argument("--hr-factor", type=int, default=2)
-    m.add_argument("--base-channels", type=int, default=32)
-    m.add_argument("--depth", type=int, default=3)
-    m.add_argument("--dropout", type=float, default=0.1)
-    m.add_argument("--psf-size", type=int, default=15)
-    m.add_argument(
-        "--uq-targets",
-        default="emitter,lp,psf",
-        help="which outputs carry a log-variance (default: %(default)s)",
-    )
-    m.add_argument("--uq-logvar-init", type=float, default=-4.0)
-    m.add_argument("--uq-logvar-min", type=float, default=-12.0)
-    m.add_argument("--uq-logvar-max", type=float, default=6.0)
-    m.add_argument(
-        "--uq-var-space",
-        default="output",
-        choices=["output", "logit"],
-        help="emitter/pattern log-variance heads predict the log-variance of the value "
-        "(output) or of its logit, via the delta method (default: %(default)s)",
-    )
+    add_config_arguments(p.add_argument_group("model"), SimNetConfig)
     lo = p.add_argument_group("loss")
-    lo.add_argument("--uq-var-floor", type=float, default=1e-6)
-    lo.add_argument("--uq-psf-var-weight", type=float, default=1.0)
-    lo.add_argument("--uq-aux-rec-weight", type=float, default=0.0)
-    lo.add_argument("--uq-aux-rec-mode", default="l1", choices=["l1", "ms-ssim"])
-    lo.add_argument("--beta-nll", type=float, default=0.0)
-    lo.add_argument(
-        "--camera-init",
-        default="data",
-        choices=["data", "fixed"],
-        help="camera-noise start: estimated from the data, or fixed small values "
-        "(default: %(default)s)",
-    )
-    dbg = p.add_argument_group("debug output")
-    dbg.add_argument(
-        "--debug-every-epochs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="every N epochs write CKPT_DIR/debug_samples/epoch_XXX/ (predictions, std maps, "
-        "histograms, summaries; 0 = off, the default)",
-    )
-    dbg.add_argument(
-        "--debug-samples",
-        type=int,
-        default=2,
-        metavar="K",
-        help="number of fixed (validation) samples in each debug folder (default: %(default)s)",
+    add_config_arguments(lo, SimLossConfig)
+    add_config_arguments(lo, TrainConfig, include=_TRAIN_LOSS_FIELDS)
+    add_config_arguments(
+        p.add_argument_group("debug output"), TrainConfig, include=_TRAIN_DEBUG_FIELDS
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig of parsed ``train`` options (model and loss as dicts of the options
+    given on the command line, as the training job expects)."""
+    from napari_sim_uq._config import config_from_args, config_values_from_args
+    from napari_sim_uq.models.sim_net import SimNetConfig
+    from napari_sim_uq.training.sim_loss import SimLossConfig
+    from napari_sim_uq.training.sim_train import TrainConfig
+
+    return config_from_args(
+        TrainConfig,
+        args,
+        ckpt_dir=str(Path(args.ckpt_dir)),
+        model=config_values_from_args(SimNetConfig, args),
+        loss=config_values_from_args(SimLossConfig, args),
+    )
 
 
 @command(
@@ -339,47 +244,9 @@ def _train(args: argparse.Namespace) -> int:
     import os
 
     from napari_sim_uq.jobs.events import run_with_progress
-    from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+    from napari_sim_uq.training.sim_train import train_sim_job
 
-    targets = tuple(t.strip() for t in args.uq_targets.split(",") if t.strip())
-    cfg = TrainConfig(
-        train_glob=args.train_glob,
-        ckpt_dir=str(args.ckpt_dir),
-        val_glob=args.val_glob,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        crop=args.crop,
-        supervised=args.supervised,
-        gt_norm=args.gt_norm,
-        camera_init=args.camera_init,
-        lr_schedule=args.lr_schedule,
-        debug_every_epochs=args.debug_every_epochs,
-        debug_samples=args.debug_samples,
-        model={
-            "hr_factor": args.hr_factor,
-            "base_channels": args.base_channels,
-            "depth": args.depth,
-            "dropout": args.dropout,
-            "psf_size": args.psf_size,
-            "uq_targets": targets,
-            "logvar_init": args.uq_logvar_init,
-            "logvar_min": args.uq_logvar_min,
-            "logvar_max": args.uq_logvar_max,
-            "var_space": args.uq_var_space,
-        },
-        loss={
-            "var_floor": args.uq_var_floor,
-            "psf_var_weight": args.uq_psf_var_weight,
-            "aux_rec_weight": args.uq_aux_rec_weight,
-            "aux_rec_mode": args.uq_aux_rec_mode,
-            "beta_nll": args.beta_nll,
-        },
-    )
+    cfg = _train_config(args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     result = run_with_progress(train_sim_job(cfg), disable=args.quiet or not rank0)
     if rank0:
@@ -732,6 +599,35 @@ def _demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser that adds its options when first used (parsing, help or
+    usage), so building the whole parser does not import what one command's options are
+    made from (``train``'s come from the model and loss configs, which need torch)."""
+
+    def __init__(self, *args, add_arguments: Callable | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def ensure_arguments(self) -> argparse.ArgumentParser:
+        """Add the options now (once); returns the parser."""
+        add, self._add_arguments = self._add_arguments, None
+        if add is not None:
+            add(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.ensure_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.ensure_arguments()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.ensure_arguments()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sim-uq",
@@ -740,10 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
         "napari widget.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, (help_text, add_arguments, _) in _COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(sp)
+        sub.add_parser(name, help=help_text, description=help_text, add_arguments=add_arguments)
     return parser
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sim_uq._config import JsonConfig
+from napari_sim_uq._config import JsonConfig, option
 from napari_sim_uq.errors import InputError
 
 Range = tuple[float, float]
@@ -58,26 +58,54 @@ class SynthConfig(JsonConfig):
 
     _what = "generator parameters"
 
-    lr_size: tuple[int, int] = (80, 80)
-    hr_factor: int = 6
-    n_angles: int = 3
-    n_phases: int = 3
+    lr_size: tuple[int, int] = option(
+        (80, 80), help="raw frame size in pixels", minimum=8, nargs="+", metavar=("H", "W")
+    )
+    hr_factor: int = option(
+        6,
+        help="HR grid is this many times finer (CPU cost grows ~f^2, f=2 or 3 for quick "
+        "experiments)",
+        minimum=1,
+    )
+    n_angles: int = option(3, help="pattern angles", minimum=1, flag="--angles")
+    n_phases: int = option(3, help="phases per angle", minimum=1, flag="--phases")
     # illumination
-    period_lr: Range = (2.6, 3.4)  # pattern period in LR pixels
-    modulation: Range = (0.6, 0.9)
+    period_lr: Range = option(
+        (2.6, 3.4), help="pattern period range in raw pixels", minimum=0.0, flag="--period"
+    )
+    modulation: Range = option(
+        (0.6, 0.9), help="pattern modulation depth range", minimum=0.0, maximum=1.0
+    )
     angle_offset: Range = (0.0, math.pi)  # rotation of the first angle (radians)
     phase_jitter: float = 0.05  # std of the per-frame phase error (radians)
     # optics
-    psf_sigma_lr: Range = (0.9, 1.3)  # Gaussian PSF sigma in LR pixels
+    psf_sigma_lr: Range = option(
+        (0.9, 1.3),
+        help="Gaussian PSF sigma range in raw pixels",
+        minimum=0.0,
+        flag="--psf-sigma",
+    )
     # intensities
-    photons: Range = (100.0, 500.0)  # peak emitter photons per frame
-    background: Range = (5.0, 20.0)  # photons per LR pixel
+    photons: Range = option((100.0, 500.0), help="peak photons per frame range", minimum=0.0)
+    background: Range = option((5.0, 20.0), help="background photons per pixel range", minimum=0.0)
     gain: float = 1.0  # camera counts per photon
     # noise map (read-noise sigma, in counts)
-    read_noise: Range = (1.0, 6.0)  # range of the smooth sigma map
+    read_noise: Range = option(
+        (1.0, 6.0), help="range of the smooth read-noise sigma map (counts)", minimum=0.0
+    )
     noise_map_scale_lr: float = 12.0  # correlation length of the map (LR pixels)
-    high_noise_regions: int = 2  # number of high-noise blobs (0: no mask)
-    high_noise_factor: float = 3.0  # sigma multiplier inside the mask
+    high_noise_regions: int = option(
+        2,
+        help="number of high-noise regions in the noise map (0: none)",
+        minimum=0,
+        flag="--noise-regions",
+    )
+    high_noise_factor: float = option(
+        3.0,
+        help="read-noise multiplier inside high-noise regions",
+        minimum=0.0,
+        flag="--noise-factor",
+    )
     # structures
     n_filaments: tuple[int, int] = (4, 10)
     n_rings: tuple[int, int] = (1, 4)

@@ -98,7 +98,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from napari_sim_uq._config import JsonConfig
+from napari_sim_uq._config import JsonConfig, option
 from napari_sim_uq.errors import InputError
 
 __all__ = [
@@ -162,15 +162,38 @@ class SimNetConfig(JsonConfig):
 
     n_angles: int = 3
     n_phases: int = 3
-    hr_factor: int = 2  # HR grid is hr_factor times finer than the camera grid
-    base_channels: int = 32  # channels of the first U-Net level
-    depth: int = 3  # number of U-Net downsamplings (levels below the input resolution)
-    dropout: float = 0.1  # p of the Dropout2d layers (decoder blocks, bottleneck)
-    psf_size: int = 15  # k: the PSF is k x k HR pixels, k odd
-    uq_targets: tuple[str, ...] = UQ_TARGETS  # any subset of ("emitter", "lp", "psf")
-    logvar_init: float = -4.0  # initial log-variance of every head
-    logvar_min: float = -12.0  # soft clamp of the log-variances
-    logvar_max: float = 6.0
+    hr_factor: int = option(
+        2, help="the HR grid is this many times finer than the camera grid", minimum=1, maximum=16
+    )
+    base_channels: int = option(32, help="channels of the first U-Net level", minimum=4)
+    depth: int = option(
+        3,
+        help="number of U-Net downsamplings (levels below the input resolution)",
+        minimum=1,
+        maximum=8,
+    )
+    dropout: float = option(
+        0.1,
+        help="probability of the Dropout2d layers (decoder blocks, bottleneck), in [0, 1)",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    psf_size: int = option(15, help="the PSF is k x k HR pixels, k odd", minimum=1, maximum=101)
+    uq_targets: tuple[str, ...] = option(
+        UQ_TARGETS,
+        help="which outputs carry a log-variance (comma-separated)",
+        choices=UQ_TARGETS,
+        sep=",",
+    )
+    logvar_init: float = option(
+        -4.0, help="initial log-variance of every head", flag="--uq-logvar-init"
+    )
+    logvar_min: float = option(
+        -12.0, help="lower soft clamp of the log-variances", flag="--uq-logvar-min"
+    )
+    logvar_max: float = option(
+        6.0, help="upper soft clamp of the log-variances", flag="--uq-logvar-max"
+    )
     predict_background: bool = True
     # feature normalisation in the conv blocks: "pixel" (LayerNorm over the channels of each
     # pixel), "group" (GroupNorm: statistics over the whole image) or "none". "pixel" and
@@ -182,7 +205,13 @@ class SimNetConfig(JsonConfig):
     # the activation by the delta method; it collapses to ~0 where the emitter is dark, so a
     # missed dim structure gets an absurdly small sigma). Checkpoints written before this
     # option existed are "logit" (see STORED_DEFAULTS).
-    var_space: str = "output"
+    var_space: str = option(
+        "output",
+        help="emitter/pattern log-variance heads predict the log-variance of the value "
+        "(output) or of its logit, via the delta method",
+        choices=VAR_SPACES,
+        flag="--uq-var-space",
+    )
 
     def __post_init__(self) -> None:
         targets = self.uq_targets

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sim_uq._config import JsonConfig
+from napari_sim_uq._config import JsonConfig, option
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.models.sim_net import SimOutput, _inv_softplus
 from napari_sim_uq.physics import forward_mean_and_variance, softmax_psf_covariance
@@ -136,14 +136,34 @@ class SimLossConfig(JsonConfig):
 
     _what = "loss parameters"
 
-    var_floor: float = 1e-6  # absolute, normalised intensity^2, added to every variance
-    psf_var_weight: float = 1.0  # factor on the PSF covariance in Var(y); 0 disables it
+    var_floor: float = option(
+        1e-6,
+        help="absolute variance floor (normalised intensity^2) added to every variance",
+        minimum=0.0,
+        flag="--uq-var-floor",
+    )
+    psf_var_weight: float = option(
+        1.0,
+        help="factor on the PSF covariance in the raw-frame variance; 0 disables it",
+        minimum=0.0,
+        flag="--uq-psf-var-weight",
+    )
     camera_noise: str = "poisson_gaussian"  # or "none"
     camera_alpha_init: float = 1e-3  # initial alpha (normalised intensity)
     camera_beta_init: float = 1e-4  # initial beta (normalised intensity^2)
-    beta_nll: float = 0.0  # beta-NLL exponent in [0, 1]; 0 = plain NLL
-    aux_rec_weight: float = 0.0  # weight of the auxiliary reconstruction term; 0 = off
-    aux_rec_mode: str = "l1"  # "l1" or "ms-ssim"
+    beta_nll: float = option(0.0, help="beta-NLL exponent; 0 = plain NLL", minimum=0.0, maximum=1.0)
+    aux_rec_weight: float = option(
+        0.0,
+        help="weight of the auxiliary reconstruction term; 0 = off",
+        minimum=0.0,
+        flag="--uq-aux-rec-weight",
+    )
+    aux_rec_mode: str = option(
+        "l1",
+        help="auxiliary reconstruction term",
+        choices=AUX_REC_MODES,
+        flag="--uq-aux-rec-mode",
+    )
     supervised: bool = False  # add NLL terms against emitter / light-pattern ground truth
     sup_emitter_weight: float = 1.0
     sup_lp_weight: float = 1.0

@@ -29,11 +29,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from napari_sim_uq._config import JsonConfig
+from napari_sim_uq._config import JsonConfig, option
 from napari_sim_uq.devices import resolve_device
 from napari_sim_uq.errors import InputError
 
 MODEL_TYPE = "sim_uq_net"
+
+#: Learning-rate schedules (``TrainConfig.lr_schedule``).
+LR_SCHEDULES = ("cosine", "constant")
+
+#: Starts of the camera-noise parameters (``TrainConfig.camera_init``).
+CAMERA_INITS = ("data", "fixed")
+
+
+def _gt_norms() -> tuple[str, ...]:
+    # the ground-truth scalings of the dataset; imported late: that module needs torch
+    from napari_sim_uq.data.sim_dataset import GT_NORMS
+
+    return GT_NORMS
 
 
 @dataclass
@@ -42,37 +55,60 @@ class TrainConfig(JsonConfig):
 
     _what = "training options"
 
-    train_glob: str = ""
-    ckpt_dir: str = "checkpoints"
-    val_glob: str | None = None
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 1e-3
+    train_glob: str = option("", help='raw stacks, e.g. "D/train/*.tif"')
+    ckpt_dir: str = option("checkpoints", help="writes latest.pt, best.pt and metrics.csv here")
+    val_glob: str | None = option(None, help='validation stacks, e.g. "D/val/*.tif"')
+    epochs: int = option(10, help="number of epochs", minimum=1)
+    batch_size: int = option(4, help="stacks per optimiser step", minimum=1)
+    lr: float = option(1e-3, help="learning rate", minimum=0.0)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None  # stop after this many optimiser steps in total (tests)
-    crop: int | None = None  # random LR crop size (None: whole stacks)
+    device: str = option("auto", help="auto, cpu, cuda or mps")
+    seed: int = option(0, help="random seed")
+    resume: bool = option(False, help="continue from CKPT_DIR/latest.pt")
+    # stop after this many optimiser steps in total (tests)
+    max_steps: int | None = option(None, help="stop after this many steps", minimum=1)
+    # random LR crop size (None: whole stacks)
+    crop: int | None = option(None, help="random crops of this many raw pixels")
     num_workers: int = 0
     # data
-    supervised: bool = False
-    gt_norm: str = "raw"
+    supervised: bool = option(False, help="also fit the generator's ground truth (D/<split>_gt)")
+    gt_norm: str = option(
+        "raw", help="ground-truth scaling (raw = physics-consistent)", choices=_gt_norms
+    )
     norm_mode: str = "percentile"
     # camera-noise parameters: "data" estimates them from the first training batches at the
     # start of a new run (CameraNoise.init_from_data), "fixed" starts from the loss config's
     # initial values; they learn with lr * camera_lr_factor (two scalars that would
     # otherwise need thousands of Adam steps to move by an order of magnitude)
-    camera_init: str = "data"
+    camera_init: str = option(
+        "data",
+        help="camera-noise start: estimated from the data, or fixed small values",
+        choices=CAMERA_INITS,
+    )
     camera_lr_factor: float = 10.0
     # learning-rate schedule over the run's steps: "cosine" decays from lr to
     # lr * min_lr_ratio (every group alike), "constant" keeps lr
-    lr_schedule: str = "cosine"
+    lr_schedule: str = option(
+        "cosine",
+        help="cosine: decay to 5% of the learning rate over the run; constant: keep it",
+        choices=LR_SCHEDULES,
+    )
     min_lr_ratio: float = 0.05
     # debug folders (training/debug.py): every N epochs (0: off), on the first K samples
-    debug_every_epochs: int = 0
-    debug_samples: int = 2
+    debug_every_epochs: int = option(
+        0,
+        help="every N epochs write CKPT_DIR/debug_samples/epoch_XXX/ (predictions, std maps, "
+        "histograms, summaries; 0 = off)",
+        minimum=0,
+        metavar="N",
+    )
+    debug_samples: int = option(
+        2,
+        help="number of fixed (validation) samples in each debug folder",
+        minimum=1,
+        metavar="K",
+    )
     # model (SimNetConfig fields)
     model: dict = field(default_factory=dict)
     # loss (SimLossConfig fields)
@@ -89,13 +125,13 @@ class TrainConfig(JsonConfig):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1, got {self.max_steps!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(
                 f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InputError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
-        if self.camera_init not in ("data", "fixed"):
+        if self.camera_init not in CAMERA_INITS:
             raise InputError(f"camera_init must be 'data' or 'fixed', got {self.camera_init!r}")
         if not (self.camera_lr_factor > 0 and math.isfinite(self.camera_lr_factor)):
             raise InputError(
