@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from napari_sim_uq.errors import InputError
-from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet, mc_dropout_mode
+from napari_sim_uq.models.modes import mc_dropout_mode
+from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
 from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
 from napari_sim_uq.uq.inference import SimPrediction, predict_sim, predict_sim_sync
 from napari_sim_uq.uq.mc import mc_chunk_seed

@@ -171,7 +171,7 @@ def test_camera_noise_starts_from_the_data_and_learns_faster(data, tmp_path):
     import torch.nn.functional as F
 
     from napari_sim_uq.data.sim_dataset import SimStackDataset
-    from napari_sim_uq.training.sim_loss import CameraNoise
+    from napari_sim_uq.training.losses import CameraNoise
 
     def camera(ck_dir):
         state = load_checkpoint(Path(ck_dir) / "latest.pt").extra["loss_state"]

@@ -96,25 +96,27 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.dropout import _DropoutNd
 
 from napari_sim_uq._config import JsonConfig, option
 from napari_sim_uq.errors import InputError
+from napari_sim_uq.models.activations import (
+    bounded_tanh_variance,
+    inv_soft_clamp,
+    inv_softplus,
+    soft_clamp,
+    softmax_variance,
+    softplus_variance,
+)
+from napari_sim_uq.models.blocks import ConvBlock, UpBlock, icnr_, norm_layer
 
 __all__ = [
+    "NORMS",
     "UQ_TARGETS",
+    "VAR_SPACES",
     "SimNetConfig",
     "SimOutput",
     "SimUQNet",
-    "bounded_tanh_variance",
-    "count_parameters",
-    "eval_mode",
-    "mc_dropout_mode",
     "receptive_radius",
-    "soft_clamp",
-    "softmax_covariance_factors",
-    "softmax_variance",
-    "softplus_variance",
 ]
 
 #: The quantities that can carry a predicted variance.
@@ -279,85 +281,6 @@ class SimNetConfig(JsonConfig):
 
 
 # --------------------------------------------------------------------------------------
-# activations, delta-method variances, clamp
-# --------------------------------------------------------------------------------------
-
-
-def _inv_softplus(y: float) -> float:
-    """``x`` with ``softplus(x) = y`` (``y > 0``)."""
-    return y + math.log(-math.expm1(-y))
-
-
-def soft_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Smooth clamp of ``x`` into ``[lo, hi]``: ``lo + softplus(hi - softplus(hi - x) - lo)``.
-
-    The identity up to ``O(exp(-d))`` at distance ``d`` from both bounds, strictly monotone
-    with a gradient that never vanishes (unlike ``torch.clamp``). A final hard clamp removes
-    the rounding-level overshoot above ``hi`` (at most ``log1p(exp(-(hi - lo)))``).
-    """
-    t = hi - F.softplus(hi - x)
-    return (lo + F.softplus(t - lo)).clamp(lo, hi)
-
-
-def _inv_soft_clamp(y: float, lo: float, hi: float) -> float:
-    """``x`` with ``soft_clamp(x, lo, hi) = y`` for ``lo < y < hi`` (ignoring the hard clamp),
-    if ``y`` is reachable; used to set the log-variance biases."""
-    t = lo + _inv_softplus(y - lo)
-    if t >= hi:  # y within rounding of the upper reach: take the largest sensible value
-        return hi + 20.0
-    return hi - _inv_softplus(hi - t)
-
-
-def softplus_variance(a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
-    """Delta-method variance of ``softplus(a)``: ``sigmoid(a)^2 Var(a)``."""
-    return torch.sigmoid(a).square() * var_a
-
-
-def bounded_tanh_variance(a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
-    """Delta-method variance of ``1 + tanh(a)``: ``(1 - tanh(a)^2)^2 Var(a)``.
-
-    ``1 - tanh(a)^2 = 4 sigmoid(2a) sigmoid(-2a)``, which stays accurate (and positive) where
-    ``tanh(a)`` rounds to +-1.
-    """
-    d = 4.0 * torch.sigmoid(2.0 * a) * torch.sigmoid(-2.0 * a)
-    return d.square() * var_a
-
-
-def softmax_variance(p: torch.Tensor, var_z: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    r"""Delta-method variance of ``p = softmax(z)`` given independent ``Var(z_j) = v_j``.
-
-    With the Jacobian ``J_ij = p_i (delta_ij - p_j)``::
-
-        Var(p_i) = sum_j J_ij^2 v_j = p_i^2 [ v_i (1 - 2 p_i) + sum_j p_j^2 v_j ]
-                 = p_i^2 [ v_i (1 - p_i)^2 + sum_{j != i} p_j^2 v_j ]
-
-    The second form is evaluated (both terms are non-negative; the sum over ``j != i`` is
-    computed as ``S - p_i^2 v_i`` and clipped at 0 against rounding). Batched over all
-    dimensions but ``dim``; never forms the ``n x n`` Jacobian. This is the diagonal of
-    ``J diag(v) J^T``.
-    """
-    p2 = p.square()
-    total = (p2 * var_z).sum(dim=dim, keepdim=True)
-    others = (total - p2 * var_z).clamp_min(0.0)
-    return p2 * (var_z * (1.0 - p).square() + others)
-
-
-def softmax_covariance_factors(
-    p: torch.Tensor, var_z: torch.Tensor, dim: int = -1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors of the full delta-method covariance of ``p = softmax(z)``.
-
-    ``J diag(v) J^T = diag(w) - w p^T - p w^T + c p p^T`` with ``w = p^2 v`` and
-    ``c = sum(w)`` (``J = diag(p) - p p^T``), so ``a^T Cov a`` for any weights ``a`` is
-    ``sum(w a^2) - 2 (w . a)(p . a) + c (p . a)^2`` without forming ``n x n`` matrices.
-    Returns ``(w, c)``, ``c`` with ``dim`` kept (size 1). Its diagonal is
-    :func:`softmax_variance`.
-    """
-    w = p.square() * var_z
-    return w, w.sum(dim=dim, keepdim=True)
-
-
-# --------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------
 
@@ -384,93 +307,6 @@ class SimOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------
-# building blocks
-# --------------------------------------------------------------------------------------
-
-
-def _groups(channels: int) -> int:
-    for g in (8, 4, 2):
-        if channels % g == 0:
-            return g
-    return 1
-
-
-class PixelNorm(nn.Module):
-    """LayerNorm over the channels of each pixel (``(B, C, H, W)``), with a per-channel
-    affine map. Unlike GroupNorm it uses no statistics over the image, so an output pixel
-    depends only on its receptive field (tiling-exact)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = (x - mean).square().mean(dim=1, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        return y * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-def _norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "group":
-        return nn.GroupNorm(_groups(channels), channels)
-    if kind == "pixel":
-        return PixelNorm(channels)
-    return nn.Identity()
-
-
-class _ConvBlock(nn.Sequential):
-    """``(Conv3x3 - norm - SiLU) x 2`` (first conv optionally strided), then optional
-    ``Dropout2d``."""
-
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int = 1,
-        dropout: float | None = None,
-        norm: str = "pixel",
-    ):
-        layers: list[nn.Module] = [
-            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
-            _norm_layer(norm, c_out),
-            nn.SiLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
-            _norm_layer(norm, c_out),
-            nn.SiLU(),
-        ]
-        if dropout is not None:
-            layers.append(nn.Dropout2d(dropout))
-        super().__init__(*layers)
-
-
-class _Up(nn.Module):
-    """Bilinear x2 upsampling, 1x1 conv to ``c_out``, concatenation with the skip, block."""
-
-    def __init__(self, c_in: int, c_out: int, dropout: float, norm: str = "pixel"):
-        super().__init__()
-        self.reduce = nn.Conv2d(c_in, c_out, 1)
-        self.block = _ConvBlock(2 * c_out, c_out, dropout=dropout, norm=norm)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.block(torch.cat([self.reduce(x), skip], dim=1))
-
-
-def _icnr_(conv: nn.Conv2d, factor: int) -> None:
-    """ICNR init for a conv followed by ``PixelShuffle(factor)``: the ``factor^2`` sub-pixel
-    outputs of each channel start identical (no checkerboard at initialisation)."""
-    n = factor * factor
-    c_out = conv.out_channels // n
-    base = nn.Conv2d(conv.in_channels, c_out, conv.kernel_size, padding=conv.padding)
-    with torch.no_grad():
-        conv.weight.copy_(base.weight.repeat_interleave(n, dim=0))
-        conv.bias.copy_(base.bias.repeat_interleave(n, dim=0))
-
-
-# --------------------------------------------------------------------------------------
 # the network
 # --------------------------------------------------------------------------------------
 
@@ -492,24 +328,24 @@ class SimUQNet(nn.Module):
 
         # U-Net at LR resolution
         norm = cfg.norm
-        self.stem = _ConvBlock(n_frames, c0, norm=norm)
+        self.stem = ConvBlock(n_frames, c0, norm=norm)
         self.down = nn.ModuleList(
-            _ConvBlock(ch[i], ch[i + 1], stride=2, dropout=p if i == depth - 1 else None, norm=norm)
+            ConvBlock(ch[i], ch[i + 1], stride=2, dropout=p if i == depth - 1 else None, norm=norm)
             for i in range(depth)
         )
         self.up = nn.ModuleList(
-            _Up(ch[i + 1], ch[i], dropout=p, norm=norm) for i in reversed(range(depth))
+            UpBlock(ch[i + 1], ch[i], dropout=p, norm=norm) for i in reversed(range(depth))
         )
 
         # LR -> HR
         hr_layers: list[nn.Module] = []
         if f > 1:
             shuffle_conv = nn.Conv2d(c0, c0 * f * f, 3, padding=1)
-            _icnr_(shuffle_conv, f)
+            icnr_(shuffle_conv, f)
             hr_layers += [shuffle_conv, nn.PixelShuffle(f)]
         hr_layers += [
             nn.Conv2d(c0, c0, 3, padding=1),
-            _norm_layer(norm, c0),
+            norm_layer(norm, c0),
             nn.SiLU(),
         ]
         self.to_hr = nn.Sequential(*hr_layers)
@@ -540,7 +376,7 @@ class SimUQNet(nn.Module):
             self.background_head = nn.Linear(c_bottom, 1)
             with torch.no_grad():
                 self.background_head.weight.mul_(0.1)
-                self.background_head.bias.fill_(_inv_softplus(_BACKGROUND_INIT))
+                self.background_head.bias.fill_(inv_softplus(_BACKGROUND_INIT))
 
     # -- construction helpers ------------------------------------------------------------
 
@@ -548,7 +384,7 @@ class SimUQNet(nn.Module):
         cfg = self.cfg
         with torch.no_grad():
             layer.weight.zero_()
-            layer.bias.fill_(_inv_soft_clamp(cfg.logvar_init, cfg.logvar_min, cfg.logvar_max))
+            layer.bias.fill_(inv_soft_clamp(cfg.logvar_init, cfg.logvar_min, cfg.logvar_max))
 
     def _logvar_conv(self, c_in: int, c_out: int) -> nn.Conv2d:
         conv = nn.Conv2d(c_in, c_out, 1)
@@ -764,73 +600,3 @@ def _pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
     pad = (left, pw - left, top, ph - top)
     mode = "reflect" if max(top, ph - top) < h and max(left, pw - left) < w else "replicate"
     return F.pad(x, pad, mode=mode), top, left
-
-
-# --------------------------------------------------------------------------------------
-# utilities
-# --------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-class _ModeGuard:
-    """Saves the train/eval mode of every module of ``model`` and sets new ones: every
-    module in eval mode, except the dropout modules with ``mc_dropout`` (train mode).
-    Returned by :func:`mc_dropout_mode` and :func:`eval_mode`; restores the saved modes on
-    ``__exit__`` or :meth:`restore`."""
-
-    def __init__(self, model: nn.Module, *, mc_dropout: bool):
-        self.model = model
-        self._saved = [(m, m.training) for m in model.modules()]
-        self.n_dropout = 0  # dropout modules with p > 0 in train mode (0: MC samples identical)
-        if not mc_dropout:
-            model.eval()
-            return
-        for m in model.modules():
-            is_dropout = isinstance(m, _DropoutNd)
-            m.training = is_dropout
-            if is_dropout and m.p > 0:
-                self.n_dropout += 1
-
-    def restore(self) -> None:
-        for m, mode in self._saved:
-            m.training = mode
-
-    def __enter__(self) -> nn.Module:
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
-
-def _check_module(model: object, caller: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise InputError(f"{caller} needs a torch.nn.Module, got {type(model).__name__}")
-
-
-def mc_dropout_mode(model: nn.Module) -> _ModeGuard:
-    """Put every dropout module of ``model`` in train mode and every other module in eval
-    mode (DESIGN.md section 5, MC dropout), at call time.
-
-    Use as a context manager to restore the previous per-module modes on exit::
-
-        with mc_dropout_mode(model):
-            samples = [model(x) for _ in range(T)]
-
-    or call it and later ``guard.restore()``. ``guard.n_dropout`` counts the dropout modules
-    with ``p > 0`` (0 means the samples would all be identical).
-    """
-    _check_module(model, "mc_dropout_mode")
-    return _ModeGuard(model, mc_dropout=True)
-
-
-def eval_mode(model: nn.Module) -> _ModeGuard:
-    """Put ``model`` in eval mode (``model.eval()``, dropout off) at call time; like
-    :func:`mc_dropout_mode`, a context manager (or call it and later ``guard.restore()``)
-    that restores the previous per-module modes. ``guard.n_dropout`` is 0.
-    """
-    _check_module(model, "eval_mode")
-    return _ModeGuard(model, mc_dropout=False)

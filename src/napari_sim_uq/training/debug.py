@@ -130,7 +130,7 @@ def compute_debug_arrays(model, criterion, batch: dict, *, supervised: bool) -> 
     restored afterwards."""
     import torch
 
-    from napari_sim_uq.training.sim_loss import gaussian_nll
+    from napari_sim_uq.training.losses import gaussian_nll
 
     modes = (model.training, criterion.training)
     try:

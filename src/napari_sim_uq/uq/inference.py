@@ -160,7 +160,7 @@ from torch import nn
 
 from napari_sim_uq.errors import InputError
 from napari_sim_uq.jobs.events import Event, run
-from napari_sim_uq.models.sim_net import eval_mode, mc_dropout_mode
+from napari_sim_uq.models.modes import eval_mode, mc_dropout_mode
 from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
 from napari_sim_uq.uq.mc import RngStream
 from napari_sim_uq.uq.moments import RunningMoments
