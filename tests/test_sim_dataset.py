@@ -10,14 +10,12 @@ import tifffile
 import torch
 
 from napari_sim_uq import physics
+from napari_sim_uq.data.loaders import EpochSampler, make_loader, set_loader_epoch
+from napari_sim_uq.data.normalization import Normalization
 from napari_sim_uq.data.sim_dataset import (
-    EpochSampler,
-    Normalization,
     SimStackDataset,
     emitter_normalization,
     frames_from_array,
-    make_loader,
-    set_loader_epoch,
 )
 from napari_sim_uq.data.synth import SynthConfig, generate_dataset
 from napari_sim_uq.errors import InputError

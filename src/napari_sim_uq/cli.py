@@ -336,7 +336,7 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
     _reconstruct_args,
 )
 def _reconstruct(args: argparse.Namespace) -> int:
-    from napari_sim_uq.data.sim_dataset import resolve_files
+    from napari_sim_uq.data.loaders import resolve_files
     from napari_sim_uq.data.tiff_io import read_image
     from napari_sim_uq.errors import InputError
     from napari_sim_uq.jobs.events import run_with_progress

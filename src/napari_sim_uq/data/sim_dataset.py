@@ -50,14 +50,10 @@ from torch.utils.data import Dataset
 
 from napari_sim_uq.data.layout import Layout, as_frames, infer_layout
 from napari_sim_uq.data.loaders import (
-    EpochSampler,
-    make_loader,
     positive_int,
     resolve_files,
-    set_loader_epoch,
 )
 from napari_sim_uq.data.normalization import (
-    NORM_MODES,
     Normalization,
     _as_numpy,
     _check_numeric,
@@ -73,16 +69,10 @@ from napari_sim_uq.errors import FileFormatError, InputError
 
 __all__ = [
     "GT_NORMS",
-    "NORM_MODES",
-    "EpochSampler",
-    "Normalization",
     "SimStackDataset",
     "emitter_normalization",
     "frames_from_array",
     "ground_truth_paths",
-    "make_loader",
-    "resolve_files",
-    "set_loader_epoch",
 ]
 
 GT_NORMS = ("raw", "minmax_full", "percentile", "none")

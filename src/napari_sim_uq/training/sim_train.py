@@ -251,7 +251,8 @@ def train_sim_job(cfg: TrainConfig):
     import torch
 
     from napari_sim_uq.data.checkpoint import load_checkpoint, save_checkpoint
-    from napari_sim_uq.data.sim_dataset import SimStackDataset, make_loader, set_loader_epoch
+    from napari_sim_uq.data.loaders import make_loader, set_loader_epoch
+    from napari_sim_uq.data.sim_dataset import SimStackDataset
     from napari_sim_uq.jobs.events import Event
     from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
     from napari_sim_uq.training.sim_loss import NonFiniteLossError, SimLoss, SimLossConfig
