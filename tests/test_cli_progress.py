@@ -194,7 +194,8 @@ def test_demo_command_ends_with_finished_bars_and_its_summary(opened, monkeypatc
 def test_finished_bars_show_the_time_their_stage_took(monkeypatch):
     # a fake clock: "generate" reports at t = 1 s and 2 s (its bar opens at the first
     # report), then "train" at 12, 22, ..., 102 s. The generate bar must say the 1 s its
-    # stage took, not the 101 s until the job ended; train took 90 s
+    # stage took, not the 101 s until the job ended; train ran from generate's last report
+    # (2 s) to 102 s
     import tqdm.std
 
     now = [1000.0]
@@ -207,6 +208,8 @@ def test_finished_bars_show_the_time_their_stage_took(monkeypatch):
         for i in range(1, 11):
             now[0] += 10.0
             yield Event("train", i, 10)
+        now[0] += 5.0  # a stage that reports once, when it is done
+        yield Event("summary", 1, 1)
         return "ok"
 
     with _terminal() as out:
@@ -215,4 +218,6 @@ def test_finished_bars_show_the_time_their_stage_took(monkeypatch):
     gen = next(line for line in lines if line.startswith("generate"))
     train = next(line for line in lines if line.startswith("train"))
     assert "[00:01<" in gen, gen
-    assert "[01:30<" in train, train
+    assert "[01:40<" in train, train
+    summary = next(line for line in lines if line.startswith("summary"))
+    assert "[00:05<" in summary, summary

@@ -70,14 +70,21 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
     bars: dict[str, Any] = {}  # stage -> its bar, in the order the stages first reported
     took: dict[str, float] = {}  # stage -> elapsed seconds when its bar reached its total
 
+    last_event_t: list[float] = []  # when the job last reported (any stage)
+
     def show(ev: Event) -> None:
         bar = bars.get(ev.stage)
+        started = bar is None or ev.step < bar.n
         if bar is None:
             bar = bars[ev.stage] = tqdm(
                 total=ev.total, desc=ev.stage, dynamic_ncols=True, leave=True
             )
         elif ev.step < bar.n:  # the stage starts over (a new split, the next stack)
             bar.reset(total=ev.total)
+        if started and last_event_t:
+            # its work began after the job's previous report, not at this first one (a
+            # stage that reports once, at its end, would otherwise show 00:00)
+            bar.start_t = last_event_t[0]
         if bar.total != ev.total:  # reset() keeps the old total when given None
             bar.total = ev.total
         bar.n = ev.step
@@ -88,6 +95,7 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
         if ev.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in ev.metrics.items()}, refresh=False)
         bar.refresh()
+        last_event_t[:] = [bar._time()]
 
     returned = False
     try:
