@@ -133,6 +133,12 @@ def cli_fields(config_cls) -> list[Field]:
     return [f for f in fields(config_cls) if (m := option_meta(f)) is not None and m["cli"]]
 
 
+def field_type(config_cls, name: str) -> tuple[Any, bool]:
+    """``(type, optional)`` of the field ``name`` of the dataclass ``config_cls``
+    (``X | None`` -> ``(X, True)``)."""
+    return _unwrap(typing.get_type_hints(config_cls)[name])
+
+
 def _flag_for(f: Field, prefix: str, flags: dict) -> str:
     if f.name in flags:
         return flags[f.name]

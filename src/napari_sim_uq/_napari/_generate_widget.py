@@ -54,58 +54,68 @@ def preview_job(cfg: SynthConfig, seed: int, index: int):
 _JOB_DEFAULTS = {"seed": 0, "workers": None, "n_train": 64, "n_val": 8, "n_test": 8}
 
 
-def _default(key: str):
-    """Default of a field: a SynthConfig field, or ``job.*`` (the job's options)."""
-    group, _, name = key.rpartition(".")
-    return _JOB_DEFAULTS[name] if group == "job" else getattr(SynthConfig(), name)
+def _job_default(key: str):
+    """Default of a ``job.*`` field (the job's options, not SynthConfig fields)."""
+    return _JOB_DEFAULTS[key.rpartition(".")[2]]
 
 
-# (label, kind, key, args, tooltip[, kwargs]) rows (Fields.add_rows)
+#: the config class of the widget's keys without a group (``job.*`` are the job's options)
+CONFIGS = {"": SynthConfig}
+
+# (label, key[, kwargs]) rows (Fields.add_config_rows): a SynthConfig field's default,
+# choices, range and tooltip come from its metadata; the kwargs give what the metadata
+# lacks (a spin box needs an upper bound; plain fields need all of it) or differ from it on
+# purpose, as each comment says. ``job.*`` rows give their kind and everything else.
 # fmt: off
 MAIN_FIELDS = [
-    ("raw size (H, W)", "pair", "lr_size", (8, 4096), "raw frame size in camera pixels",
-     {"step": 8}),
-    ("HR factor", "int", "hr_factor", (1, 16),
-     "the ground truth is this many times finer (CPU cost grows ~f^2)"),
-    *[(f"{s} samples", "int", f"job.n_{s}", (0, 1_000_000), f"samples in the '{s}' split")
+    ("raw size (H, W)", "lr_size", {"hi": 4096, "step": 8}),
+    ("HR factor", "hr_factor", {"hi": 16}),
+    *[(f"{s} samples", f"job.n_{s}",
+       {"kind": "int", "lo": 0, "hi": 1_000_000, "tip": f"samples in the '{s}' split"})
       for s in SPLITS],
-    ("photons", "pair", "photons", (0.01, 1e7), "peak emitter photons per frame (range)",
-     {"decimals": 1, "step": 50.0}),
-    ("read noise", "pair", "read_noise", (0.01, 1e4),
-     "range of the smooth read-noise sigma map (counts)", {"decimals": 2, "step": 0.5}),
-    ("seed", "int", "job.seed", (0, 2_000_000_000),
-     "random seed (split i uses seed + 1000 i: splits never share samples)"),
+    # photons: the metadata's minimum 0 (at 1 decimal, the former GUI limit 0.01 showed as
+    # 0 too); SynthConfig.validate refuses 0 with a message
+    ("photons", "photons", {"hi": 1e7, "decimals": 1, "step": 50.0}),
+    # read noise, period and PSF sigma must be > 0 (SynthConfig.validate): the metadata's
+    # minimum is the CLI's 0, the spin boxes start at a small positive value
+    ("read noise", "read_noise", {"lo": 0.01, "hi": 1e4, "decimals": 2, "step": 0.5}),
+    ("seed", "job.seed",
+     {"kind": "int", "lo": 0, "hi": 2_000_000_000,
+      "tip": "random seed (split i uses seed + 1000 i: splits never share samples)"}),
 ]
 ADVANCED_FIELDS = [
-    ("angles", "int", "n_angles", (1, 16), "pattern orientations"),
-    ("phases", "int", "n_phases", (1, 16), "phases per orientation"),
-    ("period (raw px)", "pair", "period_lr", (0.1, 100.0), "pattern period range",
-     {"decimals": 2, "step": 0.1}),
-    ("modulation", "pair", "modulation", (0.0, 1.0), "pattern modulation depth range",
-     {"decimals": 2, "step": 0.05}),
-    ("angle offset", "pair", "angle_offset", (-7.0, 7.0), "rotation of the first angle (rad)",
-     {"decimals": 3, "step": 0.1}),
-    ("phase jitter", "float", "phase_jitter", (0.0, 3.0), "per-frame phase error std (rad)",
-     {"decimals": 3, "step": 0.01}),
-    ("PSF sigma (raw px)", "pair", "psf_sigma_lr", (0.05, 20.0), "Gaussian PSF sigma range",
-     {"decimals": 2, "step": 0.05}),
-    ("background", "pair", "background", (0.0, 1e6), "background photons per raw pixel",
-     {"decimals": 1, "step": 1.0}),
-    ("gain", "float", "gain", (0.001, 1e4), "camera counts per photon"),
-    ("noise map scale", "float", "noise_map_scale_lr", (0.1, 1e4),
-     "correlation length of the read-noise map (raw px)", {"decimals": 1, "step": 1.0}),
-    ("high-noise regions", "int", "high_noise_regions", (0, 100),
-     "number of high-noise blobs in the noise map (0: none)"),
-    ("high-noise factor", "float", "high_noise_factor", (0.01, 1e3),
-     "read-noise multiplier inside the high-noise regions"),
-    ("filaments", "pair", "n_filaments", (0, 10_000), "filaments per sample (range)"),
-    ("rings", "pair", "n_rings", (0, 10_000), "rings per sample (range)"),
-    ("beads", "pair", "n_beads", (0, 10_000), "beads per sample (range)"),
-    ("line width (HR px)", "float", "line_width_hr", (0.01, 100.0),
-     "Gaussian sigma of filaments and rings"),
-    ("fine factor", "int", "fine_factor", (1, 8), "structures are drawn this much finer"),
-    ("workers", "int", "job.workers", (0, 256), "parallel processes",
-     {"none_label": "auto"}),
+    ("angles", "n_angles", {"hi": 16}),
+    ("phases", "n_phases", {"hi": 16}),
+    # > 0 (as read noise above)
+    ("period (raw px)", "period_lr", {"lo": 0.1, "hi": 100.0, "decimals": 2, "step": 0.1}),
+    ("modulation", "modulation", {"decimals": 2, "step": 0.05}),
+    ("angle offset", "angle_offset",
+     {"lo": -7.0, "hi": 7.0, "tip": "rotation of the first angle (rad)", "decimals": 3,
+      "step": 0.1}),
+    ("phase jitter", "phase_jitter",
+     {"lo": 0.0, "hi": 3.0, "tip": "per-frame phase error std (rad)", "decimals": 3,
+      "step": 0.01}),
+    # > 0 (as read noise above)
+    ("PSF sigma (raw px)", "psf_sigma_lr",
+     {"lo": 0.05, "hi": 20.0, "decimals": 2, "step": 0.05}),
+    ("background", "background", {"hi": 1e6, "decimals": 1, "step": 1.0}),
+    ("gain", "gain", {"lo": 0.001, "hi": 1e4, "tip": "camera counts per photon"}),
+    ("noise map scale", "noise_map_scale_lr",
+     {"lo": 0.1, "hi": 1e4, "tip": "correlation length of the read-noise map (raw px)",
+      "decimals": 1, "step": 1.0}),
+    ("high-noise regions", "high_noise_regions", {"hi": 100}),
+    # the factor must be > 0 (SynthConfig.validate): the metadata's minimum is the CLI's 0
+    ("high-noise factor", "high_noise_factor", {"lo": 0.01, "hi": 1e3}),
+    ("filaments", "n_filaments",
+     {"lo": 0, "hi": 10_000, "tip": "filaments per sample (range)"}),
+    ("rings", "n_rings", {"lo": 0, "hi": 10_000, "tip": "rings per sample (range)"}),
+    ("beads", "n_beads", {"lo": 0, "hi": 10_000, "tip": "beads per sample (range)"}),
+    ("line width (HR px)", "line_width_hr",
+     {"lo": 0.01, "hi": 100.0, "tip": "Gaussian sigma of filaments and rings"}),
+    ("fine factor", "fine_factor",
+     {"lo": 1, "hi": 8, "tip": "structures are drawn this much finer"}),
+    ("workers", "job.workers",
+     {"kind": "int", "lo": 0, "hi": 256, "tip": "parallel processes", "none_label": "auto"}),
 ]
 # fmt: on
 
@@ -120,7 +130,7 @@ class GenerateSimWidget(JobWidget):
         self._stopping = False
         f = self.fields = Fields()  # SynthConfig fields, and the job's under "job."
         main = QFormLayout()
-        f.add_rows(main, MAIN_FIELDS, _default)
+        f.add_config_rows(main, MAIN_FIELDS, CONFIGS, _job_default)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("output folder")
         self.out_edit.setToolTip("the dataset folder: writes train/, train_gt/, train_meta/ ...")
@@ -129,7 +139,7 @@ class GenerateSimWidget(JobWidget):
         main.addRow("output folder", row(self.out_edit, self.out_btn))
         main.addRow("", f.add_bool("job.overwrite", False, "replace existing splits", "overwrite"))
         self.advanced = Collapsible("Advanced")
-        f.add_rows(self.advanced.form, ADVANCED_FIELDS, _default)
+        f.add_config_rows(self.advanced.form, ADVANCED_FIELDS, CONFIGS, _job_default)
 
         self.preview_index = QSpinBox()
         self.preview_index.setRange(0, 1_000_000)

@@ -54,13 +54,12 @@ from napari_sim_uq._napari._widgets import (
     watch_layers,
 )
 from napari_sim_uq.data.normalization import NORM_MODES
-from napari_sim_uq.data.sim_dataset import GT_NORMS
 from napari_sim_uq.devices import DEVICE_CHOICES, resolve_device
 from napari_sim_uq.errors import InputError, SimUqError
 from napari_sim_uq.jobs.events import Event
-from napari_sim_uq.models.sim_net import UQ_TARGETS, SimNetConfig
+from napari_sim_uq.models.sim_net import SimNetConfig
 from napari_sim_uq.plots import read_metrics_csv
-from napari_sim_uq.training.sim_loss import AUX_REC_MODES, SimLossConfig
+from napari_sim_uq.training.sim_loss import SimLossConfig
 from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig
 
 PLUGIN = "napari-sim-uq"
@@ -114,64 +113,61 @@ def files_training_job(cfg: dict):
     return (yield from train_sim_job(TrainConfig.from_dict(cfg)))
 
 
-def _train_default(key: str):
-    """Default of a (dotted) TrainConfig key: ``model.*`` from SimNetConfig, ``loss.*``
-    from SimLossConfig."""
-    group, _, name = key.rpartition(".")
-    cfg = {"": TrainConfig, "model": SimNetConfig, "loss": SimLossConfig}[group]()
-    return getattr(cfg, name)
+#: config classes of the widget's keys: ``"lr"`` is ``TrainConfig.lr``, ``"model.depth"``
+#: ``SimNetConfig.depth``, ``"loss.beta_nll"`` ``SimLossConfig.beta_nll``
+CONFIGS = {"": TrainConfig, "model": SimNetConfig, "loss": SimLossConfig}
 
-
-# (label, kind, key, args, tooltip[, kwargs]) rows (Fields.add_rows)
+# (label, key[, kwargs]) rows (Fields.add_config_rows): default, choices, range and tooltip
+# come from the config field's metadata. The kwargs give what the metadata lacks (a spin
+# box needs an upper bound; plain fields without option metadata need all of it), or
+# differ from it on purpose, as each comment says.
 # fmt: off
 MAIN_FIELDS = [
-    ("epochs", "int", "epochs", (1, 1_000_000), "passes over the training data"),
-    ("batch size", "int", "batch_size", (1, 4096), "stacks per optimiser step"),
-    ("learning rate", "float", "lr", (1e-6, 1.0), "Adam learning rate",
-     {"decimals": 6, "step": 1e-4}),
-    ("", "bool", "supervised", (), "also fit the ground truth (D/<split>_gt, or the GT layer)",
-     {"text": "supervised (ground truth)"}),
-    ("HR factor", "int", "model.hr_factor", (1, 16), "the emitter grid is f times finer"),
-    ("base channels", "int", "model.base_channels", (4, 1024), "width of the U-Net"),
-    ("depth", "int", "model.depth", (1, 8), "U-Net downsamplings"),
+    ("epochs", "epochs", {"hi": 1_000_000}),
+    ("batch size", "batch_size", {"hi": 4096}),
+    # lr must be > 0 (TrainConfig.validate): the smallest value at 6 decimals
+    ("learning rate", "lr", {"lo": 1e-6, "hi": 1.0, "decimals": 6, "step": 1e-4}),
+    # the help names the CLI's data only; the widget also takes the GT layer
+    ("", "supervised", {"tip": "also fit the ground truth (D/<split>_gt, or the GT layer)",
+                        "text": "supervised (ground truth)"}),
+    ("HR factor", "model.hr_factor"),
+    ("base channels", "model.base_channels", {"hi": 1024}),
+    ("depth", "model.depth"),
 ]
 ADVANCED_FIELDS = [
-    ("crop (raw px)", "int", "crop", (0, 8192), "random crops of this size",
-     {"none_label": "whole"}),
-    ("seed", "int", "seed", (0, 2_000_000_000), "random seed"),
-    ("max steps", "int", "max_steps", (0, 10**9), "stop after this many steps in total",
-     {"none_label": "no limit"}),
-    ("lr schedule", "choice", "lr_schedule", (("cosine", "constant"),),
-     "cosine: decay to 'min lr ratio' x lr over the epochs"),
-    ("min lr ratio", "float", "min_lr_ratio", (0.0, 1.0), "end of the cosine decay",
-     {"decimals": 3, "step": 0.01}),
-    ("weight decay", "float", "weight_decay", (0.0, 1.0), "Adam weight decay",
-     {"decimals": 6, "step": 1e-5}),
-    ("grad clip", "float", "grad_clip", (0.0, 1e6), "gradient norm clip (0: off)"),
-    ("camera init", "choice", "camera_init", (("data", "fixed"),),
-     "camera-noise start: estimated from the data, or fixed small values"),
-    ("camera lr factor", "float", "camera_lr_factor", (0.001, 1e4),
-     "learning-rate factor of the two camera-noise parameters", {"step": 1.0}),
-    ("GT scaling", "choice", "gt_norm", (GT_NORMS,), "ground-truth scaling (raw: physics)"),
-    ("raw normalisation", "choice", "norm_mode", (NORM_MODES,), "per-stack normalisation"),
-    ("MC dropout p", "float", "model.dropout", (0.0, 0.95),
-     "dropout in the decoder (MC-dropout sampling at inference)", {"decimals": 2, "step": 0.05}),
-    ("PSF size", "int", "model.psf_size", (1, 101), "PSF kernel size (odd)", {"step": 2}),
-    ("UQ targets", "subset", "model.uq_targets", (UQ_TARGETS,),
-     "outputs that carry a predicted variance"),
-    ("log-var init", "float", "model.logvar_init", (-30.0, 30.0),
-     "initial log-variance of the heads", {"step": 0.5}),
-    ("variance floor", "float", "loss.var_floor", (1e-9, 1.0), "added to every variance",
-     {"decimals": 9, "step": 1e-6}),
-    ("beta-NLL", "float", "loss.beta_nll", (0.0, 1.0), "beta-NLL exponent (0: plain NLL)",
-     {"decimals": 2, "step": 0.1}),
-    ("PSF var weight", "float", "loss.psf_var_weight", (0.0, 100.0),
-     "weight of the PSF covariance in Var(y)"),
-    ("aux rec weight", "float", "loss.aux_rec_weight", (0.0, 100.0),
-     "auxiliary reconstruction term (0: off)"),
-    ("aux rec mode", "choice", "loss.aux_rec_mode", (AUX_REC_MODES,), "l1 or ms-ssim"),
-    ("debug every", "int", "debug_every_epochs", (0, 100_000),
-     "write debug_samples/epoch_XXX every N epochs", {"min_label": "off"}),
+    # the spin box's 0 means None ("whole")
+    ("crop (raw px)", "crop", {"lo": 1, "hi": 8192, "none_label": "whole"}),
+    ("seed", "seed", {"lo": 0, "hi": 2_000_000_000}),
+    ("max steps", "max_steps", {"hi": 10**9, "none_label": "no limit"}),
+    # the help quotes the default ratio (5%), which the widget lets one change
+    ("lr schedule", "lr_schedule",
+     {"tip": "cosine: decay to 'min lr ratio' x lr over the epochs"}),
+    ("min lr ratio", "min_lr_ratio",
+     {"lo": 0.0, "hi": 1.0, "tip": "end of the cosine decay", "decimals": 3, "step": 0.01}),
+    ("weight decay", "weight_decay",
+     {"lo": 0.0, "hi": 1.0, "tip": "Adam weight decay", "decimals": 6, "step": 1e-5}),
+    ("grad clip", "grad_clip", {"lo": 0.0, "hi": 1e6, "tip": "gradient norm clip (0: off)"}),
+    ("camera init", "camera_init"),
+    ("camera lr factor", "camera_lr_factor",
+     {"lo": 0.001, "hi": 1e4, "tip": "learning-rate factor of the two camera-noise parameters",
+      "step": 1.0}),
+    ("GT scaling", "gt_norm"),
+    ("raw normalisation", "norm_mode", {"choices": NORM_MODES, "tip": "per-stack normalisation"}),
+    # dropout must be < 1 (an open bound a spin box cannot show): the GUI stops at 0.95
+    ("MC dropout p", "model.dropout", {"hi": 0.95, "decimals": 2, "step": 0.05}),
+    ("PSF size", "model.psf_size", {"step": 2}),
+    # the help describes the CLI's comma-separated word; here one check box per target
+    ("UQ targets", "model.uq_targets", {"tip": "outputs that carry a predicted variance"}),
+    ("log-var init", "model.logvar_init", {"lo": -30.0, "hi": 30.0, "step": 0.5}),
+    # the floor must be > 0: the smallest value at 9 decimals (1e-9)
+    ("variance floor", "loss.var_floor", {"lo": 1e-9, "hi": 1.0, "decimals": 9, "step": 1e-6}),
+    ("beta-NLL", "loss.beta_nll", {"decimals": 2, "step": 0.1}),
+    ("PSF var weight", "loss.psf_var_weight", {"hi": 100.0}),
+    ("aux rec weight", "loss.aux_rec_weight", {"hi": 100.0}),
+    ("aux rec mode", "loss.aux_rec_mode"),
+    # the help names the CLI's CKPT_DIR
+    ("debug every", "debug_every_epochs",
+     {"hi": 100_000, "tip": "write debug_samples/epoch_XXX every N epochs", "min_label": "off"}),
 ]
 # fmt: on
 
@@ -185,7 +181,6 @@ class TrainSimWidget(JobWidget):
         self._extra = {"model": {}, "loss": {}}  # loaded options without widgets
         self._stopping = False
         self._reset_progress_state()
-        t = TrainConfig()
         f = self.fields = Fields()  # TrainConfig keys ("model.depth" -> cfg.model["depth"])
 
         # ---- data
@@ -229,8 +224,12 @@ class TrainSimWidget(JobWidget):
         self.ckpt_edit.setToolTip("latest.pt, best.pt and metrics.csv are written here")
         self.ckpt_browse = QPushButton("Browse…")
         self.ckpt_browse.clicked.connect(self._browse_ckpt_dir)
-        self.resume_check = f.add_bool(
-            "resume", False, "continue from latest.pt in the checkpoint folder", "resume"
+        # the help names the CLI's CKPT_DIR
+        self.resume_check = f.add_config_field(
+            TrainConfig,
+            "resume",
+            tip="continue from latest.pt in the checkpoint folder",
+            text="resume",
         )
         self.resume_check.toggled.connect(self._on_resume_toggled)
 
@@ -242,9 +241,9 @@ class TrainSimWidget(JobWidget):
 
         # ---- main hyper-parameters, advanced options (TrainConfig / model / loss fields)
         main = QFormLayout()
-        f.add_rows(main, MAIN_FIELDS, _train_default)
+        f.add_config_rows(main, MAIN_FIELDS, CONFIGS)
         adv = self.advanced = Collapsible("Advanced")
-        self.device_combo = f.add_choice("device", t.device, DEVICES, "auto: CUDA, MPS, CPU")
+        self.device_combo = f.add_config_field(TrainConfig, "device", choices=DEVICES)
         self.device_combo.currentTextChanged.connect(self._update_device_label)
         adv.form.addRow("device", self.device_combo)
         self.run_opts = Fields()  # options of this widget, not of the training config
@@ -259,7 +258,7 @@ class TrainSimWidget(JobWidget):
         )
         self.threads_spin.valueChanged.connect(lambda _v: self._update_device_label())
         adv.form.addRow("CPU threads", self.threads_spin)
-        f.add_rows(adv.form, ADVANCED_FIELDS, _train_default)
+        f.add_config_rows(adv.form, ADVANCED_FIELDS, CONFIGS)
 
         self.device_label = QLabel()
         self.device_label.setWordWrap(True)

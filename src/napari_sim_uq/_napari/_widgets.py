@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import gc
 import os
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import fields as dc_fields
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, thread_worker
@@ -34,6 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sim_uq._config import field_default, field_type, option_choices, option_meta
 from napari_sim_uq.errors import SimUqError
 
 NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
@@ -205,14 +209,128 @@ def _float_spin(value: float, lo: float, hi: float, decimals: int, step: float) 
     return _FloatSpin(value, lo, hi, decimals, step)
 
 
+@dataclass(frozen=True)
+class ConfigBinding:
+    """Which config dataclass field a :class:`Fields` key shows (:meth:`Fields.add_config_field`),
+    and where the widget deliberately departs from the field's metadata: ``narrowed`` names
+    the bounds (``"minimum"`` / ``"maximum"``) the widget narrows, ``own_tip`` is true when
+    the tooltip is the widget's own text instead of the field's ``help``."""
+
+    config_cls: type
+    name: str
+    narrowed: frozenset = frozenset()
+    own_tip: bool = False
+
+
+def _control_bound(meta: dict, which: str, given, name: str):
+    """A spin-box bound: the metadata's ``which`` bound, or ``given`` where the metadata
+    has none; ``given`` may only narrow a bound the metadata has (returns
+    ``(bound, narrowed)``)."""
+    bound = meta.get(which)
+    if given is None:
+        if bound is None:
+            raise ValueError(f"{name}: no {which} in the field metadata; give one")
+        return bound, False
+    if bound is None:
+        return given, False
+    if (given < bound) if which == "minimum" else (given > bound):
+        raise ValueError(f"{name}: a {which} of {given} widens the field's {bound}")
+    return given, given != bound
+
+
 class Fields:
     """Input widgets bound to (dotted) config keys: read with :meth:`values`, filled with
-    :meth:`set_values`. Every ``add_*`` method returns the widget to place in a form."""
+    :meth:`set_values`. Every ``add_*`` method returns the widget to place in a form.
+
+    :meth:`add_config_field` adds the control of a config dataclass field from the field
+    itself: default, choices, range and tooltip come from its :func:`~napari_sim_uq._config.option`
+    metadata (``bindings`` records which field each key shows)."""
 
     def __init__(self) -> None:
         self._get: dict[str, Callable[[], Any]] = {}
         self._set: dict[str, Callable[[Any], None]] = {}
         self.widgets: dict[str, QWidget] = {}
+        self.bindings: dict[str, ConfigBinding] = {}
+
+    def add_config_field(
+        self,
+        config_cls,
+        name: str,
+        key: str | None = None,
+        *,
+        lo=None,
+        hi=None,
+        tip: str | None = None,
+        choices: Sequence | None = None,
+        none_label: str | None = None,
+        **kw,
+    ) -> QWidget:
+        """The control of the field ``name`` of the dataclass ``config_cls``, bound to
+        ``key`` (default ``name``), chosen from the field's type and metadata: choices ->
+        combo box (a tuple of strings: one check box per choice), bool -> check box, int /
+        float -> spin box, a 2-tuple -> two spin boxes. The value is the field's default;
+        the tooltip its ``help``; the range its ``minimum`` / ``maximum``.
+
+        ``lo`` / ``hi`` give a bound the metadata lacks (a spin box needs both), or narrow
+        one it has (a deliberate GUI limit; widening raises ``ValueError``). ``tip``
+        replaces the ``help`` text, ``choices`` gives choices the metadata lacks (both at
+        once raise ``ValueError``). ``none_label``: for a field that may be ``None``, the
+        spin box's minimum, one below the field's, means ``None``. Other keywords go to
+        the ``add_*`` method (``step``, ``decimals``, ``text``, ``min_label``)."""
+        key = key or name
+        by_name = {fl.name: fl for fl in dc_fields(config_cls)}
+        if name not in by_name:
+            raise ValueError(f"{config_cls.__name__} has no field {name!r}")
+        fl = by_name[name]
+        meta = option_meta(fl) or {}
+        label = f"{config_cls.__name__}.{name}"
+        meta_choices = option_choices(meta) if meta else None
+        if choices is not None and meta_choices is not None:
+            raise ValueError(f"{label}: the choices are in the field metadata already")
+        choices = meta_choices if choices is None else tuple(choices)
+        value = field_default(fl)
+        tp, optional = field_type(config_cls, name)
+        help_text = meta.get("help", "")
+        own_tip = tip is not None and bool(help_text)
+        tip = help_text if tip is None else tip
+        narrowed: set[str] = set()
+
+        def bounds():
+            out = []
+            for which, given in (("minimum", lo), ("maximum", hi)):
+                bound, narrow = _control_bound(meta, which, given, label)
+                if narrow:
+                    narrowed.add(which)
+                out.append(bound)
+            return out
+
+        items = typing.get_args(tp) if typing.get_origin(tp) is tuple else None
+        if tp is bool:
+            w = self.add_bool(key, value, tip, **kw)
+        elif items is not None and choices is not None:
+            w = self.add_subset(key, value, choices, tip)
+        elif choices is not None:
+            w = self.add_choice(key, value, choices, tip)
+        elif items is not None and len(items) == 2 and items[0] is items[1]:
+            a, b = bounds()
+            if items[0] is int:
+                w = self.add_pair(key, value, int(a), int(b), tip, **kw)
+            else:
+                w = self.add_pair(key, value, a, b, tip, **{"decimals": 3, **kw})
+        elif tp is int:
+            a, b = bounds()
+            if none_label is not None:
+                if not optional:
+                    raise ValueError(f"{label}: none_label for a field that cannot be None")
+                a -= 1  # the minimum means None
+            w = self.add_int(key, value, int(a), int(b), tip, none_label=none_label, **kw)
+        elif tp is float:
+            a, b = bounds()
+            w = self.add_float(key, value, a, b, tip, **kw)
+        else:
+            raise TypeError(f"{label}: no control for the type {tp!r}")
+        self.bindings[key] = ConfigBinding(config_cls, name, frozenset(narrowed), own_tip)
+        return w
 
     def _bind(self, key: str, widget: QWidget, get, put, tip: str) -> QWidget:
         if tip:
@@ -300,11 +418,26 @@ class Fields:
             key, box, lambda: tuple(c for c, cb in boxes.items() if cb.isChecked()), put, tip
         )
 
-    def add_rows(self, form: QFormLayout, specs, default: Callable[[str], Any]) -> None:
-        """Add one form row per spec ``(label, kind, key, args, tip[, kwargs])``: the
-        widget of ``add_<kind>(key, default(key), *args, tip, **kwargs)``."""
-        for label, kind, key, args, tip, *kw in specs:
-            w = getattr(self, f"add_{kind}")(key, default(key), *args, tip, **(kw[0] if kw else {}))
+    def add_config_rows(
+        self,
+        form: QFormLayout,
+        rows,
+        classes: dict[str, type],
+        default: Callable[[str], Any] | None = None,
+    ) -> None:
+        """Add one form row per ``(label, key[, kwargs])``. A key ``"<group>.<name>"``
+        (``"<name>"``: group ``""``) whose group is in ``classes`` is the field ``name`` of
+        ``classes[group]`` (:meth:`add_config_field` with ``kwargs``); any other key (an
+        option that is no config field) is ``add_<kind>(key, default(key), **kwargs)``
+        with ``kind`` taken from ``kwargs``."""
+        for label, key, *kw in rows:
+            kw = dict(kw[0]) if kw else {}
+            group, _, name = key.rpartition(".")
+            if group in classes and "kind" not in kw:
+                w = self.add_config_field(classes[group], name, key, **kw)
+            else:
+                kind = kw.pop("kind")
+                w = getattr(self, f"add_{kind}")(key, default(key), **kw)
             form.addRow(label, w)
 
     def keys(self) -> list[str]:
