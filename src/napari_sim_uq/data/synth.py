@@ -321,8 +321,8 @@ def poisson_by_inversion(rate: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
     The quantile is found from a Cornish-Fisher start ``rate + sqrt(rate) z + (z^2 - 1)/6``
     (``z`` the normal quantile of ``u``), corrected step by step with the CDF
-    (``scipy.special.pdtr``); two passes suffice for almost every pixel (3-5x faster than
-    ``poisson.ppf``, same result).
+    (``scipy.special.pdtr``); two passes suffice for almost every pixel. The generator's
+    cost is measured by ``bench/generate.py`` (docs/benchmarks.md).
     """
     from scipy import special
 
