@@ -224,3 +224,19 @@ def test_write_bad_input(tmp_path):
         write_image(tmp_path / "e.png", np.zeros((4, 4)))
     with pytest.raises(InputError, match="2D to 4D"):
         write_image(tmp_path / "e.tif", np.zeros((2, 2, 2, 2, 2)))
+
+
+def test_plain_stacks_written_here_read_back_and_foreign_ones_are_refused(tmp_path):
+    # a (T, H, W) stack that is not SIM data (e.g. a time series of emitters) written by
+    # this package reads back as a stack of planes; the same shape from elsewhere is refused
+    data = np.random.default_rng(0).random((5, 8, 6), dtype=np.float32)
+    path = write_image(tmp_path / "t.tif", data, axis_labels=("t", "y", "x"), name="emitters")
+    rec = read_image(path)
+    np.testing.assert_array_equal(rec.data, data)
+    assert rec.layout.kind == "stack" and not rec.layout.is_sim
+    assert rec.layout.what == "a stack of planes (not SIM data)"
+    assert rec.axis_labels == ("t", "y", "x") and rec.name == "emitters"
+    foreign = tmp_path / "foreign.tif"
+    tifffile.imwrite(foreign, data)
+    with pytest.raises(FileFormatError, match="has 5 frames"):
+        read_image(foreign)

@@ -32,7 +32,13 @@ AXIS_LABELS = {
     "sim": ("frame", "y", "x"),
     "sim_ap": ("angle", "phase", "y", "x"),
     "sim_t": ("t", "frame", "y", "x"),
+    # a plain stack of planes that is not SIM data (e.g. a time series of reconstructed
+    # emitters); only files written by this package are read as such
+    "stack": ("plane", "y", "x"),
 }
+
+#: Layout kinds that hold SIM frames.
+SIM_KINDS = ("sim", "sim_ap", "sim_t")
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,14 @@ class Layout:
 
     @property
     def is_sim(self) -> bool:
-        return self.kind != "image2d"
+        return self.kind in SIM_KINDS
+
+    @property
+    def what(self) -> str:
+        """What the array is, for messages: "a 2D image", "a stack of planes", "a SIM stack"."""
+        if self.kind == "image2d":
+            return "a 2D image"
+        return "a SIM stack" if self.is_sim else "a stack of planes (not SIM data)"
 
     @property
     def n_frames(self) -> int | None:

@@ -345,7 +345,7 @@ class SimStackDataset(Dataset):
         shape, layout = _probe_stack(path, self.angles, self.phases)
         if not layout.is_sim:
             raise InputError(
-                f"'{path}': this is a 2D image (shape {shape}), not a SIM stack; a raw SIM "
+                f"'{path}': this is {layout.what} (shape {shape}), not a SIM stack; a raw SIM "
                 "stack has angles x phases frames (A*P, H, W)"
             )
         _check_expected_frames(layout, self.expected_frames, f"'{path}'")
@@ -520,7 +520,7 @@ class SimStackDataset(Dataset):
         info = self._info[k]
         rec = read_image(info.path, angles=self.angles, phases=self.phases)
         if not rec.layout.is_sim:
-            raise InputError(f"'{info.path}': this is a 2D image, not a SIM stack")
+            raise InputError(f"'{info.path}': this is {rec.layout.what}, not a SIM stack")
         frames = np.asarray(as_frames(rec.data, rec.layout), dtype=np.float32)
         expected = (info.n_t, info.n_frames, *info.hw)
         if frames.shape != expected:

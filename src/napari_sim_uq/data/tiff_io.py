@@ -529,13 +529,16 @@ def read_image(
         phases = _int_or_none(lay.get("phases", phases))
     ij_axes = stored.get("tiff_axes") or axes
     try:
-        layout = infer_layout(
-            data.shape,
-            angles=angles,
-            phases=phases,
-            axes=ij_axes if isinstance(ij_axes, str) else None,
-            what=f"Cannot open '{path}'",
-        )
+        if isinstance(lay, dict) and lay.get("kind") == "stack" and data.ndim == 3:
+            layout = Layout("stack")  # written by this package: a stack of non-SIM planes
+        else:
+            layout = infer_layout(
+                data.shape,
+                angles=angles,
+                phases=phases,
+                axes=ij_axes if isinstance(ij_axes, str) else None,
+                what=f"Cannot open '{path}'",
+            )
     except InputError as err:  # a file whose shape or SIM metadata does not fit
         raise FileFormatError(str(err)) from None
 
@@ -676,7 +679,9 @@ def write_image(
     try:
         layout = infer_layout(data.shape, angles=lay_d.get("angles"), phases=lay_d.get("phases"))
     except InputError:
-        layout = None  # not a SIM layout: still writable, read back by shape
+        # not a SIM layout: a 3D array is stored as a plain stack of planes (read back as
+        # such), a 4D one by shape
+        layout = Layout("stack") if nd == 3 else None
     scale = tuple(float(s) for s in (scale if scale is not None else (1.0,) * nd))
     translate = tuple(float(t) for t in (translate if translate is not None else (0.0,) * nd))
     if len(scale) != nd or len(translate) != nd:
