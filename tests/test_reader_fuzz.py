@@ -386,3 +386,16 @@ def test_ifd_chain_looping_back_is_refused(tmp_path):
 
     with pytest.raises(FileFormatError, match="loops back"):
         SimStackDataset([bad])
+
+
+def test_ground_truth_files_get_the_same_checks(tmp_path):
+    # the training dataset reads ground truth of any shape through tiff_io.decode_image:
+    # a truncated file is a FileFormatError naming it, not a raw decoder error
+    from napari_sim_uq.data.sim_dataset import _read_gt
+
+    good = _sim_file(tmp_path)
+    bad = tmp_path / "gt_cut.tif"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(FileFormatError, match="gt_cut.tif.*truncated"):
+        _read_gt(bad)
+    assert _read_gt(good).shape == (9, 32, 32)

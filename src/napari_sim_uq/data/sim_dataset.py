@@ -63,6 +63,7 @@ from napari_sim_uq.data.tiff_io import (
     _int_or_none,
     _stored_layer_info,
     check_ifd_chain,
+    decode_image,
     read_image,
 )
 from napari_sim_uq.errors import FileFormatError, InputError
@@ -202,23 +203,7 @@ def _gt_shape(path: Path) -> tuple[int, ...]:
 
 def _read_gt(path: Path) -> np.ndarray:
     """A ground-truth array (any shape) as float32, with clear errors."""
-    import tifffile
-
-    if not path.is_file():
-        raise InputError(f"Cannot open '{path}': file not found")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        try:
-            check_ifd_chain(path)
-            a = tifffile.imread(path)
-        except FileFormatError:
-            raise
-        except Exception as err:  # reported to the user with the file name
-            raise FileFormatError(
-                f"Cannot open '{path}': not a readable TIFF file ({err})"
-            ) from None
-    else:
-        a = read_image(path).data
-    return _check_numeric(np.asarray(a), f"'{path}'").astype(np.float32, copy=False)
+    return _check_numeric(decode_image(path), f"'{path}'").astype(np.float32, copy=False)
 
 
 def _read_meta(path: Path) -> dict[str, np.ndarray]:

@@ -416,6 +416,15 @@ def _read_png(path: Path):
     return data
 
 
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of a TIFF or PNG file as stored (any shape; no layout inference, no NaN
+    check), with the same checks and clear errors as :func:`read_image` (missing, damaged,
+    truncated, colour or implausibly large files)."""
+    path = Path(path)
+    _check_file(path)
+    return _decode(path)[0]
+
+
 def _decode(path: Path):
     """(data, tifffile axes, ImageJ metadata, (y, x) pixel size, unit) of a TIFF or PNG.
 
