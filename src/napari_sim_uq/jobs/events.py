@@ -68,34 +68,35 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
     from tqdm.auto import tqdm
 
     bars: dict[str, Any] = {}  # stage -> its bar, in the order the stages first reported
-    took: dict[str, float] = {}  # stage -> elapsed seconds when its bar reached its total
-
-    last_event_t: list[float] = []  # when the job last reported (any stage)
+    done_at: dict[str, float] = {}  # stage -> clock time when its bar reached its total
+    last_report: float | None = None  # clock time of the job's previous report
 
     def show(ev: Event) -> None:
+        nonlocal last_report
         bar = bars.get(ev.stage)
         started = bar is None or ev.step < bar.n
         if bar is None:
             bar = bars[ev.stage] = tqdm(
                 total=ev.total, desc=ev.stage, dynamic_ncols=True, leave=True
             )
-        elif ev.step < bar.n:  # the stage starts over (a new split, the next stack)
+        elif started:  # the stage starts over (a new split, the next stack)
             bar.reset(total=ev.total)
-        if started and last_event_t:
+        now = bar._time()
+        if started and last_report is not None:
             # its work began after the job's previous report, not at this first one (a
             # stage that reports once, at its end, would otherwise show 00:00)
-            bar.start_t = last_event_t[0]
+            bar.start_t = last_report
         if bar.total != ev.total:  # reset() keeps the old total when given None
             bar.total = ev.total
         bar.n = ev.step
         if bar.total is not None and bar.n >= bar.total:
-            took.setdefault(ev.stage, bar.format_dict["elapsed"])
+            done_at.setdefault(ev.stage, now)
         else:
-            took.pop(ev.stage, None)
+            done_at.pop(ev.stage, None)
         if ev.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in ev.metrics.items()}, refresh=False)
         bar.refresh()
-        last_event_t[:] = [bar._time()]
+        last_report = now
 
     returned = False
     try:
@@ -104,9 +105,8 @@ def run_with_progress(job: Job[R], *, disable: bool = False) -> R:
         return result
     finally:
         try:
-            for stage, elapsed in took.items():  # stop the clock of the finished stages
-                stopped = bars[stage].start_t + elapsed
-                bars[stage]._time = lambda t=stopped: t
+            for stage, t in done_at.items():  # stop the clock of the finished stages
+                bars[stage]._time = lambda t=t: t
             _close_bars(list(bars.values()), returned)
         finally:
             job.close()
