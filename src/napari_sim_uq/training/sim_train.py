@@ -49,6 +49,10 @@ def _gt_norms() -> tuple[str, ...]:
     return GT_NORMS
 
 
+#: default final learning rate of the cosine schedule, as a fraction of ``lr``
+_MIN_LR_RATIO = 0.05
+
+
 @dataclass
 class TrainConfig(JsonConfig):
     """Everything a SIM training run needs (JSON-serialisable; stored in checkpoints)."""
@@ -91,10 +95,11 @@ class TrainConfig(JsonConfig):
     # lr * min_lr_ratio (every group alike), "constant" keeps lr
     lr_schedule: str = option(
         "cosine",
-        help="cosine: decay to 5% of the learning rate over the run; constant: keep it",
+        help=f"cosine: decay to {_MIN_LR_RATIO:.0%} of the learning rate over the run "
+        "(min_lr_ratio); constant: keep it",
         choices=LR_SCHEDULES,
     )
-    min_lr_ratio: float = 0.05
+    min_lr_ratio: float = _MIN_LR_RATIO
     # debug folders (training/debug.py): every N epochs (0: off), on the first K samples
     debug_every_epochs: int = option(
         0,
