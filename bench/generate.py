@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset, generate_sample
-from napari_sim_uq.jobs.events import run
+from napari_sim_uq.core.events import run
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset, generate_sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

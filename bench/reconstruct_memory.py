@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, machine_info, resolve_devices, write_result
-from napari_sim_uq.models.sim_net import SimNetConfig
+from napari_sim_uq.tasks.sim.net import SimNetConfig
 
 MARK = "RESULT-JSON "
 MiB = 2**20
@@ -75,8 +75,8 @@ def _maxrss() -> int:
 
 
 def worker(spec: dict) -> dict:
-    from napari_sim_uq.models.sim_net import SimUQNet
-    from napari_sim_uq.uq.inference import predict_sim_sync
+    from napari_sim_uq.tasks.sim.net import SimUQNet
+    from napari_sim_uq.tasks.sim.predict import predict_sim_sync
 
     device = torch.device(spec["device"])
     size, f = spec["size"], spec["hr_factor"]

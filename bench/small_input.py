@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from _common import RESULTS, machine_info
-from napari_sim_uq.data.normalization import Normalization
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.jobs.reconstruct import load_sim_model, model_context
-from napari_sim_uq.uq import inference
-from napari_sim_uq.uq.inference import SmallInputWarning, predict_sim_sync
+from napari_sim_uq.core.data.normalization import Normalization
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim import predict as inference
+from napari_sim_uq.tasks.sim.predict import SmallInputWarning, predict_sim_sync
+from napari_sim_uq.tasks.sim.reconstruct import load_sim_model, model_context
 
 ROOT = Path(__file__).resolve().parents[1]
 

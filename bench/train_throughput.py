@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 
 from _common import RESULTS, machine_info, resolve_devices, write_result
-from napari_sim_uq.models.modes import count_parameters
-from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
-from napari_sim_uq.training.sim_loss import SimLoss, SimLossConfig
+from napari_sim_uq.core.nn.modes import count_parameters
+from napari_sim_uq.tasks.sim.loss import SimLoss, SimLossConfig
+from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
 
 MODES = ("self-supervised", "supervised")
 

@@ -255,8 +255,8 @@ def main(argv=None):
     import torch
 
     from napari_sim_uq._napari._widgets import GC_FREEZE, LAYER_ADD_GAP_MS, default_torch_threads
-    from napari_sim_uq.data.synth import SynthConfig, generate_sample, generate_splits
-    from napari_sim_uq.jobs.events import run
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_sample, generate_splits
 
     if args.no_gc_freeze:
         GC_FREEZE.hold = GC_FREEZE.release = lambda: None

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from _common import write_result
-from napari_sim_uq.physics import gaussian_psf, illumination_patterns, propagate_variance
+from napari_sim_uq.tasks.sim.physics import gaussian_psf, illumination_patterns, propagate_variance
 
 BACKENDS = ("fft", "direct", "direct_strided")
 

@@ -44,8 +44,8 @@ def main() -> int:
     viewer.screenshot(str(OUT / "sample_sim_stack.png"), canvas_only=False)
 
     # a generated dataset sample: raw frame, its noise sigma map and the ground truth
-    from napari_sim_uq.data.samples import hr_scale_translate
-    from napari_sim_uq.data.synth import SynthConfig, generate_sample
+    from napari_sim_uq.tasks.sim.samples import hr_scale_translate
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_sample
 
     viewer.close()
     viewer = napari.Viewer(show=True)
@@ -159,8 +159,8 @@ def train_widget_screenshot() -> None:
     import shutil
     import tempfile
 
-    from napari_sim_uq.data.synth import SynthConfig, generate_splits
-    from napari_sim_uq.jobs.events import run
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_splits
 
     os.environ["NAPARI_SIM_UQ_NOTHREADS"] = "1"  # training ends before the picture
     _no_qt_toast()

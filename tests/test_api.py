@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import napari_sim_uq as squ
-from napari_sim_uq.errors import InputError
+from napari_sim_uq.core.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,8 +109,8 @@ def test_hr_layers_overlay_the_raw_stack(tuples, fake_layer):
 
 
 def test_emitter_equals_the_job(tuples, raw):
-    from napari_sim_uq.jobs.events import run
-    from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
 
     rec = run(reconstruct_sim_job(raw, MODEL, device="cpu"))
     # two separate model runs (each loads the checkpoint): equal up to float32 rounding, not

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from napari_sim_uq._version import __version__
-from napari_sim_uq.data import checkpoint as ck
-from napari_sim_uq.data.checkpoint import (
+from napari_sim_uq.core.errors import FileFormatError, InputError
+from napari_sim_uq.core.io import checkpoint as ck
+from napari_sim_uq.core.io.checkpoint import (
     FORMAT_MARKER,
     FORMAT_VERSION,
     Checkpoint,
@@ -24,7 +25,6 @@ from napari_sim_uq.data.checkpoint import (
     save_checkpoint,
     update_sigma_scale,
 )
-from napari_sim_uq.errors import FileFormatError, InputError
 
 CONFIG = {"model_type": "sim_uq_net", "channels": 4, "hr_factor": 2, "optim": {"lr": 1e-2}}
 SIGMA = {"emitter": 1.5, "lp": 0.8, "raw": 1.0}

@@ -12,7 +12,7 @@ import pytest
 import tqdm.auto
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.jobs.events import Event, run_with_progress
+from napari_sim_uq.core.events import Event, run_with_progress
 
 BAR = re.compile(r"^(?P<stage>[\w-]+): +(?P<pct>\d+)%\|[^|]*\| (?P<n>\d+)/(?P<total>\d+) \[")
 
@@ -163,7 +163,7 @@ def test_quiet_opens_no_bar(opened):
 
 
 def test_demo_command_ends_with_finished_bars_and_its_summary(opened, monkeypatch, tmp_path):
-    import napari_sim_uq.jobs.demo as demo
+    import napari_sim_uq.tasks.sim.demo as demo
 
     def fake_demo_job(cfg):  # the demo's stages in a few milliseconds
         result = yield from _job([])

@@ -1,5 +1,5 @@
 """The ``train`` and ``generate`` options are built from the config dataclasses' field
-metadata (``napari_sim_uq._config.option``): same flags, same defaults, checked ranges."""
+metadata (``napari_sim_uq.core.config.option``): same flags, same defaults, checked ranges."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import pytest
 
 from napari_sim_uq import cli
-from napari_sim_uq._config import (
+from napari_sim_uq.core.config import (
     JsonConfig,
     add_config_arguments,
     cli_fields,
@@ -22,11 +22,11 @@ from napari_sim_uq._config import (
     option_choices,
     option_meta,
 )
-from napari_sim_uq.data.synth import SynthConfig
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.models.sim_net import UQ_TARGETS, VAR_SPACES, SimNetConfig
-from napari_sim_uq.training.sim_loss import AUX_REC_MODES, SimLossConfig
-from napari_sim_uq.training.sim_train import TrainConfig
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.loss import AUX_REC_MODES, SimLossConfig
+from napari_sim_uq.tasks.sim.net import UQ_TARGETS, VAR_SPACES, SimNetConfig
+from napari_sim_uq.tasks.sim.synth import SynthConfig
+from napari_sim_uq.tasks.sim.train import TrainConfig
 
 # The flags of `sim-uq train --help` and `sim-uq generate --help` before their options were
 # built from the dataclasses (captured from the hand-written parser).
@@ -172,7 +172,7 @@ def test_every_generate_flag_is_a_field_and_every_exposed_field_has_a_flag():
 
 
 def test_option_metadata_matches_the_module_constants():
-    from napari_sim_uq.data.sim_dataset import GT_NORMS
+    from napari_sim_uq.tasks.sim.dataset import GT_NORMS
 
     meta = {f.name: option_meta(f) for f in fields(TrainConfig) if option_meta(f)}
     assert option_choices(meta["gt_norm"]) == GT_NORMS

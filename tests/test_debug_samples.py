@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.plots import plot_metrics_csv, read_metrics_csv
-from napari_sim_uq.training import debug as dbg
-from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.plots import plot_metrics_csv, read_metrics_csv
+from napari_sim_uq.tasks.sim import debug as dbg
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
+from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
 TINY_MODEL = {"hr_factor": 2, "base_channels": 4, "depth": 1, "psf_size": 5}
 PNGS = (
@@ -129,7 +129,7 @@ def test_summary_matches_the_arrays(trained):
 
 
 def test_raw_variance_is_model_plus_camera_plus_floor(trained):
-    from napari_sim_uq.data.checkpoint import load_checkpoint
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
 
     ckpt, _, _ = trained
     a = np.load(ckpt / "debug_samples" / "epoch_002" / "uq_uncertainty.npz")
@@ -202,8 +202,8 @@ def test_a_failing_plot_warns_once_and_training_goes_on(data, tmp_path, monkeypa
 
 
 def test_replaces_an_existing_epoch_folder_atomically(tmp_path, monkeypatch):
-    from napari_sim_uq.models.sim_net import SimUQNet
-    from napari_sim_uq.training.sim_loss import SimLoss
+    from napari_sim_uq.tasks.sim.loss import SimLoss
+    from napari_sim_uq.tasks.sim.net import SimUQNet
 
     _fast_plots(monkeypatch)
     monkeypatch.setattr(dbg, "_plot_histograms", dbg._plot_noise_sigma)  # the stub

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.checkpoint import load_checkpoint
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.demo import DemoConfig, demo_job
-from napari_sim_uq.jobs.events import run
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import load_checkpoint
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim.demo import DemoConfig, demo_job
 
 TINY = dict(
     n_train=4,

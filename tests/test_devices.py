@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from napari_sim_uq.devices import DEVICE_CHOICES, resolve_device
-from napari_sim_uq.errors import InputError
+from napari_sim_uq.core.devices import DEVICE_CHOICES, resolve_device
+from napari_sim_uq.core.errors import InputError
 
 
 def test_explicit_and_automatic_choice():

@@ -11,14 +11,14 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.checkpoint import load_checkpoint, update_sigma_scale
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-from napari_sim_uq.errors import FileFormatError, InputError
-from napari_sim_uq.jobs.evaluate import calibrate_sim_job, evaluate_sim_job, widefield_baseline
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
-from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
-from napari_sim_uq.uq.metrics import calibration_report
+from napari_sim_uq.core.errors import FileFormatError, InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import load_checkpoint, update_sigma_scale
+from napari_sim_uq.core.uq.metrics import calibration_report
+from napari_sim_uq.tasks.sim.evaluate import calibrate_sim_job, evaluate_sim_job, widefield_baseline
+from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
+from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
 F = 2  # hr_factor
 

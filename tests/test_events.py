@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_sim_uq.jobs.events import Event, relay, run
+from napari_sim_uq.core.events import Event, relay, run
 
 
 def _sub(n, log):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from napari_sim_uq.data.checkpoint import checkpoint_summary, load_checkpoint
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.jobs.evaluate import widefield_baseline
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
-from napari_sim_uq.uq.metrics import psnr
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import checkpoint_summary, load_checkpoint
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.core.uq.metrics import psnr
+from napari_sim_uq.tasks.sim.evaluate import widefield_baseline
+from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_data"
 MODEL = EXAMPLES / "sim_uq_demo_model.pt"

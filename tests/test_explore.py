@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.uq import explore as X
-from napari_sim_uq.uq import metrics as M
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.uq import explore as X
+from napari_sim_uq.core.uq import metrics as M
 
 
 class _Layer:

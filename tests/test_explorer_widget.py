@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sim_uq.uq import explore as X
-from napari_sim_uq.uq import metrics as M
+from napari_sim_uq.core.uq import explore as X
+from napari_sim_uq.core.uq import metrics as M
 
 pytestmark = pytest.mark.gui
 

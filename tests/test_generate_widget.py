@@ -44,7 +44,7 @@ def errors(monkeypatch):
 
 
 def test_preview_adds_overlaid_layers(make_napari_viewer, qtbot, errors, assert_same_noisy_data):
-    from napari_sim_uq.data.synth import SynthConfig, generate_sample
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_sample
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
@@ -84,7 +84,7 @@ def test_preview_adds_overlaid_layers(make_napari_viewer, qtbot, errors, assert_
 
 
 def test_write_dataset(make_napari_viewer, qtbot, tmp_path, errors):
-    from napari_sim_uq.data.sim_dataset import SimStackDataset
+    from napari_sim_uq.tasks.sim.dataset import SimStackDataset
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)

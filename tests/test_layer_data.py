@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sim_uq.data.layer_data import safe_stem, write_training_arrays
-from napari_sim_uq.data.sim_dataset import SimStackDataset
-from napari_sim_uq.errors import InputError
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.dataset import SimStackDataset
+from napari_sim_uq.tasks.sim.layer_data import safe_stem, write_training_arrays
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +74,7 @@ def test_patterns_for_some_files_only_is_an_error(tmp_path, rng):
 
 
 def test_generate_splits_seeds_and_progress(tmp_path):
-    from napari_sim_uq.data.synth import SynthConfig, generate_splits
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_splits
 
     cfg = SynthConfig(lr_size=(8, 8), hr_factor=1, n_filaments=(1, 1), n_rings=(0, 0))
     job = generate_splits(tmp_path, {"train": 2, "val": 0, "test": 1}, cfg, seed=5)

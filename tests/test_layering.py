@@ -76,8 +76,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_lazy_imports():
     graph = import_graph()
     # known edges: a module-level import and one inside a function
-    assert f"{NAME}.errors" in graph[f"{NAME}.data.tiff_io"]
-    assert f"{NAME}.physics" in graph[f"{NAME}.data.synth"]  # inside generate_sample
+    assert f"{NAME}.core.errors" in graph[f"{NAME}.core.io.tiff_io"]
+    # inside generate_sample
+    assert f"{NAME}.tasks.sim.physics" in graph[f"{NAME}.tasks.sim.synth"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -100,5 +101,53 @@ def test_front_ends_are_imported_by_nobody_below_them():
 
 
 def test_the_job_protocol_depends_on_nothing_in_the_package():
-    # jobs/events.py is the tiny protocol every layer uses: it must stay dependency-free
-    assert import_graph()[f"{NAME}.jobs.events"] == set()
+    # core/events.py is the tiny protocol every layer uses: it must stay dependency-free
+    assert import_graph()[f"{NAME}.core.events"] == set()
+
+
+def test_the_package_is_a_shared_core_and_one_folder_per_task():
+    top = {p.name for p in PKG.iterdir() if not p.name.startswith((".", "__pycache__"))}
+    assert top == {
+        "__init__.py",
+        "__main__.py",
+        "_version.py",
+        "napari.yaml",
+        "api.py",
+        "cli.py",
+        "_napari",
+        "core",
+        "tasks",
+    }
+    tasks = {p.name for p in (PKG / "tasks").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert "sim" in tasks
+
+
+def test_core_never_imports_a_task_or_a_front_end():
+    graph = import_graph()
+    offenders = [
+        f"{mod} -> {dep}"
+        for mod, deps in graph.items()
+        if mod.startswith(f"{NAME}.core")
+        for dep in deps
+        if not dep.startswith(f"{NAME}.core") and dep != f"{NAME}._version"
+    ]
+    assert offenders == []
+
+
+def test_tasks_do_not_import_each_other():
+    # a task uses the core and the registry (tasks/__init__.py), which names tasks by
+    # string only and imports nothing but the core
+    graph = import_graph()
+
+    def task_of(mod: str) -> str | None:
+        parts = mod.split(".")
+        return parts[2] if len(parts) > 2 and parts[1] == "tasks" else None
+
+    offenders = [
+        f"{mod} -> {dep}"
+        for mod, deps in graph.items()
+        for dep in deps
+        if task_of(mod) and task_of(dep) and task_of(dep) != task_of(mod)
+    ]
+    assert offenders == []
+    assert graph[f"{NAME}.tasks"] <= {d for d in graph if d.startswith(f"{NAME}.core")}

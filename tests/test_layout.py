@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_sim_uq.data.layout import Layout, as_frames, infer_layout
-from napari_sim_uq.errors import InputError
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.io.layout import Layout, as_frames, infer_layout
 
 
 @pytest.mark.parametrize(

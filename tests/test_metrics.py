@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import ndimage, stats
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.uq import metrics as M
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.uq import metrics as M
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -526,7 +526,7 @@ def test_f1_and_report():
 
 def test_import_does_not_load_torch():
     code = (
-        "import sys; import napari_sim_uq.uq.metrics as m; "
+        "import sys; import napari_sim_uq.core.uq.metrics as m; "
         "m.zms([1.0, 2.0], [1.0, 1.0]); assert 'torch' not in sys.modules, 'torch loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

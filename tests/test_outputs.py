@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from napari_sim_uq.api import SimSource, reconstruction_layer_data
-from napari_sim_uq.data.outputs import OutputSpec, hr_scale_translate, placement
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.jobs.reconstruct import SIM_OUTPUTS, SimReconstruction, write_reconstruction
+from napari_sim_uq.core.io.outputs import OutputSpec, hr_scale_translate, placement
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim.reconstruct import SIM_OUTPUTS, SimReconstruction, write_reconstruction
 
 
 def _rec(time_series: bool, h: int = 6, w: int = 8, f: int = 2) -> SimReconstruction:

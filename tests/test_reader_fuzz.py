@@ -22,9 +22,9 @@ import tifffile
 from PIL import Image
 
 from napari_sim_uq._napari._reader import napari_get_reader
-from napari_sim_uq.data import tiff_io
-from napari_sim_uq.data.tiff_io import read_image, write_image
-from napari_sim_uq.errors import FileFormatError
+from napari_sim_uq.core.errors import FileFormatError
+from napari_sim_uq.core.io import tiff_io
+from napari_sim_uq.core.io.tiff_io import read_image, write_image
 
 SEED = 20240611
 MUTANTS_PER_FILE = 100  # x 5 valid files = 500 damaged files (about 0.5 s)
@@ -382,7 +382,7 @@ def test_ifd_chain_looping_back_is_refused(tmp_path):
     bad.write_bytes(bytes(buf))
     _expect_format_error(bad, "loops back")
     # the training data loader probes headers itself: the same error, no endless read
-    from napari_sim_uq.data.sim_dataset import SimStackDataset
+    from napari_sim_uq.tasks.sim.dataset import SimStackDataset
 
     with pytest.raises(FileFormatError, match="loops back"):
         SimStackDataset([bad])
@@ -391,7 +391,7 @@ def test_ifd_chain_looping_back_is_refused(tmp_path):
 def test_ground_truth_files_get_the_same_checks(tmp_path):
     # the training dataset reads ground truth of any shape through tiff_io.decode_image:
     # a truncated file is a FileFormatError naming it, not a raw decoder error
-    from napari_sim_uq.data.sim_dataset import _read_gt
+    from napari_sim_uq.tasks.sim.dataset import _read_gt
 
     good = _sim_file(tmp_path)
     bad = tmp_path / "gt_cut.tif"

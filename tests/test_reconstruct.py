@@ -7,13 +7,13 @@ import pytest
 import tifffile
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.checkpoint import load_checkpoint, save_checkpoint
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
-from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import load_checkpoint, save_checkpoint
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
+from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sim_uq.data.samples import (
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim.samples import (
     EXAMPLE_FILES,
     hr_scale_translate,
     image2d_sample,
     sim_sample,
     write_example_data,
 )
-from napari_sim_uq.data.tiff_io import read_image
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "example_data"
 
@@ -90,7 +90,7 @@ def test_example_data_is_the_same_on_other_float_paths(
     # FFT work splits, other rounding) regenerates the same files as shipped
     code = (
         "import sys, torch; torch.set_num_threads(int(sys.argv[2]));"
-        "from napari_sim_uq.data.samples import write_example_data;"
+        "from napari_sim_uq.tasks.sim.samples import write_example_data;"
         "write_example_data(sys.argv[1])"
     )
     env = {
@@ -109,7 +109,7 @@ def test_noise_draws_survive_another_float_path(monkeypatch, assert_same_noisy_d
     # Another machine computes the clean forward model with other rounding. Simulate that by
     # perturbing it by 1e-11 relative (10^4 times float64 rounding, which is what the
     # generator's float64 forward model leaves): every noise draw must stay the same.
-    from napari_sim_uq import physics
+    from napari_sim_uq.tasks.sim import physics
 
     exact = physics.sim_forward
     rng = np.random.default_rng(0)

@@ -9,17 +9,17 @@ import pytest
 import tifffile
 import torch
 
-from napari_sim_uq import physics
-from napari_sim_uq.data.loaders import EpochSampler, make_loader, set_loader_epoch
-from napari_sim_uq.data.normalization import Normalization
-from napari_sim_uq.data.sim_dataset import (
+from napari_sim_uq.core.data.loaders import EpochSampler, make_loader, set_loader_epoch
+from napari_sim_uq.core.data.normalization import Normalization
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.tasks.sim import physics
+from napari_sim_uq.tasks.sim.dataset import (
     SimStackDataset,
     emitter_normalization,
     frames_from_array,
 )
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
 
 F = 2  # hr_factor of the generated dataset
 

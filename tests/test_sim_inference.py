@@ -12,14 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.models.modes import mc_dropout_mode
-from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
-from napari_sim_uq.physics import forward_mean_and_variance, sim_forward, softmax_psf_covariance
-from napari_sim_uq.uq.inference import SimPrediction, predict_sim, predict_sim_sync
-from napari_sim_uq.uq.mc import mc_chunk_seed
-from napari_sim_uq.uq.moments import RunningMoments, welford_merge
-from napari_sim_uq.uq.tiling import blend_ramp, tile_starts
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.nn.modes import mc_dropout_mode
+from napari_sim_uq.core.uq.mc import mc_chunk_seed
+from napari_sim_uq.core.uq.moments import RunningMoments, welford_merge
+from napari_sim_uq.core.uq.tiling import blend_ramp, tile_starts
+from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
+from napari_sim_uq.tasks.sim.physics import (
+    forward_mean_and_variance,
+    sim_forward,
+    softmax_psf_covariance,
+)
+from napari_sim_uq.tasks.sim.predict import SimPrediction, predict_sim, predict_sim_sync
 
 F_HR = 2
 PSF_K = 5

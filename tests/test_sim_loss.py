@@ -1,4 +1,4 @@
-"""Tests of the SIM training loss (napari_sim_uq.training.sim_loss)."""
+"""Tests of the SIM training loss (napari_sim_uq.tasks.sim.loss)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sim_uq.data.synth import SynthConfig, generate_sample
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.models.sim_net import SimNetConfig, SimOutput, SimUQNet
-from napari_sim_uq.training import (
-    CameraNoise,
-    NonFiniteLossError,
-    SimLoss,
-    SimLossConfig,
-    gaussian_nll,
-)
-from napari_sim_uq.uq.metrics import ms_ssim
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.nn.losses import CameraNoise, gaussian_nll
+from napari_sim_uq.core.uq.metrics import ms_ssim
+from napari_sim_uq.tasks.sim.loss import NonFiniteLossError, SimLoss, SimLossConfig
+from napari_sim_uq.tasks.sim.net import SimNetConfig, SimOutput, SimUQNet
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_sample
 
 F_HR = 2
 

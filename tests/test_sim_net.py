@@ -9,20 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.models import (
-    SimNetConfig,
-    SimOutput,
-    SimUQNet,
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.nn.activations import (
     bounded_tanh_variance,
-    count_parameters,
-    eval_mode,
-    mc_dropout_mode,
     soft_clamp,
     softmax_covariance_factors,
     softmax_variance,
     softplus_variance,
 )
+from napari_sim_uq.core.nn.modes import count_parameters, eval_mode, mc_dropout_mode
+from napari_sim_uq.tasks.sim.net import SimNetConfig, SimOutput, SimUQNet
 
 SMALL = {"base_channels": 8, "psf_size": 5}
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sim_uq.data.checkpoint import load_checkpoint
-from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import load_checkpoint
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
+from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
 TINY_MODEL = {"hr_factor": 2, "base_channels": 8, "depth": 2, "psf_size": 7}
 
@@ -170,8 +170,8 @@ def test_ddp_two_gloo_processes(data, tmp_path):
 def test_camera_noise_starts_from_the_data_and_learns_faster(data, tmp_path):
     import torch.nn.functional as F
 
-    from napari_sim_uq.data.sim_dataset import SimStackDataset
-    from napari_sim_uq.training.losses import CameraNoise
+    from napari_sim_uq.core.nn.losses import CameraNoise
+    from napari_sim_uq.tasks.sim.dataset import SimStackDataset
 
     def camera(ck_dir):
         state = load_checkpoint(Path(ck_dir) / "latest.pt").extra["loss_state"]

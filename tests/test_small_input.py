@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.checkpoint import load_checkpoint
-from napari_sim_uq.data.tiff_io import read_image, write_image
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
-from napari_sim_uq.jobs.reconstruct import load_sim_model, model_context, reconstruct_sim_job
-from napari_sim_uq.models.sim_net import SimNetConfig, SimUQNet
-from napari_sim_uq.uq.inference import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.checkpoint import load_checkpoint
+from napari_sim_uq.core.io.tiff_io import read_image, write_image
+from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
+from napari_sim_uq.tasks.sim.predict import (
     MIN_SIM_FIELD,
     SmallInputWarning,
     _reflect_index,
     predict_sim_sync,
 )
+from napari_sim_uq.tasks.sim.reconstruct import load_sim_model, model_context, reconstruct_sim_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_data"
 MODEL = EXAMPLES / "sim_uq_demo_model.pt"

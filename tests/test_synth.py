@@ -7,16 +7,16 @@ import pytest
 from scipy import signal, special, stats
 
 from napari_sim_uq.cli import main
-from napari_sim_uq.data.synth import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.events import run
+from napari_sim_uq.core.io.tiff_io import read_image
+from napari_sim_uq.tasks.sim.synth import (
     SynthConfig,
     generate_dataset,
     generate_sample,
     poisson_by_inversion,
     render_structures,
 )
-from napari_sim_uq.data.tiff_io import read_image
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.events import run
 
 
 def tiny(**kw):

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_sim_uq.data.tiff_io import atomic_write, read_image, write_image
-from napari_sim_uq.errors import FileFormatError, InputError
+from napari_sim_uq.core.errors import FileFormatError, InputError
+from napari_sim_uq.core.io.tiff_io import atomic_write, read_image, write_image
 
 
 @pytest.mark.parametrize(

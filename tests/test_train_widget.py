@@ -14,8 +14,8 @@ TINY_MODEL = {"model.base_channels": 4, "model.depth": 1, "model.psf_size": 5}
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """4 training and 2 validation stacks of 16 x 16 raw pixels (f = 2)."""
-    from napari_sim_uq.data.synth import SynthConfig, generate_splits
-    from napari_sim_uq.jobs.events import run
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_splits
 
     out = tmp_path_factory.mktemp("sim")
     run(generate_splits(out, {"train": 4, "val": 2}, SynthConfig(lr_size=(16, 16), hr_factor=2)))
@@ -56,7 +56,7 @@ def _settings(widget, data_dir, ckpt, **values):
 
 def _model(widget) -> dict:
     """The model config of the widget's settings as a checkpoint stores it."""
-    from napari_sim_uq.models.sim_net import SimNetConfig
+    from napari_sim_uq.tasks.sim.net import SimNetConfig
 
     return SimNetConfig.from_dict(widget.config_dict()["model"]).to_dict()
 
@@ -66,8 +66,8 @@ def _wait(qtbot, widget, timeout=60_000):
 
 
 def test_train_from_files(make_napari_viewer, qtbot, tmp_path, data_dir, shown):
-    from napari_sim_uq.data.checkpoint import load_checkpoint
-    from napari_sim_uq.training.sim_train import MODEL_TYPE
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks.sim.train import MODEL_TYPE
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
@@ -131,7 +131,7 @@ def test_history_from_metrics_csv(make_napari_viewer, tmp_path):
 
 
 def test_stop_leaves_a_loadable_checkpoint(make_napari_viewer, qtbot, tmp_path, data_dir, shown):
-    from napari_sim_uq.data.checkpoint import load_checkpoint
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
@@ -166,7 +166,7 @@ def test_stop_leaves_a_loadable_checkpoint(make_napari_viewer, qtbot, tmp_path, 
 
 
 def test_train_from_layers(make_napari_viewer, tmp_path, monkeypatch, shown):
-    from napari_sim_uq.data.checkpoint import load_checkpoint
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
 
     monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
     viewer = make_napari_viewer()

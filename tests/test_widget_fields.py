@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_sim_uq._config import (
+from napari_sim_uq.core.config import (
     field_default,
     field_type,
     option,

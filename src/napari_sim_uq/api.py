@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_sim_uq.data.outputs import placement
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.jobs.reconstruct import SIM_OUTPUTS
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.io.outputs import placement
+from napari_sim_uq.tasks.sim.reconstruct import SIM_OUTPUTS
 
 __all__ = [
     "LAYER_SUFFIXES",
@@ -42,7 +42,7 @@ __all__ = [
 
 EXAMPLE_MODEL = "sim_uq_demo_model.pt"
 
-#: output key of :class:`~napari_sim_uq.jobs.reconstruct.SimReconstruction` ->
+#: output key of :class:`~napari_sim_uq.tasks.sim.reconstruct.SimReconstruction` ->
 #: (layer name suffix, colormap, grid) in the order the layers are returned/added; read
 #: from the SIM output table (``jobs.reconstruct.SIM_OUTPUTS``), which the file writer uses
 #: too.
@@ -117,7 +117,7 @@ def sim_source(layer_or_array: Any, name: str | None = None) -> SimSource:
         if isinstance(layout, dict):
             angles, phases = layout.get("angles"), layout.get("phases")
     elif isinstance(layer_or_array, (str, os.PathLike)):
-        from napari_sim_uq.data.tiff_io import read_image
+        from napari_sim_uq.core.io.tiff_io import read_image
 
         rec = read_image(layer_or_array)
         data, src_name = np.asarray(rec.data), str(rec.name)
@@ -253,11 +253,11 @@ def reconstruct_sim(
     SIM layout are used), an array ``(A*P, H, W)``, ``(A, P, H, W)`` or ``(T, A*P, H, W)``,
     or a file path. ``checkpoint=None`` uses the bundled example model. ``name`` replaces
     the source name in the layer names ``"<name> emitter"``, ``"<name> emitter std"``, ...
-    Raises :class:`~napari_sim_uq.errors.InputError` for a 2D image, a wrong number of
+    Raises :class:`~napari_sim_uq.core.errors.InputError` for a 2D image, a wrong number of
     frames or a missing checkpoint.
     """
-    from napari_sim_uq.jobs.events import run
-    from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
 
     source = sim_source(layer_or_array, name)
     ckpt = resolve_checkpoint(checkpoint)
@@ -286,10 +286,10 @@ def generate_sim(out_dir: str | os.PathLike, n_samples: int, **synth_options) ->
     """Write a synthetic SIM dataset (as ``sim-uq generate``); returns the job's summary.
 
     ``seed``, ``split``, ``workers`` and ``overwrite`` go to the job, every other keyword
-    is a :class:`~napari_sim_uq.data.synth.SynthConfig` field (unknown names raise).
+    is a :class:`~napari_sim_uq.tasks.sim.synth.SynthConfig` field (unknown names raise).
     """
-    from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-    from napari_sim_uq.jobs.events import run
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
 
     job_kw = {k: synth_options.pop(k) for k in _GENERATE_KEYS if k in synth_options}
     cfg = SynthConfig.from_dict(synth_options)
@@ -299,11 +299,11 @@ def generate_sim(out_dir: str | os.PathLike, n_samples: int, **synth_options) ->
 def train_sim(train_glob: str, ckpt_dir: str | os.PathLike, **train_options) -> dict:
     """Train the SIM network (as ``sim-uq train``); returns the training summary.
 
-    Keywords are :class:`~napari_sim_uq.training.sim_train.TrainConfig` fields (``epochs``,
+    Keywords are :class:`~napari_sim_uq.tasks.sim.train.TrainConfig` fields (``epochs``,
     ``batch_size``, ``model={...}``, ``loss={...}``, ...); unknown names raise.
     """
-    from napari_sim_uq.jobs.events import run
-    from napari_sim_uq.training.sim_train import TrainConfig, train_sim_job
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
     cfg = TrainConfig.from_dict(
         {"train_glob": str(train_glob), "ckpt_dir": str(ckpt_dir), **train_options}
@@ -322,9 +322,9 @@ def evaluate_sim(
 
     ``checkpoint=None`` evaluates the bundled example model. Other keywords
     (``mc_samples``, ``tile``, ``device``, ``max_samples``, ``overwrite``) go to
-    :func:`~napari_sim_uq.jobs.evaluate.evaluate_sim_job`.
+    :func:`~napari_sim_uq.tasks.sim.evaluate.evaluate_sim_job`.
     """
-    from napari_sim_uq.jobs.evaluate import evaluate_sim_job
-    from napari_sim_uq.jobs.events import run
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.evaluate import evaluate_sim_job
 
     return run(evaluate_sim_job(resolve_checkpoint(checkpoint), data_dir, split, out_dir, **kw))

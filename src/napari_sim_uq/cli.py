@@ -87,7 +87,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     _sample_args,
 )
 def _sample(args: argparse.Namespace) -> int:
-    from napari_sim_uq.data.samples import write_example_data
+    from napari_sim_uq.tasks.sim.samples import write_example_data
 
     paths = write_example_data(args.out_dir, overwrite=args.overwrite)
     print(f"wrote {len(paths)} files to {args.out_dir}/")
@@ -118,8 +118,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    from napari_sim_uq._config import add_config_arguments
-    from napari_sim_uq.data.synth import SynthConfig
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.sim.synth import SynthConfig
 
     p.add_argument("--out-dir", type=Path, required=True, help="dataset folder")
     p.add_argument("--n-samples", type=int, required=True, help="number of samples")
@@ -151,10 +151,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _generate(args: argparse.Namespace) -> int:
     import time
 
-    from napari_sim_uq._config import config_from_args
-    from napari_sim_uq.data.synth import SynthConfig, generate_dataset
-    from napari_sim_uq.errors import InputError
-    from napari_sim_uq.jobs.events import run_with_progress
+    from napari_sim_uq.core.config import config_from_args
+    from napari_sim_uq.core.errors import InputError
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
 
     if len(args.lr_size) not in (1, 2):
         raise InputError(f"--lr-size takes H or H W, got {args.lr_size}")
@@ -196,10 +196,10 @@ _TRAIN_REQUIRED = ("train_glob", "ckpt_dir")
 def _train_args(p: argparse.ArgumentParser) -> None:
     # every option but --quiet is a field of TrainConfig, SimNetConfig or SimLossConfig:
     # flags, defaults, help, choices and ranges come from the dataclasses' field metadata
-    from napari_sim_uq._config import add_config_arguments
-    from napari_sim_uq.models.sim_net import SimNetConfig
-    from napari_sim_uq.training.sim_loss import SimLossConfig
-    from napari_sim_uq.training.sim_train import TrainConfig
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.sim.loss import SimLossConfig
+    from napari_sim_uq.tasks.sim.net import SimNetConfig
+    from napari_sim_uq.tasks.sim.train import TrainConfig
 
     add_config_arguments(
         p,
@@ -220,10 +220,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train_config(args: argparse.Namespace):
     """The TrainConfig of parsed ``train`` options (model and loss as dicts of the options
     given on the command line, as the training job expects)."""
-    from napari_sim_uq._config import config_from_args, config_values_from_args
-    from napari_sim_uq.models.sim_net import SimNetConfig
-    from napari_sim_uq.training.sim_loss import SimLossConfig
-    from napari_sim_uq.training.sim_train import TrainConfig
+    from napari_sim_uq.core.config import config_from_args, config_values_from_args
+    from napari_sim_uq.tasks.sim.loss import SimLossConfig
+    from napari_sim_uq.tasks.sim.net import SimNetConfig
+    from napari_sim_uq.tasks.sim.train import TrainConfig
 
     return config_from_args(
         TrainConfig,
@@ -243,8 +243,8 @@ def _train_config(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     import os
 
-    from napari_sim_uq.jobs.events import run_with_progress
-    from napari_sim_uq.training.sim_train import train_sim_job
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.train import train_sim_job
 
     cfg = _train_config(args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -291,7 +291,7 @@ def _plot_metrics_args(p: argparse.ArgumentParser) -> None:
     _plot_metrics_args,
 )
 def _plot_metrics(args: argparse.Namespace) -> int:
-    from napari_sim_uq.plots import plot_metrics_csv
+    from napari_sim_uq.core.plots import plot_metrics_csv
 
     path = plot_metrics_csv(args.csv, args.out)
     print(f"wrote {path}")
@@ -336,11 +336,11 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
     _reconstruct_args,
 )
 def _reconstruct(args: argparse.Namespace) -> int:
-    from napari_sim_uq.data.loaders import resolve_files
-    from napari_sim_uq.data.tiff_io import read_image
-    from napari_sim_uq.errors import InputError
-    from napari_sim_uq.jobs.events import run_with_progress
-    from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job, write_reconstruction
+    from napari_sim_uq.core.data.loaders import resolve_files
+    from napari_sim_uq.core.errors import InputError
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.core.io.tiff_io import read_image
+    from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job, write_reconstruction
 
     if args.mc_samples < 0:
         raise InputError(f"--mc-samples must be >= 0, got {args.mc_samples}")
@@ -421,8 +421,8 @@ def _fmt(v, spec: str = ".3f") -> str:
     _evaluate_args,
 )
 def _evaluate(args: argparse.Namespace) -> int:
-    from napari_sim_uq.jobs.evaluate import evaluate_sim_job
-    from napari_sim_uq.jobs.events import run_with_progress
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.evaluate import evaluate_sim_job
 
     doc = run_with_progress(
         evaluate_sim_job(
@@ -483,8 +483,8 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     _calibrate_args,
 )
 def _calibrate(args: argparse.Namespace) -> int:
-    from napari_sim_uq.jobs.evaluate import calibrate_sim_job
-    from napari_sim_uq.jobs.events import run_with_progress
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.evaluate import calibrate_sim_job
 
     quantities = None
     if args.quantities is not None:
@@ -525,7 +525,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    from napari_sim_uq.jobs.demo import DemoConfig
+    from napari_sim_uq.tasks.sim.demo import DemoConfig
 
     d = DemoConfig()
     p.add_argument(
@@ -560,8 +560,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     _demo_args,
 )
 def _demo(args: argparse.Namespace) -> int:
-    from napari_sim_uq.jobs.demo import DemoConfig, demo_job
-    from napari_sim_uq.jobs.events import run_with_progress
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.demo import DemoConfig, demo_job
 
     cfg = DemoConfig(
         out_dir=str(args.out_dir),
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from napari_sim_uq.errors import SimUqError
+    from napari_sim_uq.core.errors import SimUqError
 
     parser = build_parser()
     args = parser.parse_args(argv)

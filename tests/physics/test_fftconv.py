@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.physics.fftconv import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.physics.fftconv import (
     conv2d_direct,
     conv2d_direct_same,
     conv2d_direct_sampled,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.physics import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.physics import (
     bin_down,
     box_average,
     box_filter_full,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.special import j1
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.physics import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.physics import (
     airy_first_zero,
     airy_psf,
     gaussian_psf,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_sim_uq.errors import InputError
-from napari_sim_uq.physics import (
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.tasks.sim.physics import (
     bin_down,
     binned_conv_variance,
     conv_variance,

@@ -1,14 +1,14 @@
 """Dock widget "Uncertainty explorer": inspect a mean/std pair (and its calibration).
 
 Choose a mean layer and its std map (paired automatically by the reconstruction layer
-names and metadata, see :mod:`napari_sim_uq.uq.explore`), optionally a ground truth or an
+names and metadata, see :mod:`napari_sim_uq.core.uq.explore`), optionally a ground truth or an
 error map. The widget shows the histogram of the std (or relative std) with the current
 threshold, marks the pixels above the threshold in a Labels layer
 ``"<mean name> unreliable"`` (replaced on every run), reads out ``mean ± std`` under the
 cursor, shows the calibration curve and numbers against the reference, and multiplies
 the std layer by a sigma scale (recorded cumulatively in its metadata).
 
-All numbers come from :mod:`napari_sim_uq.uq.explore`. Statistics of images above
+All numbers come from :mod:`napari_sim_uq.core.uq.explore`. Statistics of images above
 :data:`INLINE_MAX_PIXELS` pixels are computed in a napari thread worker (and on at most
 ``explore.MAX_SAMPLE_PIXELS`` sampled pixels), smaller ones on the GUI thread;
 ``NAPARI_SIM_UQ_NOTHREADS=1`` computes everything on the calling thread. Errors are shown
@@ -42,9 +42,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sim_uq._napari._reconstruct_widget import _no_threads
-from napari_sim_uq.errors import SimUqError
-from napari_sim_uq.plots import plot_calibration_curve
-from napari_sim_uq.uq import explore
+from napari_sim_uq.core.errors import SimUqError
+from napari_sim_uq.core.plots import plot_calibration_curve
+from napari_sim_uq.core.uq import explore
 
 #: Statistics of images up to this many pixels are computed on the GUI thread.
 INLINE_MAX_PIXELS = 1_000_000

@@ -1,11 +1,12 @@
 """Dock widget "Generate SIM data": synthetic SIM datasets with ground truth (DESIGN.md 2).
 
-The options are the fields of :class:`~napari_sim_uq.data.synth.SynthConfig` (the main
+The options are the fields of :class:`~napari_sim_uq.tasks.sim.synth.SynthConfig` (the main
 ones shown, the rest under "Advanced"). *Preview* generates one sample
-(:func:`~napari_sim_uq.data.synth.generate_sample`) and shows its raw stack, ground-truth
-emitter and noise sigma map as layers (:func:`~napari_sim_uq.data.samples.sim_sample_layer_data`,
-the HR emitter overlaying the raw frames). *Write dataset* runs
-:func:`~napari_sim_uq.data.synth.generate_splits` (the job behind ``sim-uq generate``, one
+(:func:`~napari_sim_uq.tasks.sim.synth.generate_sample`) and shows its raw stack, ground-truth
+emitter and noise sigma map as layers
+(:func:`~napari_sim_uq.tasks.sim.samples.sim_sample_layer_data`, the HR emitter overlaying
+the raw frames). *Write dataset* runs
+:func:`~napari_sim_uq.tasks.sim.synth.generate_splits` (the job behind ``sim-uq generate``, one
 call per split) in a thread worker with a progress bar; *Stop* ends it after the sample
 being written. User errors are napari notifications.
 """
@@ -36,10 +37,10 @@ from napari_sim_uq._napari._widgets import (
     set_waiting,
     status_label,
 )
-from napari_sim_uq.data.samples import sim_sample_layer_data
-from napari_sim_uq.data.synth import SynthConfig, generate_sample, generate_splits
-from napari_sim_uq.errors import InputError, SimUqError
-from napari_sim_uq.jobs.events import Event
+from napari_sim_uq.core.errors import InputError, SimUqError
+from napari_sim_uq.core.events import Event
+from napari_sim_uq.tasks.sim.samples import sim_sample_layer_data
+from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_sample, generate_splits
 
 PREVIEW_NAME = "synthetic sample"
 SPLITS = ("train", "val", "test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_sim_uq.data.tiff_io import READ_SUFFIXES, ImageRecord, read_image
+from napari_sim_uq.core.io.tiff_io import READ_SUFFIXES, ImageRecord, read_image
 
 
 def _record_to_layer(rec: ImageRecord) -> tuple:

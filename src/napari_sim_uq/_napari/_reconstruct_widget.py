@@ -1,6 +1,6 @@
 """Dock widget "Reconstruct SIM": run a trained model on a raw SIM layer (DESIGN.md 2).
 
-The job (:func:`~napari_sim_uq.jobs.reconstruct.reconstruct_sim_job`) runs in a napari
+The job (:func:`~napari_sim_uq.tasks.sim.reconstruct.reconstruct_sim_job`) runs in a napari
 generator thread worker (:class:`~napari_sim_uq._napari._widgets.JobRunner`): its progress
 events update the bar and status label on the GUI thread, Stop calls ``worker.quit()`` (the
 job closes at its next progress event), and ``returned`` adds the layers through
@@ -42,9 +42,9 @@ from napari_sim_uq.api import (
     resolve_checkpoint,
     sim_source,
 )
-from napari_sim_uq.devices import DEVICE_CHOICES
-from napari_sim_uq.errors import SimUqError
-from napari_sim_uq.jobs.reconstruct import reconstruct_sim_job
+from napari_sim_uq.core.devices import DEVICE_CHOICES
+from napari_sim_uq.core.errors import SimUqError
+from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job
 
 __all__ = ["DEVICES", "NOTHREADS_ENV", "ReconstructSimWidget"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_sim_uq.data.samples import image2d_sample, sim_sample, sim_sample_layer_data
+from napari_sim_uq.tasks.sim.samples import image2d_sample, sim_sample, sim_sample_layer_data
 
 
 def make_sim_sample() -> list[tuple]:

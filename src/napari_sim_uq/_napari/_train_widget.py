@@ -3,11 +3,11 @@
 Training data come from files (a glob or folder, like ``sim-uq train --train-glob``) or
 from open image layers: a raw SIM stack (or time series) and optionally its ground-truth
 emitter, which are written into ``<checkpoint folder>/layer_data/`` first
-(:func:`~napari_sim_uq.data.layer_data.write_training_arrays`) so the checkpoint names
+(:func:`~napari_sim_uq.tasks.sim.layer_data.write_training_arrays`) so the checkpoint names
 files that outlive the session. The settings are the fields of
-:class:`~napari_sim_uq.training.sim_train.TrainConfig` (and its model / loss dicts).
+:class:`~napari_sim_uq.tasks.sim.train.TrainConfig` (and its model / loss dicts).
 
-:func:`~napari_sim_uq.training.sim_train.train_sim_job` runs in a napari generator thread
+:func:`~napari_sim_uq.tasks.sim.train.train_sim_job` runs in a napari generator thread
 worker (:class:`~napari_sim_uq._napari._widgets.JobRunner`): batch events move the
 progress bars and feed the loss plot (redrawn only at epoch ends and validations, at most
 every 0.5 s), Stop calls ``worker.quit()`` and the job is closed in the worker thread at
@@ -53,14 +53,14 @@ from napari_sim_uq._napari._widgets import (
     status_label,
     watch_layers,
 )
-from napari_sim_uq.data.normalization import NORM_MODES
-from napari_sim_uq.devices import DEVICE_CHOICES, resolve_device
-from napari_sim_uq.errors import InputError, SimUqError
-from napari_sim_uq.jobs.events import Event
-from napari_sim_uq.models.sim_net import SimNetConfig
-from napari_sim_uq.plots import read_metrics_csv
-from napari_sim_uq.training.sim_loss import SimLossConfig
-from napari_sim_uq.training.sim_train import MODEL_TYPE, TrainConfig
+from napari_sim_uq.core.data.normalization import NORM_MODES
+from napari_sim_uq.core.devices import DEVICE_CHOICES, resolve_device
+from napari_sim_uq.core.errors import InputError, SimUqError
+from napari_sim_uq.core.events import Event
+from napari_sim_uq.core.plots import read_metrics_csv
+from napari_sim_uq.tasks.sim.loss import SimLossConfig
+from napari_sim_uq.tasks.sim.net import SimNetConfig
+from napari_sim_uq.tasks.sim.train import MODEL_TYPE, TrainConfig
 
 PLUGIN = "napari-sim-uq"
 RECONSTRUCT_WIDGET = "Reconstruct SIM"
@@ -88,8 +88,8 @@ def device_description(name: str) -> str:
 def layer_training_job(cfg: dict, raw, gt, name: str, angles, phases, data_dir: Path):
     """Job: write layer data to ``data_dir``, then train on it (``cfg``: a TrainConfig
     dict whose ``train_glob`` is replaced by the written file)."""
-    from napari_sim_uq.data.layer_data import write_training_arrays
-    from napari_sim_uq.training.sim_train import train_sim_job
+    from napari_sim_uq.tasks.sim.layer_data import write_training_arrays
+    from napari_sim_uq.tasks.sim.train import train_sim_job
 
     yield Event("prepare", 0, 1, message=f"writing '{name}' to {data_dir} …")
     model = SimNetConfig.from_dict(dict(cfg.get("model") or {}))
@@ -108,7 +108,7 @@ def layer_training_job(cfg: dict, raw, gt, name: str, angles, phases, data_dir: 
 
 def files_training_job(cfg: dict):
     """Job: train on files (``cfg``: a TrainConfig dict)."""
-    from napari_sim_uq.training.sim_train import train_sim_job
+    from napari_sim_uq.tasks.sim.train import train_sim_job
 
     return (yield from train_sim_job(TrainConfig.from_dict(cfg)))
 
@@ -389,7 +389,7 @@ class TrainSimWidget(JobWidget):
 
     def load_checkpoint(self, path, *, data: bool = True) -> bool:
         """Fill the settings from a checkpoint's stored config; show its summary."""
-        from napari_sim_uq.data.checkpoint import load_checkpoint
+        from napari_sim_uq.core.io.checkpoint import load_checkpoint
 
         path = Path(path)
         try:
@@ -482,7 +482,7 @@ class TrainSimWidget(JobWidget):
     def _prepare(self):
         """(job factory, config dict) for the current settings; InputError if not usable."""
         from napari_sim_uq.api import sim_source
-        from napari_sim_uq.data.loaders import resolve_files
+        from napari_sim_uq.core.data.loaders import resolve_files
 
         cfg = self.config_dict()
         d = self.ckpt_dir()

@@ -5,7 +5,7 @@ collapsible "Advanced" section, and a runner for jobs in napari generator thread
 nested dict with dotted keys (``"model.depth"`` -> ``{"model": {"depth": ...}}``), so a
 widget's settings are exactly a ``TrainConfig`` / ``SynthConfig`` dict and a checkpoint's
 stored config fills them back in. :class:`JobRunner` runs a job (a generator of
-:class:`~napari_sim_uq.jobs.events.Event`, DESIGN.md 2) in a thread worker, or on the
+:class:`~napari_sim_uq.core.events.Event`, DESIGN.md 2) in a thread worker, or on the
 calling thread when ``NAPARI_SIM_UQ_NOTHREADS=1`` (tests); :class:`JobWidget` is the base
 of the widgets that run jobs.
 """
@@ -37,8 +37,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sim_uq._config import field_default, field_type, option_choices, option_meta
-from napari_sim_uq.errors import SimUqError
+from napari_sim_uq.core.config import field_default, field_type, option_choices, option_meta
+from napari_sim_uq.core.errors import SimUqError
 
 NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
 
@@ -243,8 +243,9 @@ class Fields:
     :meth:`set_values`. Every ``add_*`` method returns the widget to place in a form.
 
     :meth:`add_config_field` adds the control of a config dataclass field from the field
-    itself: default, choices, range and tooltip come from its :func:`~napari_sim_uq._config.option`
-    metadata (``bindings`` records which field each key shows)."""
+    itself: default, choices, range and tooltip come from its
+    :func:`~napari_sim_uq.core.config.option` metadata (``bindings`` records which field
+    each key shows)."""
 
     def __init__(self) -> None:
         self._get: dict[str, Callable[[], Any]] = {}
@@ -753,7 +754,7 @@ class JobRunner:
                 torch.set_num_threads(before)
 
         if no_threads():
-            from napari_sim_uq.jobs.events import run
+            from napari_sim_uq.core.events import run
 
             try:
                 result = run(job(), self.on_event)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_sim_uq.data.tiff_io import TIFF_SUFFIXES, write_image
-from napari_sim_uq.errors import InputError
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.io.tiff_io import TIFF_SUFFIXES, write_image
 
 _DISPLAY_KEYS = ("colormap", "contrast_limits", "blending", "opacity", "visible")
 

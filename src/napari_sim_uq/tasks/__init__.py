@@ -1,0 +1,1 @@
+"""The tasks: one folder per model family (see docs/architecture.md)."""
