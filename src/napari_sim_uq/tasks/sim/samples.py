@@ -62,7 +62,7 @@ def sim_sample(seed: int = 0, lr_size: int = 96, hr_factor: int = 2, **config) -
 
 def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
     """A 16-bit fluorescence-like image of textured nuclei with shot and read noise."""
-    from napari_sim_uq.tasks.sim.synth import poisson_by_inversion
+    from napari_sim_uq.core.data.noise import poisson_by_inversion
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -79,7 +79,7 @@ def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
     img *= 1 + 2.0 * texture
     img = ndimage.gaussian_filter(np.clip(img, 0, None), 1.2)
     clean = 100 + 1500 * img / img.max()
-    # shot noise by inversion: the same counts on every machine (synth.poisson_by_inversion)
+    # shot noise by inversion: the same counts on every machine (core.data.noise)
     noisy = poisson_by_inversion(clean, rng) + rng.normal(0, 5, clean.shape)
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
 

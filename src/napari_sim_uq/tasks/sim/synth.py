@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_sim_uq.core.config import JsonConfig, option
+from napari_sim_uq.core.data.noise import poisson_by_inversion
+from napari_sim_uq.core.data.structures import render_structures as _render_structures
 from napari_sim_uq.core.errors import InputError
 
 Range = tuple[float, float]
@@ -184,62 +186,18 @@ def _range(cfg: SynthConfig, name: str) -> tuple[float, float]:
 # --------------------------------------------------------------------------- structures
 
 
-def _splat(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> None:
-    """Add point weights to ``img`` with bilinear interpolation (points may fall outside)."""
-    h, wd = img.shape
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    fy, fx = ys - y0, xs - x0
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < wd)
-            np.add.at(img, (yy[ok], xx[ok]), (w * wy * wx)[ok])
-
-
 def render_structures(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    """Filaments, rings and beads on the HR grid, float32, maximum 1."""
-    from scipy import ndimage
-
-    ff = cfg.fine_factor
-    H, W = cfg.hr_size
-    fh, fw = H * ff, W * ff
-    lines = np.zeros((fh, fw))
-    beads = np.zeros((fh, fw))
-    step = 0.5  # fine pixels between points along a curve
-    n_fil = rng.integers(cfg.n_filaments[0], cfg.n_filaments[1] + 1)
-    for _ in range(n_fil):
-        # a smooth random curve: heading follows a random walk, length ~ 0.5-1.5 field
-        length = rng.uniform(0.5, 1.5) * max(fh, fw)
-        n = max(int(length / step), 2)
-        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.02, n))
-        heading = ndimage.gaussian_filter1d(heading, 20, mode="nearest")
-        start = rng.uniform((0, 0), (fh, fw))
-        ys = start[0] + np.cumsum(np.sin(heading)) * step
-        xs = start[1] + np.cumsum(np.cos(heading)) * step
-        _splat(lines, ys, xs, np.full(n, rng.uniform(0.5, 1.0) * step))
-    n_ring = rng.integers(cfg.n_rings[0], cfg.n_rings[1] + 1)
-    for _ in range(n_ring):
-        r = rng.uniform(0.03, 0.08) * min(fh, fw)
-        cy, cx = rng.uniform((r, r), (fh - r, fw - r))
-        n = max(int(2 * np.pi * r / step), 8)
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        _splat(
-            lines, cy + r * np.sin(t), cx + r * np.cos(t), np.full(n, rng.uniform(0.5, 1.0) * step)
-        )
-    n_bead = rng.integers(cfg.n_beads[0], cfg.n_beads[1] + 1)
-    if n_bead:
-        pos = rng.uniform((0, 0), (fh - 1, fw - 1), size=(n_bead, 2))
-        _splat(beads, pos[:, 0], pos[:, 1], rng.uniform(0.5, 1.0, n_bead))
-    sigma_fine = cfg.line_width_hr * ff
-    lines = ndimage.gaussian_filter(lines, sigma_fine)
-    # a line of weight `step` per `step` pixels has unit mass per unit length: scale its
-    # blurred profile to peak ~1, and beads (single points) to the same peak
-    lines *= np.sqrt(2 * np.pi) * sigma_fine
-    beads = ndimage.gaussian_filter(beads, sigma_fine) * (2 * np.pi * sigma_fine**2)
-    fine = lines + beads
-    hr = fine.reshape(H, ff, W, ff).mean(axis=(1, 3))
-    peak = hr.max()
-    return (hr / peak if peak > 0 else hr).astype(np.float32)
+    """Filaments, rings and beads on the HR grid, float32, maximum 1
+    (:func:`napari_sim_uq.core.data.structures.render_structures` with this config)."""
+    return _render_structures(
+        cfg.hr_size,
+        cfg.fine_factor,
+        cfg.n_filaments,
+        cfg.n_rings,
+        cfg.n_beads,
+        cfg.line_width_hr,
+        rng,
+    )
 
 
 def smooth_noise_map(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -307,41 +265,6 @@ def _rngs(seed: int, index: int, noise_seed: int | None):
     else:
         noise = np.random.default_rng(np.random.SeedSequence([int(noise_seed), int(index), 2]))
     return content, noise
-
-
-def poisson_by_inversion(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Poisson draws with mean ``rate`` (float64 array, finite, >= 0) by inversion of the CDF.
-
-    One uniform number ``u`` per pixel, drawn independently of ``rate``, is mapped to the
-    smallest ``k`` with ``P(X <= k) >= u`` (the Poisson quantile, as
-    ``scipy.stats.poisson.ppf``), so the draw is a monotone step function of the rate: a rate
-    that differs in its last bits (another machine's FFT) gives the same count except with
-    probability ~ ``pmf * |d rate|`` (see the module docstring). NumPy's ``rng.poisson``
-    consumes a rate-dependent number of uniforms, so it has no such property.
-
-    The quantile is found from a Cornish-Fisher start ``rate + sqrt(rate) z + (z^2 - 1)/6``
-    (``z`` the normal quantile of ``u``), corrected step by step with the CDF
-    (``scipy.special.pdtr``); two passes suffice for almost every pixel. The generator's
-    cost is measured by ``bench/generate.py`` (docs/benchmarks.md).
-    """
-    from scipy import special
-
-    rate = np.asarray(rate, dtype=np.float64)
-    if not np.isfinite(rate).all() or (rate < 0).any():
-        raise InputError("Poisson rates must be finite and >= 0")
-    # rng.random() is a multiple of 2^-53 in [0, 1): shift by half a step into (0, 1), where
-    # the quantile is finite
-    u = rng.random(rate.shape) + 2.0**-54
-    z = special.ndtri(u)
-    k = np.maximum(np.floor(rate + np.sqrt(rate) * z + (z * z - 1.0) / 6.0), 0.0)
-    while True:  # terminates: k moves monotonically towards the quantile
-        up = special.pdtr(k, rate) < u
-        k[up] += 1.0
-        down = ~up & (k > 0)
-        down[down] = special.pdtr(k[down] - 1.0, rate[down]) >= u[down]
-        k[down] -= 1.0
-        if not (up.any() or down.any()):
-            return k
 
 
 def add_camera_noise(
