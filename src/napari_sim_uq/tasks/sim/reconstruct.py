@@ -49,11 +49,10 @@ class SimReconstruction:
 
 def load_sim_model(checkpoint, device="cpu"):
     """(model in eval mode, Checkpoint) from a checkpoint path; clear errors otherwise."""
-    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks import load_task_checkpoint
     from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
-    from napari_sim_uq.tasks.sim.train import MODEL_TYPE
 
-    ck = load_checkpoint(checkpoint, expected_model_type=MODEL_TYPE, map_location="cpu")
+    ck = load_task_checkpoint(checkpoint, "sim", map_location="cpu")
     model_cfg = ck.config.get("model")
     if not isinstance(model_cfg, dict):
         raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
