@@ -84,12 +84,10 @@ def mc_tiled_predict(
         raise InputError("the image contains NaN or infinite values")
     dev = torch.device(device)
     h, w = t.shape[-2:]
-    plan = plan_tiles(h, w, tile, overlap, multiple, None)
     xp, top, left = pad_like_model(t, multiple)
     hp, wp = xp.shape[-2:]
-    plan_shape = plan.padded_shape
-    if (hp, wp) != tuple(plan_shape):  # plan and padding use the same rule
-        raise AssertionError("tile plan and padding disagree")
+    # plan on the padded image (already a multiple of the model's grid)
+    plan = plan_tiles(hp, wp, tile, overlap, multiple, None)
     mc = mc_samples > 1
     chunks = [min(mc_batch, mc_samples - i) for i in range(0, mc_samples, mc_batch)]
     rng = RngStream(int(seed), dev)
