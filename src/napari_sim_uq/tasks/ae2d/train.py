@@ -1,0 +1,142 @@
+"""Training of the 2D autoencoders: the shared loop
+(:func:`napari_sim_uq.core.training.loop.train_job`) with the 2D data, network and loss.
+
+Training pairs are made on the fly: random patches of the (clean) training images,
+normalised per image, degraded by :mod:`.degrade` (the network sees the degraded patch and
+is trained to give the clean one; with ``degrade="none"`` it reconstructs its input, as an
+anomaly-detecting autoencoder does). Files in ``ckpt_dir`` as for every task: ``latest.pt``,
+``best.pt`` and ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from napari_sim_uq.core.config import option
+from napari_sim_uq.core.data.normalization import NORM_MODES
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.training.loop import TrainOptions, TrainSetup, train_job
+
+__all__ = ["MODEL_TYPE", "NORM_MODES", "Train2DConfig", "train_2d_job"]
+
+MODEL_TYPE = "ae2d"
+
+
+@dataclass
+class Train2DConfig(TrainOptions):
+    """A 2D autoencoder training run (JSON-serialisable; stored in checkpoints): the loop's
+    options and the 2D data; the network's options are in ``model`` (AE2DConfig fields)."""
+
+    ckpt_dir: str = option(
+        "checkpoints_2d", help="writes latest.pt, best.pt and metrics.csv here", flag="--out-dir"
+    )
+    data_dir: str = option("", help="training images: a folder of PNG/TIFF files or a glob")
+    val_dir: str | None = option(
+        None, help="validation images (folder or glob); best.pt follows their loss"
+    )
+    epochs: int = option(30, help="number of epochs", minimum=1)
+    batch_size: int = option(16, help="patches per optimiser step", minimum=1)
+    lr: float = option(1e-3, help="learning rate", minimum=0.0)
+    patch: int = option(64, help="random training patches of this many pixels", minimum=8)
+    patches_per_image: int = option(8, help="patches drawn from each image per epoch", minimum=1)
+    degrade: str = option(
+        "noise:0.1",
+        help='degradations of the training inputs, e.g. "noise:0.1", "noise,jpeg,mask" or '
+        '"none" (reconstruct the input: anomaly detection); see docs/cli.md',
+    )
+    norm_mode: str = option(
+        "percentile",
+        help="per-image intensity normalisation: percentile (0.1-99.9 %% to 0-1), minmax, or "
+        "none (images already in 0-1)",
+        choices=NORM_MODES,
+    )
+    # network (AE2DConfig fields)
+    model: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise InputError("data_dir is required (a folder of training images, --data-dir)")
+        super().validate()
+        if self.norm_mode not in NORM_MODES:
+            raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
+        from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+
+        parse_degradations(self.degrade)  # clear error for a bad spec before any work
+
+
+def train_2d_job(cfg: Train2DConfig):
+    """Train a 2D autoencoder; a job (generator of Events, returns a summary)."""
+    cfg = Train2DConfig.coerce(cfg)
+    cfg.validate()
+    return (yield from train_job(cfg, lambda device, dist: _setup(cfg, device)))
+
+
+def _setup(cfg: Train2DConfig, device) -> TrainSetup:
+    from pathlib import Path
+
+    from napari_sim_uq.tasks.ae2d.data import PatchDataset
+    from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+    from napari_sim_uq.tasks.ae2d.loss import AE2DLoss
+    from napari_sim_uq.tasks.ae2d.net import AE2DConfig, build_model
+
+    model_cfg = AE2DConfig.from_dict(dict(cfg.model)) if cfg.model else AE2DConfig()
+    model_cfg.validate()
+    if cfg.patch % model_cfg.multiple:
+        raise InputError(
+            f"patch={cfg.patch} must be a multiple of {model_cfg.multiple} for this network "
+            f"({model_cfg.arch}, depth {model_cfg.depth})"
+        )
+    degradation = parse_degradations(cfg.degrade)
+
+    def dataset(source: str, seed: int) -> PatchDataset:
+        return PatchDataset(
+            source,
+            patch=cfg.patch,
+            patches_per_image=cfg.patches_per_image,
+            degradation=degradation,
+            seed=seed,
+            norm_mode=cfg.norm_mode,
+        )
+
+    train_ds = dataset(cfg.data_dir, cfg.seed)
+    # validation patches are fixed (the same every epoch: a comparable loss)
+    val_ds = dataset(cfg.val_dir, cfg.seed + 1) if cfg.val_dir else None
+    model = build_model(model_cfg).to(device)
+    criterion = AE2DLoss(model_cfg).to(device)
+
+    # the loss covers every pixel: the target is the whole clean patch, also where a mask
+    # degradation hid the input (inpainting)
+    def step(wrapped, crit, batch):
+        return crit(wrapped(batch["x"]), batch["target"])
+
+    def val_step(wrapped, crit, batch):
+        return crit(wrapped(batch["x"]), batch["target"])[1]
+
+    def check_resume(ck) -> None:
+        if ck.config.get("model") != model_cfg.to_dict():
+            raise InputError(
+                f"'{Path(cfg.ckpt_dir) / 'latest.pt'}' was trained with another network "
+                "configuration; resume with the same options or start a new folder"
+            )
+
+    return TrainSetup(
+        model=model,
+        criterion=criterion,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        config={
+            "model_type": MODEL_TYPE,
+            "model": model_cfg.to_dict(),
+            "train": cfg.to_dict(),
+            "data": {
+                "norm_mode": cfg.norm_mode,
+                "degrade": degradation.to_dict(),
+                "patch": cfg.patch,
+            },
+        },
+        step=step,
+        val_step=val_step,
+        normalization={"mode": cfg.norm_mode, "per_image": True},
+        sigma_scale={"mean": 1.0},
+        check_resume=check_resume,
+    )
