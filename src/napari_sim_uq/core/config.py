@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -343,3 +344,22 @@ def config_from_args(config_cls, args: argparse.Namespace, *, prefix: str = "", 
     values = config_values_from_args(config_cls, args, prefix=prefix)
     values.update(overrides)
     return config_cls(**values)
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def check_int(name: str, v: object, minimum: int, maximum: int | None = None) -> None:
+    """Raise :class:`InputError` unless ``v`` is an integer (not a bool) in range."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {v!r}")
+    if v < minimum or (maximum is not None and v > maximum):
+        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise InputError(f"{name} must be an integer {rng}, got {v!r}")
+
+
+def check_real(name: str, v: object) -> float:
+    """``v`` as a float; :class:`InputError` unless it is a finite real number."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise InputError(f"{name} must be a finite number, got {v!r}")
+    return float(v)

@@ -63,3 +63,23 @@ def load_task_checkpoint(checkpoint: str | Path, wanted: str, map_location: Any 
     ck = load_checkpoint(checkpoint, map_location=map_location)
     check_checkpoint_task(checkpoint, ck.model_type, wanted)
     return ck
+
+
+def load_task_model(checkpoint: str | Path, wanted: str, build: Any, device: Any = "cpu"):
+    """``(model in eval mode on device, Checkpoint)`` of a checkpoint of task ``wanted``:
+    ``build(model_config_dict)`` makes the network, the stored weights are loaded into it;
+    clear errors for another task's checkpoint or weights that do not fit."""
+    ck = load_task_checkpoint(checkpoint, wanted, map_location="cpu")
+    model_cfg = ck.config.get("model")
+    if not isinstance(model_cfg, dict):
+        raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
+    model = build(model_cfg)
+    try:
+        model.load_state_dict(ck.model_state)
+    except RuntimeError as err:
+        raise InputError(
+            f"checkpoint '{checkpoint}': weights do not fit the stored model configuration "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    model.eval().to(device)
+    return model, ck

@@ -97,6 +97,17 @@ class Normalization:
         for name, v in (("low_pct", lo), ("high_pct", hi), ("offset", offset), ("scale", scale)):
             object.__setattr__(self, name, v)
 
+    @classmethod
+    def with_percentiles(cls, mode: str, percentiles: Any) -> Normalization:
+        """An unfitted rule of ``mode`` with ``percentiles = (low, high)``."""
+        try:
+            low, high = percentiles
+        except (TypeError, ValueError):
+            raise InputError(
+                f"norm_percentiles must be a (low, high) pair, got {percentiles!r}"
+            ) from None
+        return cls(mode, low, high)
+
     # -- fitting
     def fit(self, stack: Any, what: str = "stack") -> Normalization:
         """A copy with ``offset``/``scale`` fitted on ``stack`` (any real dtype).

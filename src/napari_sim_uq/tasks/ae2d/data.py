@@ -253,13 +253,7 @@ class PatchDataset(Dataset):
         self.epoch = 0
         if norm_scope not in NORM_SCOPES:
             raise InputError(f"norm_scope must be one of {NORM_SCOPES}, got {norm_scope!r}")
-        try:
-            low, high = norm_percentiles
-        except (TypeError, ValueError):
-            raise InputError(
-                f"norm_percentiles must be a (low, high) pair, got {norm_percentiles!r}"
-            ) from None
-        self.norm_rule = Normalization(norm_mode, low, high)
+        self.norm_rule = Normalization.with_percentiles(norm_mode, norm_percentiles)
         self.norm_scope = norm_scope
         if isinstance(normalization, Mapping):
             normalization = Normalization.from_dict(dict(normalization))

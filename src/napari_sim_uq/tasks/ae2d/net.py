@@ -68,7 +68,6 @@ conv AE) and at least ``model.min_size``; the caller pads other sizes (for examp
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -76,6 +75,8 @@ import torch
 from torch import nn
 
 from napari_sim_uq.core.config import JsonConfig, option
+from napari_sim_uq.core.config import check_int as _check_int
+from napari_sim_uq.core.config import check_real as _check_real
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.nn.activations import inv_soft_clamp, soft_clamp
 from napari_sim_uq.core.nn.blocks import ConvBlock, UpBlock
@@ -102,20 +103,6 @@ _MAX_DEPTH = 8
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, v: object, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {v!r}")
-    if v < minimum or (maximum is not None and v > maximum):
-        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise InputError(f"{name} must be an integer {rng}, got {v!r}")
-
-
-def _check_real(name: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise InputError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
 
 
 @dataclass

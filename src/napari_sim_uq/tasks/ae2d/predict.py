@@ -47,23 +47,12 @@ STAGE = "reconstruct 2D"
 def load_ae2d_model(checkpoint: Any, device: Any = "cpu"):
     """``(model in eval mode, Checkpoint)`` of a 2D autoencoder checkpoint; a clear error
     for a missing, damaged or another task's checkpoint."""
-    from napari_sim_uq.tasks import load_task_checkpoint
+    from napari_sim_uq.tasks import load_task_model
     from napari_sim_uq.tasks.ae2d.net import AE2DConfig, build_model
 
-    ck = load_task_checkpoint(checkpoint, "ae2d", map_location="cpu")
-    model_cfg = ck.config.get("model")
-    if not isinstance(model_cfg, dict):
-        raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
-    model = build_model(AE2DConfig.from_dict(model_cfg))
-    try:
-        model.load_state_dict(ck.model_state)
-    except RuntimeError as err:
-        raise InputError(
-            f"checkpoint '{checkpoint}': weights do not fit the stored model configuration "
-            f"({str(err).splitlines()[0]})"
-        ) from None
-    model.eval().to(device)
-    return model, ck
+    return load_task_model(
+        checkpoint, "ae2d", lambda cfg: build_model(AE2DConfig.from_dict(cfg)), device
+    )
 
 
 def _normalization(ck, image: np.ndarray, what: str):

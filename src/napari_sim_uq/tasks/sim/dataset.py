@@ -280,13 +280,7 @@ class SimStackDataset(Dataset):
     ) -> None:
         if gt_norm not in GT_NORMS:
             raise InputError(f"gt_norm must be one of {GT_NORMS}, got {gt_norm!r}")
-        try:
-            low, high = norm_percentiles
-        except (TypeError, ValueError):
-            raise InputError(
-                f"norm_percentiles must be a (low, high) pair, got {norm_percentiles!r}"
-            ) from None
-        self.norm_template = Normalization(norm_mode, low, high)
+        self.norm_template = Normalization.with_percentiles(norm_mode, norm_percentiles)
         self.supervised = bool(supervised)
         self.gt_norm = gt_norm
         self.angles = positive_int(angles, "angles")

@@ -88,8 +88,6 @@ is smaller than the padding) to a multiple of ``2^depth`` and the HR outputs cro
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -98,6 +96,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sim_uq.core.config import JsonConfig, option
+from napari_sim_uq.core.config import check_int as _check_int
+from napari_sim_uq.core.config import check_real as _check_real
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.nn.activations import (
     bounded_tanh_variance,
@@ -139,20 +139,6 @@ _BACKGROUND_INIT = 0.1  # initial background, normalised intensity units
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, v: object, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {v!r}")
-    if v < minimum or (maximum is not None and v > maximum):
-        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise InputError(f"{name} must be an integer {rng}, got {v!r}")
-
-
-def _check_real(name: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise InputError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
 
 
 @dataclass

@@ -49,23 +49,12 @@ class SimReconstruction:
 
 def load_sim_model(checkpoint, device="cpu"):
     """(model in eval mode, Checkpoint) from a checkpoint path; clear errors otherwise."""
-    from napari_sim_uq.tasks import load_task_checkpoint
+    from napari_sim_uq.tasks import load_task_model
     from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
 
-    ck = load_task_checkpoint(checkpoint, "sim", map_location="cpu")
-    model_cfg = ck.config.get("model")
-    if not isinstance(model_cfg, dict):
-        raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
-    model = SimUQNet(SimNetConfig.from_stored(model_cfg))
-    try:
-        model.load_state_dict(ck.model_state)
-    except RuntimeError as err:
-        raise InputError(
-            f"checkpoint '{checkpoint}': weights do not fit the stored model configuration "
-            f"({str(err).splitlines()[0]})"
-        ) from None
-    model.eval().to(device)
-    return model, ck
+    return load_task_model(
+        checkpoint, "sim", lambda cfg: SimUQNet(SimNetConfig.from_stored(cfg)), device
+    )
 
 
 def model_context(ck, model) -> int:
