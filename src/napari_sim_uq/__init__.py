@@ -29,6 +29,10 @@ _API = {
     "train_sim": "napari_sim_uq.api",
     "evaluate_sim": "napari_sim_uq.api",
     "example_model_path": "napari_sim_uq.api",
+    "reconstruct_2d": "napari_sim_uq.api",
+    "anomaly_map": "napari_sim_uq.api",
+    "train_2d": "napari_sim_uq.api",
+    "example_2d_model_path": "napari_sim_uq.api",
 }
 
 __all__ = ["__version__", *_API]

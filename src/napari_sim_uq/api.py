@@ -6,6 +6,13 @@ the grids of DESIGN.md 3; given a ``viewer`` it adds them (replacing the layers 
 same names from an earlier run) and returns the layers. ``generate_sim``, ``train_sim``
 and ``evaluate_sim`` drive the existing jobs to the end and return their results.
 
+The 2D task (``tasks/ae2d``) has the same shape: ``reconstruct_2d(layer_or_array)`` gives
+``"<source> mean"``, ``"<source> std"``, ``"<source> epistemic std"`` and ``"<source>
+aleatoric std"`` (and ``"<source> degraded"``), ``anomaly_map`` the ``"<source> anomaly
+score"``, ``train_2d`` trains on a folder or on arrays / layers; the 2D widgets
+(``_napari/_reconstruct2d_widget.py``, ...) use the same jobs (:func:`reconstruct_2d_job`,
+:func:`train_2d_job_from`) and layer builder (:func:`layer_data_2d`).
+
 Nothing here imports Qt or napari: a napari layer is recognised by its attributes (or
 class name), and a viewer is only used through ``viewer.layers`` / ``viewer.add_image``.
 The napari widget (``_napari/_reconstruct_widget.py``) goes through the same helpers
@@ -28,19 +35,31 @@ from napari_sim_uq.tasks.sim.reconstruct import SIM_OUTPUTS
 
 __all__ = [
     "LAYER_SUFFIXES",
+    "Image2DSource",
     "SimSource",
     "add_or_replace_layers",
+    "anomaly_map",
     "evaluate_sim",
+    "example_2d_model_path",
     "example_model_path",
     "generate_sim",
+    "image2d_source",
+    "layer_data_2d",
+    "reconstruct_2d",
+    "reconstruct_2d_job",
     "reconstruct_sim",
     "reconstruction_layer_data",
+    "resolve_2d_checkpoint",
     "resolve_checkpoint",
     "sim_source",
+    "train_2d",
+    "train_2d_job_from",
     "train_sim",
+    "write_training_images_2d",
 ]
 
 EXAMPLE_MODEL = "sim_uq_demo_model.pt"
+EXAMPLE_2D_MODEL = "ae2d_demo_model.pt"
 
 #: output key of :class:`~napari_sim_uq.tasks.sim.reconstruct.SimReconstruction` ->
 #: (layer name suffix, colormap, grid) in the order the layers are returned/added; read
@@ -328,3 +347,427 @@ def evaluate_sim(
     from napari_sim_uq.tasks.sim.evaluate import evaluate_sim_job
 
     return run(evaluate_sim_job(resolve_checkpoint(checkpoint), data_dir, split, out_dir, **kw))
+
+
+# --------------------------------------------------------------------------- 2D task
+#
+# The 2D autoencoders (tasks/ae2d): reconstruction with epistemic and aleatoric std maps,
+# anomaly scores and training. Layers are placed on the source's pixel grid with the
+# task's output tables (AE2D_OUTPUTS, ANOMALY_OUTPUTS) through core placement().
+
+_2D_TRAIN_COMMAND = "sim-uq train-2d"
+LAYER_DATA_DIR = "layer_data"
+
+
+def example_2d_model_path() -> Path:
+    """Path of the small 2D model shipped in ``example_data/`` (an MC-dropout U-Net with an
+    aleatoric head, trained on synthetic images with ``noise:0.1``; editable installs)."""
+    path = Path(__file__).resolve().parents[2] / "example_data" / EXAMPLE_2D_MODEL
+    if not path.is_file():
+        raise InputError(
+            f"the bundled 2D example model ({EXAMPLE_2D_MODEL}) was not found at '{path}' (it "
+            "ships with a source checkout only): pass checkpoint='path/to/model.pt'"
+        )
+    return path
+
+
+def resolve_2d_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+    """``None`` (or an empty string) -> the bundled 2D example model; else the path, which
+    must be a file. Whether it is a 2D checkpoint is checked when it is loaded."""
+    if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
+        return example_2d_model_path()
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"checkpoint '{path}' does not exist: pass the path of a trained 2D model (e.g. "
+            f"OUT_DIR/best.pt from `{_2D_TRAIN_COMMAND}`), or checkpoint=None for the "
+            "bundled example model"
+        )
+    if not path.is_file():
+        raise InputError(f"checkpoint '{path}' is a folder, not a checkpoint file")
+    return path
+
+
+@dataclass
+class Image2DSource:
+    """One grey 2D image (float32 ``(H, W)``) with its name and the world placement of its
+    pixels (scale and translate of the last two axes)."""
+
+    data: np.ndarray
+    name: str
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+
+
+def _looks_rgb(data: np.ndarray) -> bool:
+    # (H, W, 3|4) with more than 4 rows: a colour image, not a stack of 3 or 4 planes
+    return data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
+
+
+def image2d_source(layer_or_array: Any, name: str | None = None) -> Image2DSource:
+    """An :class:`Image2DSource` from a napari Image layer, an array or a file path.
+
+    Colour (RGB/RGBA) images are converted to luminance ``0.299 R + 0.587 G + 0.114 B``
+    with a ``UserWarning``; singleton leading axes are dropped; stacks, non-numeric data and
+    NaN/inf values raise :class:`~napari_sim_uq.core.errors.InputError`.
+    """
+    import warnings
+
+    from napari_sim_uq.tasks.ae2d.data import LUMA_WEIGHTS, image_from_array, read_image_2d
+
+    if _is_layer(layer_or_array):
+        layer = layer_or_array
+        if getattr(layer, "multiscale", False):
+            raise InputError(f"layer '{layer.name}' is multiscale; use one level")
+        data = np.asarray(layer.data)
+        src_name = str(layer.name)
+        scale = tuple(float(s) for s in layer.scale)[-2:]
+        translate = tuple(float(t) for t in layer.translate)[-2:]
+        rgb = bool(getattr(layer, "rgb", False))
+    elif isinstance(layer_or_array, (str, os.PathLike)):
+        data = read_image_2d(layer_or_array, min_size=1)  # converts colour with a warning
+        src_name = Path(layer_or_array).stem
+        scale, translate, rgb = (1.0, 1.0), (0.0, 0.0), False
+    else:
+        try:
+            data = np.asarray(layer_or_array)
+        except Exception:  # anything that is not array-like
+            data = None
+        if data is None or data.dtype == object or data.ndim == 0:
+            raise InputError(
+                "the 2D reconstruction needs a napari Image layer, a NumPy array or a file "
+                f"path, got {type(layer_or_array).__name__}"
+            )
+        src_name = "array"
+        scale, translate = (1.0, 1.0), (0.0, 0.0)
+        rgb = _looks_rgb(data)
+    name = name or src_name
+    what = f"'{name}'"
+    if rgb:
+        if data.ndim != 3 or data.shape[-1] not in (3, 4):
+            raise InputError(f"{what}: an RGB image must have shape (H, W, 3|4), got {data.shape}")
+        warnings.warn(
+            f"{what}: a colour (RGB) image was converted to grey (luminance 0.299 R + "
+            "0.587 G + 0.114 B) for the 2D model",
+            UserWarning,
+            stacklevel=3,
+        )
+        data = data[..., :3].astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim < 2:
+        raise InputError(f"{what}: a {data.ndim}D array is not an image")
+    if data.ndim > 2:
+        raise InputError(
+            f"{what} has shape {data.shape}: the 2D model works on one 2D image, not a stack "
+            "of planes; choose one plane (e.g. layer.data[i]) or a SIM widget for SIM stacks"
+        )
+    return Image2DSource(image_from_array(data, what, min_size=1), name, scale, translate)
+
+
+def reconstruct_2d_job(
+    source: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mc_samples: int = 30,
+    degrade: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    tile: int | None = 256,
+    overlap: int | None = 32,
+    scores: bool = False,
+):
+    """Job (generator of Events): load a 2D checkpoint and reconstruct ``source`` (an
+    :class:`Image2DSource`, or anything :func:`image2d_source` takes); returns the
+    :class:`~napari_sim_uq.core.task.Prediction` with what the layers record about the
+    model and the parameters in its ``meta``. A SIM (or other) checkpoint is refused."""
+    from napari_sim_uq.core.devices import resolve_device
+    from napari_sim_uq.core.events import Event
+    from napari_sim_uq.tasks.ae2d.predict import STAGE, load_ae2d_model, predict_2d
+
+    if not isinstance(source, Image2DSource):
+        source = image2d_source(source)
+    ckpt = resolve_2d_checkpoint(checkpoint)
+    yield Event(STAGE, 0, None, message=f"loading {ckpt.name} …")
+    dev = resolve_device(device)
+    model, ck = load_ae2d_model(ckpt, dev)
+    pred = yield from predict_2d(
+        model,
+        ck,
+        source.data,
+        mc_samples=mc_samples,
+        tile=tile,
+        overlap=overlap,
+        seed=seed,
+        device=dev,
+        degrade=degrade,
+        degrade_seed=seed,
+        scores=scores,
+        what=f"'{source.name}'",
+    )
+    meta = {
+        **ck.layer_metadata(),
+        "task": "ae2d",
+        **pred.meta,
+        "checkpoint": str(ckpt),
+        "mc_samples": int(mc_samples),
+        "seed": int(seed),
+        "device": str(dev),
+    }
+    pred.meta = meta
+    return pred
+
+
+def layer_data_2d(pred: Any, source: Image2DSource, outputs: Any = None) -> list[tuple]:
+    """Layer data tuples of a 2D :class:`~napari_sim_uq.core.task.Prediction`, one per row
+    of the output table ``outputs`` (default ``AE2D_OUTPUTS``) whose array is present:
+    named ``"<source> <suffix>"``, placed with :func:`~napari_sim_uq.core.io.outputs.placement`
+    on the source's pixel grid; the metadata records the model, config hash and parameters
+    (``metadata["sim_uq"]["reconstruction"]``). An anomaly-score layer also records the
+    image score (``metadata["sim_uq"]["image_score"]``)."""
+    from napari_sim_uq.tasks.ae2d.predict import AE2D_OUTPUTS
+
+    outputs = AE2D_OUTPUTS if outputs is None else outputs
+    params = {k: v for k, v in pred.meta.items() if k not in ("image_score", "mse_score")}
+    out = []
+    for spec in outputs:
+        data = pred.arrays.get(spec.key)
+        if data is None:
+            continue
+        scale, translate, labels = placement(spec, source.scale, source.translate)
+        md: dict[str, Any] = {
+            "output": spec.key,
+            "source": source.name,
+            "grid": spec.grid,
+            "task": "ae2d",
+            "reconstruction": copy.deepcopy(params),
+        }
+        if spec.key == "anomaly_score":
+            md["image_score"] = float(pred.meta["image_score"])
+            md["mse_score"] = float(pred.meta["mse_score"])
+        kwargs = {
+            "name": f"{source.name} {spec.suffix}",
+            "scale": scale,
+            "translate": translate,
+            "colormap": spec.colormap,
+            "axis_labels": labels,
+            "metadata": {"sim_uq": md},
+        }
+        if not spec.visible:
+            kwargs["visible"] = False  # the mean shows; the std maps are one click away
+        out.append((np.asarray(data, dtype=np.float32), kwargs, "image"))
+    return out
+
+
+def reconstruct_2d(
+    layer_or_array: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mc_samples: int = 30,
+    degrade: str | None = None,
+    seed: int = 0,
+    viewer: Any = None,
+    device: str = "cpu",
+    tile: int | None = 256,
+    overlap: int | None = 32,
+    name: str | None = None,
+):
+    """Reconstruct a 2D image with a 2D autoencoder; layer tuples, or layers in ``viewer``.
+
+    Gives ``"<name> mean"``, ``"<name> std"`` (total), ``"<name> epistemic std"`` (MC
+    dropout, ``mc_samples > 1``), ``"<name> aleatoric std"`` (variance head) and, with
+    ``degrade`` (a spec such as ``"noise:0.1"``, applied in normalised units with ``seed``
+    before the reconstruction), ``"<name> degraded"``; all on the source's pixel grid.
+    ``layer_or_array``: a napari Image layer, a 2D array (RGB is converted to grey with a
+    warning) or a file path; ``checkpoint=None``: the bundled 2D example model. Given a
+    ``viewer``, layers of the same names are replaced. Bad input (a stack, NaN, an image
+    smaller than the model's minimum, a SIM checkpoint) raises
+    :class:`~napari_sim_uq.core.errors.InputError` before any layer is added.
+    """
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.ae2d.predict import AE2D_OUTPUTS
+
+    source = image2d_source(layer_or_array, name)
+    pred = run(
+        reconstruct_2d_job(
+            source,
+            checkpoint,
+            mc_samples=mc_samples,
+            degrade=degrade,
+            seed=seed,
+            device=device,
+            tile=tile,
+            overlap=overlap,
+        )
+    )
+    layer_data = layer_data_2d(pred, source, AE2D_OUTPUTS)
+    if viewer is None:
+        return layer_data
+    return add_or_replace_layers(viewer, layer_data)
+
+
+def anomaly_map(
+    layer_or_array: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mc_samples: int = 30,
+    degrade: str | None = None,
+    seed: int = 0,
+    viewer: Any = None,
+    device: str = "cpu",
+    tile: int | None = 256,
+    overlap: int | None = 32,
+    name: str | None = None,
+):
+    """Per-pixel anomaly score ``(x - mu)^2 / sigma^2`` of a 2D image (``x`` the input in
+    normalised units, ``mu`` and ``sigma`` the model's reconstruction and total std): the
+    layer ``"<name> anomaly score"``; its ``metadata["sim_uq"]["image_score"]`` is the
+    image score, the mean over the pixels (DESIGN.md 5). Arguments as
+    :func:`reconstruct_2d`; a model trained with ``degrade="none"`` (an autoencoder of
+    normal images) is the intended kind.
+    """
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.ae2d.predict import ANOMALY_OUTPUTS
+
+    source = image2d_source(layer_or_array, name)
+    pred = run(
+        reconstruct_2d_job(
+            source,
+            checkpoint,
+            mc_samples=mc_samples,
+            degrade=degrade,
+            seed=seed,
+            device=device,
+            tile=tile,
+            overlap=overlap,
+            scores=True,
+        )
+    )
+    layer_data = layer_data_2d(pred, source, ANOMALY_OUTPUTS)
+    if viewer is None:
+        return layer_data
+    return add_or_replace_layers(viewer, layer_data)
+
+
+def _training_items(images: Any, what: str) -> list[Any]:
+    """The single images of ``images``: a layer, an array (a 3D non-colour array is a
+    stack of images), or a list/tuple of those."""
+    if _is_layer(images) or isinstance(images, np.ndarray):
+        images = [images]
+    if not isinstance(images, (list, tuple)) or not images:
+        raise InputError(
+            f"{what}: give a folder or glob of images, or a non-empty list of 2D arrays / "
+            f"image layers, got {type(images).__name__}"
+        )
+    items: list[Any] = []
+    for item in images:
+        if isinstance(item, (str, os.PathLike, Image2DSource)):
+            items.append(item)
+            continue
+        data = np.asarray(item.data) if _is_layer(item) else np.asarray(item)
+        rgb = bool(getattr(item, "rgb", False)) if _is_layer(item) else _looks_rgb(data)
+        if data.ndim == 3 and not rgb and data.shape[0] > 1:
+            base = str(item.name) if _is_layer(item) else "array"
+            items += [image2d_source(plane, f"{base} plane {i}") for i, plane in enumerate(data)]
+        else:
+            items.append(item)
+    return items
+
+
+def write_training_images_2d(out_dir: str | os.PathLike, images: Any, split: str = "train") -> Path:
+    """Write training images given as arrays or layers to ``out_dir/layer_data/<split>/``
+    (float32 TIFFs, grey; colour converted with a warning) and return that folder, so that
+    a checkpoint names files that outlive the session. Every image is checked before any
+    file is written; ``.tif`` files of an earlier call in that folder are removed."""
+    from napari_sim_uq.core.io.tiff_io import write_image
+    from napari_sim_uq.tasks.sim.layer_data import safe_stem
+
+    sources = _checked_sources(images, f"{split} images")
+    folder = Path(out_dir).expanduser() / LAYER_DATA_DIR / split
+    for parent in (folder.parent.parent, folder.parent, folder):
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"'{parent}' is a file; choose another output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.tif"):
+        old.unlink()  # from an earlier call: the folder holds exactly these images
+    for i, src in enumerate(sources):
+        write_image(folder / f"{i:03d}_{safe_stem(src.name)}.tif", src.data, name=src.name)
+    return folder
+
+
+def train_2d_job_from(data: Any, out_dir: str | os.PathLike, **options):
+    """The 2D training job for ``data`` (a folder or glob of images, or arrays / layers,
+    written first with :func:`write_training_images_2d`) writing to ``out_dir``.
+
+    Options are :class:`~napari_sim_uq.tasks.ae2d.train.Train2DConfig` fields (``epochs``,
+    ``batch_size``, ``patch``, ``degrade``, ``model={...}``, ...); ``val_dir`` may be
+    arrays / layers too. Options, images and the output folder are checked here, before
+    the job starts and before anything is written (:class:`InputError`)."""
+    from napari_sim_uq.core.events import Event
+    from napari_sim_uq.tasks.ae2d.net import AE2DConfig
+    from napari_sim_uq.tasks.ae2d.train import Train2DConfig, train_2d_job
+
+    if "data_dir" in options or "ckpt_dir" in options:
+        raise InputError("give the training data and the output folder as the first two arguments")
+    out = Path(out_dir).expanduser()
+    val = options.pop("val_dir", None)
+
+    def is_files(x):
+        return isinstance(x, (str, os.PathLike))
+
+    cfg = {
+        **options,
+        "ckpt_dir": str(out),
+        "data_dir": str(data) if is_files(data) else "(layers)",
+        "val_dir": None if val is None else (str(val) if is_files(val) else "(layers)"),
+    }
+    Train2DConfig.from_dict(cfg).validate()
+    AE2DConfig.from_dict(dict(cfg.get("model") or {})).validate()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder '{out}' is a file")
+    if (out / "latest.pt").exists() and not cfg.get("resume"):
+        raise InputError(
+            f"'{out / 'latest.pt'}' exists: pass resume=True to continue that run, or choose "
+            "another output folder"
+        )
+    from napari_sim_uq.core.data.loaders import resolve_files
+
+    for files in (data, val):
+        if files is not None and is_files(files):
+            resolve_files(files)  # an empty glob, a missing folder: a clear error now
+    # check the in-memory images now (writing them is part of the job)
+    train_src = None if is_files(data) else _checked_sources(data, "training images")
+    val_src = None if val is None or is_files(val) else _checked_sources(val, "validation images")
+
+    def job():
+        if train_src is not None or val_src is not None:
+            yield Event("prepare", 0, 1, message=f"writing the layer images to {out} …")
+        if train_src is not None:
+            cfg["data_dir"] = str(write_training_images_2d(out, train_src, "train"))
+        if val_src is not None:
+            cfg["val_dir"] = str(write_training_images_2d(out, val_src, "val"))
+        return (yield from train_2d_job(Train2DConfig.from_dict(cfg)))
+
+    return job()
+
+
+def _checked_sources(images: Any, what: str) -> list[Image2DSource]:
+    return [
+        s if isinstance(s, Image2DSource) else image2d_source(s)
+        for s in _training_items(images, what)
+    ]
+
+
+def train_2d(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> dict:
+    """Train a 2D autoencoder (as ``sim-uq train-2d``); returns the training summary
+    (``latest``/``best`` checkpoint paths, ``history``, ...).
+
+    ``data_dir_or_layers``: a folder or glob of PNG/TIFF images, or a list of 2D arrays /
+    napari image layers (written to ``out_dir/layer_data/train/`` first). Keywords are
+    :class:`~napari_sim_uq.tasks.ae2d.train.Train2DConfig` fields (``epochs``,
+    ``batch_size``, ``patch``, ``degrade``, ``val_dir``, ``model={"base_channels": 16,
+    ...}``); unknown names raise.
+    """
+    from napari_sim_uq.core.events import run
+
+    return run(train_2d_job_from(data_dir_or_layers, out_dir, **options))

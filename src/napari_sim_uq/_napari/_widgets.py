@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -269,7 +270,8 @@ class Fields:
         """The control of the field ``name`` of the dataclass ``config_cls``, bound to
         ``key`` (default ``name``), chosen from the field's type and metadata: choices ->
         combo box (a tuple of strings: one check box per choice), bool -> check box, int /
-        float -> spin box, a 2-tuple -> two spin boxes. The value is the field's default;
+        float -> spin box, a 2-tuple -> two spin boxes, str -> text field (for
+        ``str | None`` an empty field means ``None``). The value is the field's default;
         the tooltip its ``help``; the range its ``minimum`` / ``maximum``.
 
         ``lo`` / ``hi`` give a bound the metadata lacks (a spin box needs both), or narrow
@@ -328,6 +330,8 @@ class Fields:
         elif tp is float:
             a, b = bounds()
             w = self.add_float(key, value, a, b, tip, **kw)
+        elif tp is str:
+            w = self.add_text(key, value, tip, none_if_empty=optional, **kw)
         else:
             raise TypeError(f"{label}: no control for the type {tp!r}")
         self.bindings[key] = ConfigBinding(config_cls, name, frozenset(narrowed), own_tip)
@@ -362,6 +366,19 @@ class Fields:
     def add_float(self, key, value, lo, hi, tip="", *, decimals=3, step=0.1) -> QDoubleSpinBox:
         w = _float_spin(value, lo, hi, decimals, step)
         return self._bind(key, w, w.exact_value, w.set_exact, tip)
+
+    def add_text(self, key, value, tip="", *, placeholder="", none_if_empty=False) -> QLineEdit:
+        """A one-line text field (surrounding spaces are dropped); ``none_if_empty``: an
+        empty field means ``None``."""
+        w = QLineEdit("" if value is None else str(value))
+        if placeholder:
+            w.setPlaceholderText(placeholder)
+
+        def get():
+            text = w.text().strip()
+            return None if none_if_empty and not text else text
+
+        return self._bind(key, w, get, lambda v: w.setText("" if v is None else str(v)), tip)
 
     def add_bool(self, key, value, tip="", text="") -> QCheckBox:
         w = QCheckBox(text)

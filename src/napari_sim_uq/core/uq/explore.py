@@ -43,6 +43,7 @@ from napari_sim_uq.core.uq import metrics as M
 
 __all__ = [
     "MAX_SAMPLE_PIXELS",
+    "MEAN_SUFFIX",
     "MODES",
     "REL_EPS",
     "STD_SUFFIX",
@@ -67,6 +68,8 @@ __all__ = [
 
 #: Name suffix of a std map (DESIGN.md 3): ``"<mean name> std"``.
 STD_SUFFIX = " std"
+#: Name suffix of a mean whose std map is ``"<prefix> std"`` (2D tasks: ``"<source> mean"``).
+MEAN_SUFFIX = " mean"
 #: Threshold modes: the std itself or the relative std ``std / max(|mean|, eps)``.
 MODES = ("absolute", "relative")
 #: Default ``eps`` of the relative std, as a fraction of the largest finite ``|mean|``.
@@ -101,19 +104,29 @@ def _sim_md(md: Mapping) -> Mapping:
 def find_std_layer(mean_name: str, layers: Any) -> str | None:
     """Name of the std map that belongs to the mean layer ``mean_name``, or ``None``.
 
-    First ``"<mean_name> std"``; else a layer whose ``metadata["sim_uq"]`` has ``output``
-    ``"<key>_std"`` and the same ``source`` as the mean layer's ``output`` ``"<key>"``.
+    First ``"<mean_name> std"``; for a name ending in ``" mean"`` (the 2D tasks:
+    ``"<source> mean"`` -> ``"<source> std"``, ``"<source> posterior mean"`` ->
+    ``"<source> posterior std"``) the name with ``mean`` replaced by ``std``; else a layer
+    whose ``metadata["sim_uq"]`` has ``output`` ``"<key>_std"`` (for a key ending in
+    ``mean``: that ending replaced by ``std``) and the same ``source`` as the mean layer's
+    ``output`` ``"<key>"``.
     """
     cat = _catalogue(layers)
-    if mean_name + STD_SUFFIX in cat:
-        return mean_name + STD_SUFFIX
+    names = [mean_name + STD_SUFFIX]
+    if mean_name.endswith(MEAN_SUFFIX):
+        names.append(mean_name[: -len(MEAN_SUFFIX)] + STD_SUFFIX)
+    for candidate in names:
+        if candidate in cat:
+            return candidate
     md = _sim_md(cat.get(mean_name, {}))
     key, source = md.get("output"), md.get("source")
     if not key or str(key).endswith("_std"):
         return None
+    key = str(key)
+    std_keys = {f"{key}_std"} | ({key[: -len("mean")] + "std"} if key.endswith("mean") else set())
     for name, other in cat.items():
         o = _sim_md(other)
-        if name != mean_name and o.get("output") == f"{key}_std" and o.get("source") == source:
+        if name != mean_name and o.get("output") in std_keys and o.get("source") == source:
             return name
     return None
 
