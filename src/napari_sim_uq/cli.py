@@ -596,6 +596,388 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- 2D tasks
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+
+
+def _generate_2d_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", type=Path, required=True, help="dataset folder")
+    p.add_argument("--n-train", type=int, default=32, help="training images (default: 32)")
+    p.add_argument("--n-val", type=int, default=8, help="validation images (default: 8)")
+    p.add_argument("--n-test", type=int, default=8, help="test images (default: 8)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
+    p.add_argument(
+        "--kind",
+        default="mixed",
+        choices=("mixed", "filaments", "nuclei"),
+        help="structures: mixed, filaments or nuclei (default: mixed)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="uint16",
+        choices=("uint16", "float32"),
+        help="stored data type (default: uint16)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--anomalies",
+        action="store_true",
+        help="also write the test images with one inserted anomaly each to "
+        "OUT_DIR/anomaly/abnormal (masks in OUT_DIR/anomaly/masks), for `sim-uq anomaly`",
+    )
+    p.add_argument(
+        "--anomaly-kind",
+        default="random",
+        choices=("blob", "cluster", "texture", "line", "random"),
+        help="kind of inserted anomaly (default: random)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+
+
+@command(
+    "generate-2d",
+    "generate clean synthetic 2D fluorescence-like images (train/val/test), optionally with "
+    "an anomaly set",
+    _generate_2d_args,
+)
+def _generate_2d(args: argparse.Namespace) -> int:
+    import time
+
+    from napari_sim_uq.core.errors import InputError
+    from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
+
+    if args.anomalies and args.n_test < 1:
+        raise InputError("--anomalies inserts anomalies into the test images: give --n-test >= 1")
+    t0 = time.perf_counter()
+    files = generate_dataset_2d(
+        args.out_dir,
+        args.n_train,
+        args.n_val,
+        args.n_test,
+        size=args.size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        kind=args.kind,
+        dtype=args.dtype,
+    )
+    extra = ""
+    if args.anomalies:
+        from napari_sim_uq.tasks.ae2d.demo import write_anomaly_set
+
+        anomaly = args.out_dir / "anomaly"
+        write_anomaly_set(
+            files["test"], anomaly, seed=args.seed, kind=args.anomaly_kind, overwrite=args.overwrite
+        )
+        extra = f"; {len(files['test'])} abnormal images in {anomaly / 'abnormal'}/"
+    counts = ", ".join(f"{len(v)} {k}" for k, v in files.items())
+    print(f"wrote {counts} images to {args.out_dir}/ in {time.perf_counter() - t0:.1f} s{extra}")
+    return 0
+
+
+#: Train2DConfig fields the command line requires (their dataclass defaults are not used).
+_TRAIN_2D_REQUIRED = ("data_dir",)
+
+
+def _train_2d_args(p: argparse.ArgumentParser) -> None:
+    # options from the field metadata of Train2DConfig (data, loop) and AE2DConfig (network)
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.ae2d.net import AE2DConfig
+    from napari_sim_uq.tasks.ae2d.train import Train2DConfig
+
+    add_config_arguments(p, Train2DConfig, required=_TRAIN_2D_REQUIRED)
+    add_config_arguments(p.add_argument_group("model"), AE2DConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_2d_config(args: argparse.Namespace):
+    """The Train2DConfig of parsed ``train-2d`` options (the network as a dict of
+    AE2DConfig values, as the training job expects)."""
+    from napari_sim_uq.core.config import config_from_args, config_values_from_args
+    from napari_sim_uq.tasks.ae2d.net import AE2DConfig
+    from napari_sim_uq.tasks.ae2d.train import Train2DConfig
+
+    return config_from_args(
+        Train2DConfig,
+        args,
+        ckpt_dir=str(Path(args.ckpt_dir)),
+        model=config_values_from_args(AE2DConfig, args),
+    )
+
+
+@command(
+    "train-2d",
+    "train a 2D autoencoder with uncertainty (MC dropout and/or a variance head) to undo "
+    "degradations (--degrade) or, with --degrade none, to reconstruct its input",
+    _train_2d_args,
+)
+def _train_2d(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.ae2d.train import train_2d_job
+
+    cfg = _train_2d_config(args)
+    result = run_with_progress(train_2d_job(cfg), disable=args.quiet)
+    last = result["history"][-1] if result["history"] else {}
+    shown = {
+        k: round(v, 4)
+        for k, v in last.items()
+        if k in ("train_loss", "val_loss", "val_mse", "val_zms")
+    }
+    print(
+        f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
+        f"{result['device']} in {result['seconds']:.1f} s; last epoch: {shown}"
+    )
+    best = result["best"] or result["latest"]
+    print(
+        f"checkpoints: {result['latest']}, {best}; metrics: "
+        f"{Path(result['ckpt_dir']) / 'metrics.csv'}"
+    )
+    return 0
+
+
+def _calibrate_2d_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a 2D model (best.pt)")
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        help="held-out clean images (a folder or a quoted glob), e.g. DATA/val",
+    )
+    p.add_argument(
+        "--mc-samples", type=int, default=30, help="MC-dropout samples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--degrade",
+        default=None,
+        help="degradation applied to the clean images (default: the one the model was "
+        "trained with)",
+    )
+    p.add_argument(
+        "--method",
+        default="scale",
+        choices=("scale", "map", "map-intensity"),
+        help="scale: one factor s = sqrt(mean(r^2/sigma^2)); map: that factor and a "
+        "monotone per-quantile map of sigma; map-intensity: one such map per class of "
+        "the predicted intensity (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-bins", type=int, default=10, help="bins of sigma per map (default: %(default)s)"
+    )
+    p.add_argument(
+        "--n-classes",
+        type=int,
+        default=5,
+        help="equal-count classes of the predicted intensity for --method map-intensity "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="degradation and dropout seed")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tertiles(table: dict) -> str:
+    return ", ".join(f"{k} {_fmt(v['zms'], '.3g')}" for k, v in table["by_intensity"].items())
+
+
+@command(
+    "calibrate-2d",
+    "fit the std calibration of a 2D model on held-out clean images (a scale, or a monotone "
+    "map of sigma) and store it in the checkpoint",
+    _calibrate_2d_args,
+)
+def _calibrate_2d(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.ae2d.calibrate import calibrate_2d_job
+
+    res = run_with_progress(
+        calibrate_2d_job(
+            args.checkpoint,
+            args.data_dir,
+            mc_samples=args.mc_samples,
+            degrade=args.degrade,
+            seed=args.seed,
+            method=args.method,
+            device=args.device,
+            n_bins=args.n_bins,
+            n_classes=args.n_classes,
+            max_images=args.max_images,
+        ),
+        disable=args.quiet,
+    )
+    print(
+        f"{res['n_images']} images ({res['n_pixels']} pixels), degrade {res['degrade']}, "
+        f"mc_samples={res['mc_samples']}: sigma scale {res['sigma_scale']['mean']:.4g}"
+        + (" and a sigma map" if res["sigma_map"] else "")
+    )
+    for when in ("before", "after"):
+        t = res[when]
+        p = t["pooled"]
+        print(
+            f"  {when:<6} ZMS {_fmt(p['zms'], '.3g')}, cov95 {_fmt(p['cov95'])}, Spearman "
+            f"{_fmt(p['spearman'])}; ZMS per intensity tertile: {_tertiles(t)}"
+        )
+    print(f"calibration stored in {res['checkpoint']}")
+    return 0
+
+
+def _infer_2d_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", required=True, help="clean images (a folder or a quoted glob), e.g. DATA/test"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a 2D model (best.pt)")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the results")
+    p.add_argument(
+        "--num-samples", type=int, default=30, help="MC-dropout samples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--degrade",
+        default=None,
+        help="degradation applied to the clean images (default: the one the model was "
+        "trained with; none: reconstruct them as they are)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="degradation and dropout seed")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "infer-2d",
+    "degrade clean images, reconstruct them with a 2D model and write the mean, std, "
+    "figures and metrics against the clean images",
+    _infer_2d_args,
+)
+def _infer_2d(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.ae2d.infer import infer_2d_job
+
+    doc = run_with_progress(
+        infer_2d_job(
+            args.data_dir,
+            args.checkpoint,
+            args.out_dir,
+            num_samples=args.num_samples,
+            degrade=args.degrade,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            device=args.device,
+            max_images=args.max_images,
+        ),
+        disable=args.quiet,
+    )
+    p = doc["pooled"]
+    print(
+        f"{p['n_images']} images: PSNR {p['psnr']:.2f} dB (input {p['psnr_input']:.2f}), SSIM "
+        f"{p['ssim']:.3f} (input {p['ssim_input']:.3f}); ZMS {_fmt(p['zms'], '.3g')}, cov95 "
+        f"{_fmt(p['cov95'])}, Spearman {_fmt(p['spearman'])}; ZMS per intensity tertile: "
+        f"{_tertiles(doc['conditional'])}"
+    )
+    print(f"results and metrics.json in {args.out_dir}/")
+    return 0
+
+
+def _anomaly_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="an autoencoder trained with --degrade none"
+    )
+    p.add_argument("--normal-dir", required=True, help="normal images (folder or quoted glob)")
+    p.add_argument("--abnormal-dir", required=True, help="abnormal images (folder or quoted glob)")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the results")
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        default=1,
+        help="MC-dropout samples (default: 1, one deterministic pass)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="dropout seed")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "anomaly",
+    "score normal and abnormal images with an autoencoder (uncertainty-normalised and "
+    "plain MSE): AUC, EER, F1, ROC plot",
+    _anomaly_args,
+)
+def _anomaly(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.ae2d.anomaly import anomaly_job
+
+    doc = run_with_progress(
+        anomaly_job(
+            args.checkpoint,
+            args.normal_dir,
+            args.abnormal_dir,
+            args.out_dir,
+            mc_samples=args.mc_samples,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            device=args.device,
+        ),
+        disable=args.quiet,
+    )
+    s = doc["scores"]
+    print(
+        f"{doc['n_normal']} normal, {doc['n_abnormal']} abnormal images: "
+        + "; ".join(
+            f"{name} score AUC {s[name]['auc']:.3f}, EER {s[name]['eer']:.3f}, "
+            f"F1 {s[name]['f1']:.3f}"
+            for name in s
+        )
+    )
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"results in {args.out_dir}/ (anomaly.json, scores.csv, roc.png)")
+    return 0
+
+
+def _demo_2d_args(p: argparse.ArgumentParser) -> None:
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.ae2d.demo import Demo2DConfig
+
+    add_config_arguments(p, Demo2DConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command(
+    "demo-2d",
+    "the 2D workflow in minutes: generate images, train a denoiser, calibrate, infer on "
+    "held-out images, train an anomaly autoencoder, score anomalies, draw a summary",
+    _demo_2d_args,
+)
+def _demo_2d(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.config import config_from_args
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.ae2d.demo import Demo2DConfig, demo_2d_job
+
+    cfg = config_from_args(Demo2DConfig, args)
+    res = run_with_progress(demo_2d_job(cfg), disable=args.quiet)
+    t, q = res["timings"], res["test"]["image_quality"]
+    c = res["test"]["calibration"]
+    print(f"2D demo finished in {t['total_s'] / 60:.1f} min on {res['device']}")
+    print(
+        f"  test images      PSNR {q['psnr']:.2f} dB (degraded {q['psnr_input']:.2f}), SSIM "
+        f"{q['ssim']:.3f} (degraded {q['ssim_input']:.3f})"
+    )
+    tert = ", ".join(f"{k} {_fmt(v, '.3g')}" for k, v in c["by_intensity"].items())
+    print(
+        f"  calibration      ZMS {_fmt(c['pooled']['zms'], '.3g')} ({tert}), cov95 "
+        f"{_fmt(c['pooled']['cov95'])}, Spearman {_fmt(c['pooled']['spearman'])}"
+    )
+    a = res["anomaly"]
+    print(
+        "  anomaly AUC      " + ", ".join(f"{name} score {_fmt(v['auc'])}" for name, v in a.items())
+    )
+    print(f"  summary figure   {res['files']['summary']}")
+    print(f"  numbers          {Path(res['out_dir']) / 'demo_2d.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 

@@ -15,9 +15,10 @@ image's units. Arrays (keys of :data:`AE2D_OUTPUTS`):
 
 Every std is multiplied by the checkpoint's sigma-scale (``sigma_scale["mean"]``, fitted by
 :func:`~napari_sim_uq.tasks.ae2d.calibrate.calibrate_2d_job`) and then, if the checkpoint
-holds one (``extra["sigma_map"]``, ``method="map"``), mapped by its monotone sigma map
-(:class:`~napari_sim_uq.core.uq.calibrate.SigmaMap`, applied to the total std; the parts
-get the same per-pixel factor).
+holds one (``extra["sigma_map"]``), mapped by its monotone sigma map
+(:class:`~napari_sim_uq.core.uq.calibrate.SigmaMap`; or one such map per class of the
+predicted intensity, :class:`~napari_sim_uq.core.uq.calibrate.ClassSigmaMap`), applied to
+the total std in normalised units; the parts get the same per-pixel factor.
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ def predict_2d(
     if smap is not None and stds["std"] is not None:
         # the monotone map acts on the total std (after the scale); each part gets the same
         # per-pixel factor, so total^2 = epistemic^2 + aleatoric^2 still holds
-        ratio = smap.ratio(np.maximum(stds["std"], 1e-30)).astype(np.float32)
+        sd = np.maximum(stds["std"], 1e-30)
+        # a per-class map also takes the predicted intensity (normalised units)
+        ratio = (smap.ratio(sd, mu) if hasattr(smap, "classes") else smap.ratio(sd)).astype(
+            np.float32
+        )
         stds = {k: None if v is None else (v * ratio).astype(np.float32) for k, v in stds.items()}
     out: dict[str, Any] = {"mean": norm.invert(mu).astype(np.float32)}
     for key, sd in (
@@ -159,15 +164,15 @@ def predict_2d(
 
 
 def _sigma_map(ck):
-    """The checkpoint's monotone sigma map (``extra["sigma_map"]["mean"]``, fitted by
-    ``calibrate_2d_job(method="map")``), or ``None``."""
+    """The checkpoint's sigma map (``extra["sigma_map"]["mean"]``, fitted by
+    ``calibrate_2d_job(method="map" | "map-intensity")``), or ``None``."""
     stored = (ck.extra or {}).get("sigma_map")
     if not stored:
         return None
-    from napari_sim_uq.core.uq.calibrate import SigmaMap
+    from napari_sim_uq.core.uq.calibrate import sigma_map_from_dict
 
     d = stored.get("mean") if isinstance(stored, dict) else None
-    return None if d is None else SigmaMap.from_dict(dict(d))
+    return None if d is None else sigma_map_from_dict(dict(d))
 
 
 def _as_gray(image: Any, what: str) -> Any:
