@@ -232,5 +232,6 @@ class LossPlot(QWidget):
         # fixed margins in pixels (a layout engine would double the cost of a full draw)
         w, h = self.figure.bbox.width, self.figure.bbox.height
         if w > 100 and h > 80:
-            self.figure.subplots_adjust(left=52 / w, right=1 - 12 / w, bottom=44 / h, top=1 - 8 / h)
+            # 60 px on the left: room for negative tick labels (an NLL goes below 0)
+            self.figure.subplots_adjust(left=60 / w, right=1 - 12 / w, bottom=44 / h, top=1 - 8 / h)
         self._background = None  # the next draw (Qt redraws after a resize) saves it
