@@ -218,3 +218,34 @@ def test_tiny_model_overfits_one_image(kw):
         assert last["loss"] < 0.5 * first["loss"]
     else:  # the NLL-type losses can go negative: require a clear decrease instead
         assert last["loss"] < first["loss"] - 0.1
+
+
+def test_decoupled_nll_trains_the_mean_by_mse_and_the_variance_by_the_nll():
+    # gradients w.r.t. the mean are those of the MSE; w.r.t. the log-variance those of the
+    # Gaussian NLL at the (fixed) mean; the joint NLL mixes them (variance-weighted)
+    cfg = {"model": "mc-dropout", "aleatoric": True}
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 8, 8, generator=g)
+    mean0 = torch.rand(2, 1, 8, 8, generator=g)
+    s0 = torch.randn(2, 1, 8, 8, generator=g)
+
+    def grads(loss_fn):
+        mean = mean0.clone().requires_grad_(True)
+        s = s0.clone().requires_grad_(True)
+        loss_fn(mean, s).backward()
+        return mean.grad, s.grad
+
+    dec = AE2DLoss(cfg, decoupled=True, var_floor=0.0)
+    gm, gs = grads(lambda m, s: dec(AEOutput(m, s), target)[0])
+    n = target.numel()
+    r = target - mean0
+    # d/dmu 0.5 log(mean r^2) = -r / (n mean r^2): the MSE's direction
+    torch.testing.assert_close(gm, -r / (n * (r * r).mean()), rtol=1e-4, atol=1e-7)
+    v = torch.exp(s0)
+    torch.testing.assert_close(gs, 0.5 * (1 - (target - mean0) ** 2 / v) / n)
+    joint = AE2DLoss(cfg, var_floor=0.0)
+    gm_j, gs_j = grads(lambda m, s: joint(AEOutput(m, s), target)[0])
+    torch.testing.assert_close(gs_j, gs)
+    torch.testing.assert_close(gm_j, -(target - mean0) / v / n)
+    # the hetero (UPAE) loss ignores the option
+    assert not AE2DLoss({"model": "hetero"}, decoupled=True).decoupled

@@ -128,3 +128,17 @@ def test_dataset_argument_errors(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         generate_dataset_2d(tmp_path / "f", 1, 0, 0)
+
+
+def test_background_is_smooth_and_keeps_the_structures():
+    from napari_sim_uq.tasks.ae2d.synth2d import generate_image
+
+    s = generate_image(64, 3)
+    b = generate_image(64, 3, background=0.1)
+    assert 0.04 <= b.min() and b.max() <= 1.0
+    # b = bg + (1 - max bg) s: the structure part is the plain image, rescaled
+    resid = b - (1 - (b - s).max()) * s
+    assert resid.min() >= 0.05 - 1e-6 and resid.max() <= 0.15 + 1e-6
+    assert abs(float(np.median(resid)) - 0.1) < 0.03
+    with pytest.raises(InputError, match="background"):
+        generate_image(64, 3, background=1.5)

@@ -111,6 +111,7 @@ def generate_image(
     psf_sigma: float = 1.5,
     line_width: float = 0.8,
     fine_factor: int = 2,
+    background: float = 0.0,
 ) -> np.ndarray:
     """A clean float32 ``(H, W)`` image in ``[0, 1]`` (minimum 0, maximum 1).
 
@@ -118,6 +119,12 @@ def generate_image(
     (filaments, rings, beads) or ``"nuclei"`` (textured nuclei and a few beads). ``seed``: an
     integer or a tuple of integers (``np.random.SeedSequence`` entropy); the same arguments
     give the same image. ``psf_sigma`` and ``line_width`` are in pixels.
+
+    ``background`` (``>= 0``, ``< 1``): a smooth autofluorescence background, as in real
+    fluorescence images, of mean level ``background`` (varying between 0.5x and 1.5x of it
+    over a fifth of the image); the image is then ``b + (1 - max b) s`` with the structures
+    ``s`` in ``[0, 1]``, so it lies in ``[0, 1]`` with its darkest pixels near ``b``. It
+    draws from its own random stream: the structures are those of ``background=0``.
     """
     from scipy import ndimage
 
@@ -139,6 +146,15 @@ def generate_image(
         img = ndimage.gaussian_filter(img, psf_sigma, mode="reflect")
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    if not (isinstance(background, (int, float)) and 0 <= background < 1):
+        raise InputError(f"background must be a level in [0, 1), got {background!r}")
+    if background > 0:
+        brng = np.random.default_rng(_seed_sequence(seed).spawn(1)[0])
+        field = ndimage.gaussian_filter(brng.normal(size=(h, w)), max(h, w) / 5, mode="wrap")
+        span = field.max() - field.min()
+        u = (field - field.min()) / span if span > 0 else np.full((h, w), 0.5)
+        b = np.minimum(background * (0.5 + u), 0.99)
+        img = b + (1.0 - b.max()) * img
     return img.astype(np.float32)
 
 
@@ -246,6 +262,7 @@ def generate_dataset_2d(
     kind: str = "mixed",
     dtype: str = "uint16",
     psf_sigma: float = 1.5,
+    background: float = 0.0,
 ) -> dict[str, list[Path]]:
     """Write clean synthetic images to ``out_dir/{train,val,test}/image_XXXXX.tif`` and
     ``out_dir/dataset_2d.json`` (the parameters); returns ``{split: [files]}``.
@@ -300,7 +317,9 @@ def generate_dataset_2d(
 
     for split_no, s in enumerate(SPLITS):
         for i, path in enumerate(files[s]):
-            img = generate_image((h, w), (int(seed), split_no, i), kind, psf_sigma=psf_sigma)
+            img = generate_image(
+                (h, w), (int(seed), split_no, i), kind, psf_sigma=psf_sigma, background=background
+            )
             data = np.rint(img * 65535).astype(np.uint16) if dtype == "uint16" else img
             md = {
                 "sim_uq": {
@@ -310,6 +329,7 @@ def generate_dataset_2d(
                         "index": i,
                         "kind": kind,
                         "psf_sigma": psf_sigma,
+                        "background": background,
                     }
                 }
             }
@@ -321,10 +341,11 @@ def generate_dataset_2d(
         "kind": kind,
         "dtype": dtype,
         "psf_sigma": psf_sigma,
+        "background": background,
         "counts": counts,
         "image": "image i of split s (0 train, 1 val, 2 test) = "
-        "generate_image(size, (seed, s, i), kind, psf_sigma=psf_sigma), in [0, 1]"
-        + (", stored as round(65535 * image)" if dtype == "uint16" else ""),
+        "generate_image(size, (seed, s, i), kind, psf_sigma=psf_sigma, background=background), "
+        "in [0, 1]" + (", stored as round(65535 * image)" if dtype == "uint16" else ""),
     }
     text = json.dumps(doc, indent=2)
     atomic_write(doc_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)

@@ -17,9 +17,12 @@ from napari_sim_uq.core.data.normalization import NORM_MODES
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.training.loop import TrainOptions, TrainSetup, train_job
 
-__all__ = ["MODEL_TYPE", "NORM_MODES", "Train2DConfig", "train_2d_job"]
+__all__ = ["MODEL_TYPE", "NORM_MODES", "VARIANCE_LOSSES", "Train2DConfig", "train_2d_job"]
 
 MODEL_TYPE = "ae2d"
+
+#: how the mean and the variance head of an MC-dropout model with ``aleatoric`` learn
+VARIANCE_LOSSES = ("decoupled", "joint")
 
 
 @dataclass
@@ -46,9 +49,15 @@ class Train2DConfig(TrainOptions):
     )
     norm_mode: str = option(
         "percentile",
-        help="per-image intensity normalisation: percentile (0.1-99.9 %% to 0-1), minmax, or "
+        help="per-image intensity normalisation: percentile (0.1-99.9 % to 0-1), minmax, or "
         "none (images already in 0-1)",
         choices=NORM_MODES,
+    )
+    variance_loss: str = option(
+        "decoupled",
+        help="MC dropout with a variance head: decoupled (the mean learns by MSE, the variance "
+        "head by the NLL of that mean) or joint (one Gaussian NLL for both)",
+        choices=VARIANCE_LOSSES,
     )
     # network (AE2DConfig fields)
     model: dict = field(default_factory=dict)
@@ -57,6 +66,10 @@ class Train2DConfig(TrainOptions):
         if not self.data_dir:
             raise InputError("data_dir is required (a folder of training images, --data-dir)")
         super().validate()
+        if self.variance_loss not in VARIANCE_LOSSES:
+            raise InputError(
+                f"variance_loss must be one of {VARIANCE_LOSSES}, got {self.variance_loss!r}"
+            )
         if self.norm_mode not in NORM_MODES:
             raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
@@ -102,7 +115,7 @@ def _setup(cfg: Train2DConfig, device) -> TrainSetup:
     # validation patches are fixed (the same every epoch: a comparable loss)
     val_ds = dataset(cfg.val_dir, cfg.seed + 1) if cfg.val_dir else None
     model = build_model(model_cfg).to(device)
-    criterion = AE2DLoss(model_cfg).to(device)
+    criterion = AE2DLoss(model_cfg, decoupled=cfg.variance_loss == "decoupled").to(device)
 
     # the loss covers every pixel: the target is the whole clean patch, also where a mask
     # degradation hid the input (inpainting)
