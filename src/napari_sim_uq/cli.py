@@ -604,6 +604,9 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _generate_2d_args(p: argparse.ArgumentParser) -> None:
+    # choices come from the generator's own tables (typed once)
+    from napari_sim_uq.tasks.ae2d.synth2d import ANOMALY_KINDS, DTYPES, IMAGE_KINDS
+
     p.add_argument("--out-dir", type=Path, required=True, help="dataset folder")
     p.add_argument("--n-train", type=int, default=32, help="training images (default: 32)")
     p.add_argument("--n-val", type=int, default=8, help="validation images (default: 8)")
@@ -611,15 +614,22 @@ def _generate_2d_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     p.add_argument(
         "--kind",
-        default="mixed",
-        choices=("mixed", "filaments", "nuclei"),
-        help="structures: mixed, filaments or nuclei (default: mixed)",
+        default=IMAGE_KINDS[0],
+        choices=IMAGE_KINDS,
+        help=f"structures: {', '.join(IMAGE_KINDS)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--background",
+        type=float,
+        default=0.1,
+        help="mean level of a smooth autofluorescence background, as a fraction of the "
+        "brightest structure (0: none; default: %(default)s)",
     )
     p.add_argument(
         "--dtype",
-        default="uint16",
-        choices=("uint16", "float32"),
-        help="stored data type (default: uint16)",
+        default=DTYPES[0],
+        choices=DTYPES,
+        help="stored data type (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
@@ -631,8 +641,8 @@ def _generate_2d_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--anomaly-kind",
         default="random",
-        choices=("blob", "cluster", "texture", "line", "random"),
-        help="kind of inserted anomaly (default: random)",
+        choices=(*ANOMALY_KINDS, "random"),
+        help="kind of inserted anomaly (default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
 
@@ -662,6 +672,7 @@ def _generate_2d(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         kind=args.kind,
         dtype=args.dtype,
+        background=args.background,
     )
     extra = ""
     if args.anomalies:

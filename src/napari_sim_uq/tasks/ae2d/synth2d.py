@@ -288,6 +288,8 @@ def generate_dataset_2d(
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     psf_sigma = _sigma(psf_sigma, "psf_sigma")
+    if not (isinstance(background, (int, float)) and 0 <= background < 1):
+        raise InputError(f"background must be a level in [0, 1), got {background!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder '{out_dir}' is a file; choose a folder")
