@@ -59,7 +59,7 @@ def mc_tiled_predict(
     tile: int | None = None,
     overlap: int | None = None,
     mc_samples: int = 1,
-    mc_batch: int = 8,
+    mc_batch: int | None = None,
     seed: int = 0,
     device: Any = "cpu",
     stage: str = "predict",
@@ -70,8 +70,13 @@ def mc_tiled_predict(
     ``model`` is put in MC-dropout mode (dropout active, everything else in eval mode) or
     eval mode for the call and restored afterwards. ``multiple``: the model's size multiple
     (inputs and tiles are padded/aligned to it). ``tile``/``overlap``: tile size and overlap
-    in pixels (``None``: the whole image at once). Returns ``(arrays, meta)``."""
+    in pixels (``None``: the whole image at once). ``mc_batch``: samples per forward pass
+    (``None``: 8 on a GPU, 1 on a CPU, where ``bench/mc_sampling.py`` measured batches to
+    cost 1.3-1.5x more CPU time than single passes and memory grows with the chunk).
+    Returns ``(arrays, meta)``."""
     mc_samples = _positive("mc_samples", mc_samples)
+    if mc_batch is None:
+        mc_batch = 8 if torch.device(device).type == "cuda" else 1
     mc_batch = _positive("mc_batch", mc_batch)
     multiple = _positive("multiple", multiple)
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)

@@ -69,7 +69,7 @@ def predict_2d(
     image: Any,
     *,
     mc_samples: int = 30,
-    mc_batch: int = 8,
+    mc_batch: int | None = None,
     tile: int | None = 256,
     overlap: int | None = 32,
     seed: int = 0,
