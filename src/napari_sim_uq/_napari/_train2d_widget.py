@@ -16,18 +16,15 @@ User errors are napari notifications and the status line.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info, show_warning
+# TrainingWidget._notify shows notifications through this module's show_* functions
+from napari.utils.notifications import show_error, show_info, show_warning  # noqa: F401
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -37,31 +34,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sim_uq._napari._loss_plot import LossPlot
 from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
-    JobWidget,
-    default_torch_threads,
-    error_message,
+    TrainingWidget,
     image_layers,
-    progress_bar,
     row,
-    run_buttons,
-    set_progress,
-    set_waiting,
-    status_label,
     watch_layers,
 )
 from napari_sim_uq.core.devices import DEVICE_CHOICES
-from napari_sim_uq.core.errors import InputError, SimUqError
+from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.tasks.ae2d.net import AE2DConfig
 from napari_sim_uq.tasks.ae2d.train import Train2DConfig
 
 __all__ = ["Train2DWidget"]
 
-PLUGIN = "napari-sim-uq"
-RECONSTRUCT_WIDGET = "Reconstruct 2D"
 SOURCES = ("files", "layers")
 
 #: config classes of the widget's keys: ``"lr"`` is ``Train2DConfig.lr``, ``"model.depth"``
@@ -105,14 +92,16 @@ ADVANCED_FIELDS = [
 # fmt: on
 
 
-class Train2DWidget(JobWidget):
+class Train2DWidget(TrainingWidget):
     """Train a 2D autoencoder from files or image layers, with live progress."""
+
+    RECONSTRUCT_WIDGET = "Reconstruct 2D"
+    RUN_DIR_NAME = "output folder"
+    MISSING_VAL_LOSS = 0
+    USE_WAITS_FOR_RUN = True
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.last_result: dict | None = None
-        self._stopping = False
-        self._reset_progress_state()
         f = self.fields = Fields()
 
         # ---- data
@@ -173,32 +162,11 @@ class Train2DWidget(JobWidget):
         adv = self.advanced = Collapsible("Advanced")
         self.device_combo = f.add_config_field(Train2DConfig, "device", choices=DEVICE_CHOICES)
         adv.form.addRow("device", self.device_combo)
-        self.run_opts = Fields()  # options of this widget, not of the training config
-        self.threads_spin = self.run_opts.add_int(
-            "threads",
-            default_torch_threads(),
-            0,
-            max(os.cpu_count() or 1, 1),
-            "torch CPU threads while training (0: torch's default); leaving one core to "
-            "the viewer keeps it responsive",
-            min_label="default",
-        )
-        adv.form.addRow("CPU threads", self.threads_spin)
+        self._add_threads_row(adv.form)
         f.add_config_rows(adv.form, ADVANCED_FIELDS, CONFIGS)
 
         # ---- run
-        self.start_btn, self.stop_btn, buttons = run_buttons("Start", self.start, self.stop)
-        self.stop_btn.setToolTip("stop after the current batch; latest.pt stays resumable")
-        self.epoch_bar = progress_bar("epoch %v / %m")
-        self.batch_bar = progress_bar("batch %v / %m")
-        self.status = status_label()
-        self.plot_check = QCheckBox("live loss plot")
-        self.plot_check.setChecked(True)
-        self.plot = LossPlot()
-        self.plot_check.toggled.connect(self.plot.set_enabled)
-        self.ckpt_info = QLabel("no checkpoint yet")
-        self.ckpt_info.setWordWrap(True)
-        self.ckpt_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        buttons = self._build_run_controls()
         self.use_btn = QPushButton("Use in Reconstruct 2D")
         self.use_btn.setToolTip("open Reconstruct 2D with this folder's best.pt")
         self.use_btn.setEnabled(False)
@@ -261,22 +229,8 @@ class Train2DWidget(JobWidget):
         text = self.out_edit.text().strip()
         return Path(text).expanduser() if text else None
 
-    def _update_ckpt_info(self) -> None:
-        d = self.out_dir()
-        best = d / "best.pt" if d else None
-        ok = best is not None and best.is_file()
-        self.ckpt_info.setText(f"best.pt: {best}" if ok else "no best.pt in the output folder yet")
-        self.use_btn.setEnabled(ok and not self.runner.running)
-
-    def use_in_reconstruct(self) -> None:
-        """Open Reconstruct 2D with this folder's best.pt as its checkpoint."""
-        d = self.out_dir()
-        if d is None or not (d / "best.pt").is_file():
-            self._fail("no best.pt in the output folder yet")
-            return
-        _dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT_WIDGET)
-        widget.checkpoint_edit.setText(str(d / "best.pt"))
-        show_info(f"Reconstruct 2D uses {d / 'best.pt'}")
+    def _run_dir(self) -> Path | None:
+        return self.out_dir()
 
     # ------------------------------------------------------------------ running
 
@@ -289,7 +243,8 @@ class Train2DWidget(JobWidget):
         return v
 
     def _prepare(self):
-        """(job, options) for the current settings; InputError if they are not usable."""
+        """(job factory, options) for the current settings; InputError if they are not
+        usable."""
         from napari_sim_uq.api import image2d_source, train_2d_job_from
 
         d = self.out_dir()
@@ -316,140 +271,11 @@ class Train2DWidget(JobWidget):
                 raise InputError("the ticked layers are gone: tick image layers to train on")
             data = [_layer_images(lay, image2d_source) for lay in data]
             data = [img for imgs in data for img in imgs]
-        return train_2d_job_from(data, d, **opts), opts
+        job = train_2d_job_from(data, d, **opts)
+        return (lambda: job), opts
 
-    def start(self) -> None:
-        """Check the settings and start training in a thread worker."""
-        if self.runner.running:
-            return
-        try:
-            job, opts = self._prepare()
-        except SimUqError as err:
-            self._fail(str(err))
-            return
-        self._reset_progress_state(opts)
-        self.plot.clear_data(opts["epochs"])
-        self.plot.request_redraw(force=True)
-        self._stopping = False
-        self._set_running(True)
-        self.status.setText("starting …")
-        self.runner.start(lambda: job, torch_threads=self.threads_spin.value() or None)
-
-    def stop(self) -> None:
-        """Stop after the current batch; the job saves latest.pt before it ends."""
-        if self.runner.running:
-            self._stopping = True
-            self.status.setText("stopping after this batch …")
-            self.runner.quit()
-
-    # ------------------------------------------------------------------ GUI-thread slots
-
-    def _reset_progress_state(self, opts: dict | None = None) -> None:
-        self._epochs = int(opts["epochs"]) if opts else 1
-        self._limited = bool(opts and opts.get("max_steps"))
-        self._epoch = None
-        self._epoch_sum, self._epoch_n = 0.0, 0
-        self._epoch_first_step = 0
-        self._steps_per_epoch = None
-        self._last_step = 0
-
-    def _flush_epoch(self) -> None:
-        if self._epoch is not None and self._epoch_n:
-            self.plot.add_train(self._epoch, self._epoch_sum / self._epoch_n)
-        self._epoch_n, self._epoch_sum = 0, 0.0
-
-    def _on_event(self, ev) -> None:
-        m = ev.metrics
-        if ev.stage == "train":
-            epoch = int(m.get("epoch", 1))
-            if epoch != self._epoch:
-                self._flush_epoch()
-                if self._epoch is not None:
-                    self.plot.request_redraw()
-                self._epoch = epoch
-                self._epoch_first_step = ev.step - 1
-                if ev.total and not self._limited:
-                    self._steps_per_epoch = max(1, int(ev.total) // self._epochs)
-            self._last_step = ev.step
-            loss = float(m.get("loss", math.nan))
-            self._epoch_sum += loss
-            self._epoch_n += 1
-            in_epoch = ev.step - self._epoch_first_step
-            spe = self._steps_per_epoch
-            if spe:
-                self.plot.add_batch(epoch - 1 + in_epoch / spe, loss)
-                set_progress(self.batch_bar, min(in_epoch, spe), spe)
-            elif ev.total:
-                set_progress(self.batch_bar, ev.step, ev.total, "step %v / %m")
-            set_progress(self.epoch_bar, epoch - 1, self._epochs)
-            self.status.setText(
-                f"epoch {epoch}/{self._epochs}, step {ev.step}"
-                + (f"/{ev.total}" if ev.total else "")
-                + f", loss {loss:.4g}"
-            )
-        elif ev.stage == "validate":
-            self._flush_epoch()
-            self.plot.add_val(ev.step, float(m.get("val_loss", math.nan)))
-            set_progress(self.epoch_bar, min(int(ev.step), self._epochs), self._epochs)
-            self.status.setText(f"epoch {ev.step}: validation loss {m.get('val_loss', 0):.4g}")
-            self.plot.request_redraw()
-        elif ev.message:
-            self.status.setText(ev.message)
-
-    def _on_returned(self, result) -> None:
-        self.last_result = result
-        self._flush_epoch()
-        self.plot.request_redraw(force=True, tidy=True)
-        set_progress(self.epoch_bar, min(int(result["epochs_done"]), self._epochs), self._epochs)
-        msg = (
-            f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
-            f"{result['device']} in {result['seconds']:.1f} s; best: "
-            f"{result['best'] or result['latest']}"
-        )
-        self.status.setText(msg)
-        show_info(msg)
-
-    def _on_error(self, err: BaseException) -> None:
-        self._fail(error_message(err, "training"))
-
-    def _on_aborted(self) -> None:
-        self.status.setText("stopping: saving latest.pt …")
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._update_ckpt_info()
-        if self._stopping:
-            self._stopping = False
-            self._flush_epoch()
-            self.plot.request_redraw(force=True, tidy=True)
-            d = self.out_dir()
-            latest = d / "latest.pt" if d else None
-            if latest is not None and latest.is_file():
-                msg = f"stopped at step {self._last_step}; {latest} is resumable (tick 'resume')"
-            else:
-                msg = "stopped before the first step; no checkpoint was written"
-            self.status.setText(msg)
-            show_warning(msg)
-
-    def _fail(self, message: str) -> None:
-        self.status.setText(message)
-        show_error(message)
-
-    def _set_running(self, running: bool) -> None:
-        self.fields.set_enabled(not running)
-        for w in (
-            self.start_btn,
-            self.source_combo,
-            self.source_stack,
-            self.out_edit,
-            self.threads_spin,
-        ):
-            w.setEnabled(not running)
-        self.stop_btn.setEnabled(running)
-        if running:
-            self.use_btn.setEnabled(False)
-            set_progress(self.epoch_bar, 0, self._epochs)
-            set_waiting(self.batch_bar)
+    def _run_lock_widgets(self) -> tuple:
+        return (self.source_combo, self.source_stack, self.out_edit, self.threads_spin)
 
 
 def _layer_images(layer, image2d_source) -> list:

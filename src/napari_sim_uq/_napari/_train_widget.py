@@ -17,14 +17,12 @@ its next batch, leaving a resumable ``latest.pt``. User errors are napari notifi
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import fields as dc_fields
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+# TrainingWidget._notify shows notifications through this module's show_* functions
+from napari.utils.notifications import show_error, show_info, show_warning  # noqa: F401
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -37,20 +35,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sim_uq._napari._loss_plot import LossPlot
 from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
-    JobWidget,
-    default_torch_threads,
-    error_message,
+    TrainingWidget,
     image_layers,
-    progress_bar,
     row,
-    run_buttons,
-    set_progress,
-    set_waiting,
-    status_label,
     watch_layers,
 )
 from napari_sim_uq.core.data.normalization import NORM_MODES
@@ -62,8 +52,6 @@ from napari_sim_uq.tasks.sim.loss import SimLossConfig
 from napari_sim_uq.tasks.sim.net import SimNetConfig
 from napari_sim_uq.tasks.sim.train import MODEL_TYPE, TrainConfig
 
-PLUGIN = "napari-sim-uq"
-RECONSTRUCT_WIDGET = "Reconstruct SIM"
 DEVICES = DEVICE_CHOICES  # devices.py: one list for every front end
 SOURCES = ("files", "layers")
 NO_GT = "(none)"
@@ -172,15 +160,15 @@ ADVANCED_FIELDS = [
 # fmt: on
 
 
-class TrainSimWidget(JobWidget):
+class TrainSimWidget(TrainingWidget):
     """Train the SIM uncertainty network from files or layers, with live progress."""
+
+    RECONSTRUCT_WIDGET = "Reconstruct SIM"
+    RUN_DIR_NAME = "checkpoint folder"
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.last_result: dict | None = None
         self._extra = {"model": {}, "loss": {}}  # loaded options without widgets
-        self._stopping = False
-        self._reset_progress_state()
         f = self.fields = Fields()  # TrainConfig keys ("model.depth" -> cfg.model["depth"])
 
         # ---- data
@@ -246,18 +234,8 @@ class TrainSimWidget(JobWidget):
         self.device_combo = f.add_config_field(TrainConfig, "device", choices=DEVICES)
         self.device_combo.currentTextChanged.connect(self._update_device_label)
         adv.form.addRow("device", self.device_combo)
-        self.run_opts = Fields()  # options of this widget, not of the training config
-        self.threads_spin = self.run_opts.add_int(
-            "threads",
-            default_torch_threads(),
-            0,
-            max(os.cpu_count() or 1, 1),
-            "torch CPU threads while training (0: torch's default); leaving one core to "
-            "the viewer keeps it responsive",
-            min_label="default",
-        )
+        self._add_threads_row(adv.form)
         self.threads_spin.valueChanged.connect(lambda _v: self._update_device_label())
-        adv.form.addRow("CPU threads", self.threads_spin)
         f.add_config_rows(adv.form, ADVANCED_FIELDS, CONFIGS)
 
         self.device_label = QLabel()
@@ -265,22 +243,11 @@ class TrainSimWidget(JobWidget):
         self._update_device_label()
 
         # ---- run
-        self.start_btn, self.stop_btn, buttons = run_buttons("Start", self.start, self.stop)
-        self.stop_btn.setToolTip("stop after the current batch; latest.pt stays resumable")
-        self.epoch_bar = progress_bar("epoch %v / %m")
-        self.batch_bar = progress_bar("batch %v / %m")
-        self.status = status_label()
+        buttons = self._build_run_controls(
+            plot_tip="redraws at epoch ends and validations (at most every 0.5 s)"
+        )
 
-        self.plot_check = QCheckBox("live loss plot")
-        self.plot_check.setChecked(True)
-        self.plot_check.setToolTip("redraws at epoch ends and validations (at most every 0.5 s)")
-        self.plot = LossPlot()
-        self.plot_check.toggled.connect(self.plot.set_enabled)
-
-        # ---- checkpoints
-        self.ckpt_info = QLabel("no checkpoint yet")
-        self.ckpt_info.setWordWrap(True)
-        self.ckpt_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # ---- checkpoints (the ckpt_info label comes with the run controls)
         self.load_btn = QPushButton("Load checkpoint…")
         self.load_btn.setToolTip("fill the settings from a checkpoint (and its folder)")
         self.load_btn.clicked.connect(self._browse_checkpoint)
@@ -346,6 +313,9 @@ class TrainSimWidget(JobWidget):
     def ckpt_dir(self) -> Path | None:
         text = self.ckpt_edit.text().strip()
         return Path(text).expanduser() if text else None
+
+    def _run_dir(self) -> Path | None:
+        return self.ckpt_dir()
 
     def _update_device_label(self, *_):
         desc = device_description(self.device_combo.currentText())
@@ -437,47 +407,13 @@ class TrainSimWidget(JobWidget):
                     add(epoch, loss)
         self.plot.request_redraw(force=True, tidy=True)
 
-    def _update_ckpt_info(self) -> None:
-        d = self.ckpt_dir()
-        best = d / "best.pt" if d else None
-        if best is not None and best.is_file():
-            self.ckpt_info.setText(f"best.pt: {best}")
-            self.use_btn.setEnabled(True)
-        else:
-            self.ckpt_info.setText("no best.pt in the checkpoint folder yet")
-            self.use_btn.setEnabled(False)
-
-    def use_in_reconstruct(self) -> None:
-        """Open the Reconstruct SIM widget with this folder's best.pt as its checkpoint."""
-        d = self.ckpt_dir()
-        if d is None or not (d / "best.pt").is_file():
-            self._fail("no best.pt in the checkpoint folder yet")
-            return
-        _dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT_WIDGET)
-        widget.checkpoint_edit.setText(str(d / "best.pt"))
-        show_info(f"Reconstruct SIM uses {d / 'best.pt'}")
-
     # ------------------------------------------------------------------ running
 
-    def start(self) -> None:
-        """Check the settings and start training in a thread worker."""
-        if self.runner.running:
-            return
-        try:
-            make_job, cfg = self._prepare()
-        except SimUqError as err:
-            self._fail(str(err))
-            return
-        self._reset_progress_state(cfg)
+    def _start_plot(self, cfg: dict) -> None:
         if cfg["resume"]:
             self._load_history(Path(cfg["ckpt_dir"]), cfg["epochs"])
         else:
-            self.plot.clear_data(cfg["epochs"])
-            self.plot.request_redraw(force=True)
-        self._stopping = False
-        self._set_running(True)
-        self.status.setText("starting …")
-        self.runner.start(make_job, torch_threads=self.threads_spin.value() or None)
+            super()._start_plot(cfg)
 
     def _prepare(self):
         """(job factory, config dict) for the current settings; InputError if not usable."""
@@ -520,126 +456,15 @@ class TrainSimWidget(JobWidget):
         args = (cfg, src.data, gt, src.name, src.angles, src.phases, data_dir)
         return (lambda: layer_training_job(*args)), cfg
 
-    def stop(self) -> None:
-        """Stop after the current batch; the job saves latest.pt before it ends."""
-        if self.runner.running:
-            self._stopping = True
-            self.status.setText("stopping after this batch …")
-            self.runner.quit()
-
-    # ------------------------------------------------------------------ GUI-thread slots
-
-    def _reset_progress_state(self, cfg: dict | None = None) -> None:
-        self._epochs = int(cfg["epochs"]) if cfg else 1
-        self._limited = bool(cfg and cfg.get("max_steps"))
-        self._epoch = None  # epoch of the batches being received (1-based)
-        self._epoch_sum = 0.0
-        self._epoch_n = 0
-        self._epoch_first_step = 0
-        self._steps_per_epoch = None
-        self._last_step = 0
-
-    def _flush_epoch(self) -> None:
-        if self._epoch is not None and self._epoch_n:
-            self.plot.add_train(self._epoch, self._epoch_sum / self._epoch_n)
-        self._epoch_n, self._epoch_sum = 0, 0.0
-
-    def _on_event(self, ev) -> None:
-        m = ev.metrics
-        if ev.stage == "train":
-            epoch = int(m.get("epoch", 1))
-            if epoch != self._epoch:
-                self._flush_epoch()
-                if self._epoch is not None:
-                    self.plot.request_redraw()  # an epoch ended
-                self._epoch = epoch
-                self._epoch_first_step = ev.step - 1
-                if ev.total and not self._limited:
-                    self._steps_per_epoch = max(1, int(ev.total) // self._epochs)
-            self._last_step = ev.step
-            loss = float(m.get("loss", math.nan))
-            self._epoch_sum += loss
-            self._epoch_n += 1
-            in_epoch = ev.step - self._epoch_first_step
-            spe = self._steps_per_epoch
-            if spe:
-                self.plot.add_batch(epoch - 1 + in_epoch / spe, loss)
-                set_progress(self.batch_bar, min(in_epoch, spe), spe)
-            elif ev.total:
-                set_progress(self.batch_bar, ev.step, ev.total, "step %v / %m")
-            set_progress(self.epoch_bar, epoch - 1, self._epochs)
-            self.status.setText(
-                f"epoch {epoch}/{self._epochs}, step {ev.step}"
-                + (f"/{ev.total}" if ev.total else "")
-                + f", loss {loss:.4g}"
-            )
-        elif ev.stage == "validate":
-            self._flush_epoch()
-            self.plot.add_val(ev.step, float(m.get("val_loss", math.nan)))
-            set_progress(self.epoch_bar, min(int(ev.step), self._epochs), self._epochs)
-            self.status.setText(
-                f"epoch {ev.step}: validation loss {m.get('val_loss', math.nan):.4g}"
-            )
-            self.plot.request_redraw()
-        elif ev.message:
-            self.status.setText(ev.message)
-
-    def _on_returned(self, result) -> None:
-        self.last_result = result
-        self._flush_epoch()
-        self.plot.request_redraw(force=True, tidy=True)
-        set_progress(self.epoch_bar, min(int(result["epochs_done"]), self._epochs), self._epochs)
-        where = result["best"] or result["latest"]
-        msg = (
-            f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
-            f"{result['device']} in {result['seconds']:.1f} s; best: {where}"
-        )
-        self.status.setText(msg)
-        show_info(msg)
-
-    def _on_error(self, err: BaseException) -> None:
-        self._fail(error_message(err, "training"))
-
-    def _on_aborted(self) -> None:
-        self.status.setText("stopping: saving latest.pt …")
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._update_ckpt_info()
-        if self._stopping:
-            self._stopping = False
-            self._flush_epoch()
-            self.plot.request_redraw(force=True, tidy=True)
-            d = self.ckpt_dir()
-            latest = d / "latest.pt" if d else None
-            if latest is not None and latest.is_file():
-                msg = f"stopped at step {self._last_step}; {latest} is resumable (tick 'resume')"
-            else:
-                msg = "stopped before the first step; no checkpoint was written"
-            self.status.setText(msg)
-            show_warning(msg)
-
-    def _fail(self, message: str) -> None:
-        self.status.setText(message)
-        show_error(message)
-
-    def _set_running(self, running: bool) -> None:
-        self.fields.set_enabled(not running)
-        for w in (
-            self.start_btn,
+    def _run_lock_widgets(self) -> tuple:
+        return (
             self.load_btn,
             self.source_combo,
             self.source_stack,
             self.ckpt_edit,
             self.ckpt_browse,
             self.threads_spin,
-        ):
-            w.setEnabled(not running)
-        self.stop_btn.setEnabled(running)
-        if running:
-            self.use_btn.setEnabled(False)
-            set_progress(self.epoch_bar, 0, self._epochs)
-            set_waiting(self.batch_bar)  # until the first batch
+        )
 
 
 def _fill_combo(combo: QComboBox, names: list[str], default: str | None) -> None:

@@ -13,14 +13,18 @@ of the widgets that run jobs.
 from __future__ import annotations
 
 import gc
+import math
 import os
+import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
+from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -833,3 +837,243 @@ class JobWidget(QWidget):
     def busy(self) -> bool:
         """A job runs (or is stopping), or its result layers are still being added."""
         return self.runner.running or (self.adder is not None and self.adder.busy)
+
+
+class TrainingWidget(JobWidget):
+    """Base of the training dock widgets (Train SIM model, Train 2D): the run controls,
+    Start / Stop, the GUI-thread slots that move the progress bars and feed the live loss
+    plot, and "Use in Reconstruct …".
+
+    A subclass builds ``fields``, ``threads_spin`` and the ``use_btn``, and gives
+    ``_prepare()`` (``(job factory, config dict)``, InputError if the settings are not
+    usable), ``_run_dir()`` (the folder of latest.pt / best.pt, or None) and
+    ``_run_lock_widgets()`` (what is disabled while a run goes on, besides the fields).
+    """
+
+    PLUGIN = "napari-sim-uq"
+    #: the plugin's dock widget that "Use in Reconstruct …" opens
+    RECONSTRUCT_WIDGET = ""
+    #: what the run folder is called in messages ("checkpoint folder", "output folder")
+    RUN_DIR_NAME = "checkpoint folder"
+    #: shown for a validation event without a ``val_loss``
+    MISSING_VAL_LOSS = math.nan
+    #: keep "Use in Reconstruct …" disabled while a run goes on
+    USE_WAITS_FOR_RUN = False
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(napari_viewer, parent)
+        self.last_result: dict | None = None
+        self._stopping = False
+        self._reset_progress_state()
+
+    def _build_run_controls(self, plot_tip: str | None = None) -> QHBoxLayout:
+        """Create the Start / Stop buttons (their row is returned), the progress bars, the
+        status line, the live loss plot and its check box, and the checkpoint label."""
+        from napari_sim_uq._napari._loss_plot import LossPlot
+
+        self.start_btn, self.stop_btn, buttons = run_buttons("Start", self.start, self.stop)
+        self.stop_btn.setToolTip("stop after the current batch; latest.pt stays resumable")
+        self.epoch_bar = progress_bar("epoch %v / %m")
+        self.batch_bar = progress_bar("batch %v / %m")
+        self.status = status_label()
+        self.plot_check = QCheckBox("live loss plot")
+        self.plot_check.setChecked(True)
+        if plot_tip:
+            self.plot_check.setToolTip(plot_tip)
+        self.plot = LossPlot()
+        self.plot_check.toggled.connect(self.plot.set_enabled)
+        self.ckpt_info = QLabel("no checkpoint yet")
+        self.ckpt_info.setWordWrap(True)
+        self.ckpt_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        return buttons
+
+    def _add_threads_row(self, form: QFormLayout) -> None:
+        """Add the "CPU threads" row (``threads_spin``, in ``run_opts``: an option of the
+        widget, not of the training config) to ``form``."""
+        self.run_opts = Fields()
+        self.threads_spin = self.run_opts.add_int(
+            "threads",
+            default_torch_threads(),
+            0,
+            max(os.cpu_count() or 1, 1),
+            "torch CPU threads while training (0: torch's default); leaving one core to "
+            "the viewer keeps it responsive",
+            min_label="default",
+        )
+        form.addRow("CPU threads", self.threads_spin)
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _prepare(self):
+        raise NotImplementedError
+
+    def _run_dir(self) -> Path | None:
+        raise NotImplementedError
+
+    def _run_lock_widgets(self) -> tuple:
+        return ()
+
+    def _start_plot(self, cfg: dict) -> None:
+        """Set up the loss plot for a run starting with ``cfg``."""
+        self.plot.clear_data(cfg["epochs"])
+        self.plot.request_redraw(force=True)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _update_ckpt_info(self) -> None:
+        d = self._run_dir()
+        best = d / "best.pt" if d else None
+        ok = best is not None and best.is_file()
+        self.ckpt_info.setText(
+            f"best.pt: {best}" if ok else f"no best.pt in the {self.RUN_DIR_NAME} yet"
+        )
+        self.use_btn.setEnabled(ok and not (self.USE_WAITS_FOR_RUN and self.runner.running))
+
+    def use_in_reconstruct(self) -> None:
+        """Open the Reconstruct widget with this folder's best.pt as its checkpoint."""
+        d = self._run_dir()
+        if d is None or not (d / "best.pt").is_file():
+            self._fail(f"no best.pt in the {self.RUN_DIR_NAME} yet")
+            return
+        _dock, widget = self.viewer.window.add_plugin_dock_widget(
+            self.PLUGIN, self.RECONSTRUCT_WIDGET
+        )
+        widget.checkpoint_edit.setText(str(d / "best.pt"))
+        self._notify("info", f"{self.RECONSTRUCT_WIDGET} uses {d / 'best.pt'}")
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        """Check the settings and start training in a thread worker."""
+        if self.runner.running:
+            return
+        try:
+            make_job, cfg = self._prepare()
+        except SimUqError as err:
+            self._fail(str(err))
+            return
+        self._reset_progress_state(cfg)
+        self._start_plot(cfg)
+        self._stopping = False
+        self._set_running(True)
+        self.status.setText("starting …")
+        self.runner.start(make_job, torch_threads=self.threads_spin.value() or None)
+
+    def stop(self) -> None:
+        """Stop after the current batch; the job saves latest.pt before it ends."""
+        if self.runner.running:
+            self._stopping = True
+            self.status.setText("stopping after this batch …")
+            self.runner.quit()
+
+    # ------------------------------------------------------------------ GUI-thread slots
+
+    def _reset_progress_state(self, cfg: dict | None = None) -> None:
+        self._epochs = int(cfg["epochs"]) if cfg else 1
+        self._limited = bool(cfg and cfg.get("max_steps"))
+        self._epoch = None  # epoch of the batches being received (1-based)
+        self._epoch_sum = 0.0
+        self._epoch_n = 0
+        self._epoch_first_step = 0
+        self._steps_per_epoch = None
+        self._last_step = 0
+
+    def _flush_epoch(self) -> None:
+        if self._epoch is not None and self._epoch_n:
+            self.plot.add_train(self._epoch, self._epoch_sum / self._epoch_n)
+        self._epoch_n, self._epoch_sum = 0, 0.0
+
+    def _on_event(self, ev) -> None:
+        m = ev.metrics
+        if ev.stage == "train":
+            epoch = int(m.get("epoch", 1))
+            if epoch != self._epoch:
+                self._flush_epoch()
+                if self._epoch is not None:
+                    self.plot.request_redraw()  # an epoch ended
+                self._epoch = epoch
+                self._epoch_first_step = ev.step - 1
+                if ev.total and not self._limited:
+                    self._steps_per_epoch = max(1, int(ev.total) // self._epochs)
+            self._last_step = ev.step
+            loss = float(m.get("loss", math.nan))
+            self._epoch_sum += loss
+            self._epoch_n += 1
+            in_epoch = ev.step - self._epoch_first_step
+            spe = self._steps_per_epoch
+            if spe:
+                self.plot.add_batch(epoch - 1 + in_epoch / spe, loss)
+                set_progress(self.batch_bar, min(in_epoch, spe), spe)
+            elif ev.total:
+                set_progress(self.batch_bar, ev.step, ev.total, "step %v / %m")
+            set_progress(self.epoch_bar, epoch - 1, self._epochs)
+            self.status.setText(
+                f"epoch {epoch}/{self._epochs}, step {ev.step}"
+                + (f"/{ev.total}" if ev.total else "")
+                + f", loss {loss:.4g}"
+            )
+        elif ev.stage == "validate":
+            self._flush_epoch()
+            self.plot.add_val(ev.step, float(m.get("val_loss", math.nan)))
+            set_progress(self.epoch_bar, min(int(ev.step), self._epochs), self._epochs)
+            val_loss = m.get("val_loss", self.MISSING_VAL_LOSS)
+            self.status.setText(f"epoch {ev.step}: validation loss {val_loss:.4g}")
+            self.plot.request_redraw()
+        elif ev.message:
+            self.status.setText(ev.message)
+
+    def _on_returned(self, result) -> None:
+        self.last_result = result
+        self._flush_epoch()
+        self.plot.request_redraw(force=True, tidy=True)
+        set_progress(self.epoch_bar, min(int(result["epochs_done"]), self._epochs), self._epochs)
+        where = result["best"] or result["latest"]
+        msg = (
+            f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
+            f"{result['device']} in {result['seconds']:.1f} s; best: {where}"
+        )
+        self.status.setText(msg)
+        self._notify("info", msg)
+
+    def _on_error(self, err: BaseException) -> None:
+        self._fail(error_message(err, "training"))
+
+    def _on_aborted(self) -> None:
+        self.status.setText("stopping: saving latest.pt …")
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self._update_ckpt_info()
+        if self._stopping:
+            self._stopping = False
+            self._flush_epoch()
+            self.plot.request_redraw(force=True, tidy=True)
+            d = self._run_dir()
+            latest = d / "latest.pt" if d else None
+            if latest is not None and latest.is_file():
+                msg = f"stopped at step {self._last_step}; {latest} is resumable (tick 'resume')"
+            else:
+                msg = "stopped before the first step; no checkpoint was written"
+            self.status.setText(msg)
+            self._notify("warning", msg)
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        self._notify("error", message)
+
+    def _notify(self, kind: str, message: str) -> None:
+        """The napari notification ``show_<kind>`` (info, warning, error), taken from the
+        subclass's module where it imports one (so it can be replaced there)."""
+        module = sys.modules.get(type(self).__module__)
+        show = getattr(module, f"show_{kind}", None) or getattr(notifications, f"show_{kind}")
+        show(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.fields.set_enabled(not running)
+        for w in (self.start_btn, *self._run_lock_widgets()):
+            w.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        if running:
+            self.use_btn.setEnabled(False)
+            set_progress(self.epoch_bar, 0, self._epochs)
+            set_waiting(self.batch_bar)  # until the first batch
