@@ -363,3 +363,23 @@ def check_real(name: str, v: object) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise InputError(f"{name} must be a finite number, got {v!r}")
     return float(v)
+
+
+def check_dropout_and_logvar_range(cfg: Any) -> None:
+    """Checks shared by the networks' configs: ``dropout`` in ``[0, 1)`` and a log-variance
+    range ``logvar_min < logvar_init < logvar_max`` (finite numbers)."""
+    p = check_real("dropout", cfg.dropout)
+    if not 0.0 <= p < 1.0:
+        raise InputError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
+    lo = check_real("logvar_min", cfg.logvar_min)
+    hi = check_real("logvar_max", cfg.logvar_max)
+    init = check_real("logvar_init", cfg.logvar_init)
+    if not lo < hi:
+        raise InputError(
+            f"logvar_min must be < logvar_max, got {cfg.logvar_min!r} and {cfg.logvar_max!r}"
+        )
+    if not lo < init < hi:
+        raise InputError(
+            f"logvar_init must lie strictly between logvar_min and logvar_max "
+            f"({lo:g}, {hi:g}), got {cfg.logvar_init!r}"
+        )

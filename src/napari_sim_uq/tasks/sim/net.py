@@ -95,9 +95,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sim_uq.core.config import JsonConfig, option
+from napari_sim_uq.core.config import JsonConfig, check_dropout_and_logvar_range, option
 from napari_sim_uq.core.config import check_int as _check_int
-from napari_sim_uq.core.config import check_real as _check_real
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.nn.activations import (
     bounded_tanh_variance,
@@ -241,21 +240,7 @@ class SimNetConfig(JsonConfig):
         _check_int("psf_size", self.psf_size, 1, 101)
         if self.psf_size % 2 == 0:
             raise InputError(f"psf_size must be odd (the PSF is centred), got {self.psf_size}")
-        p = _check_real("dropout", self.dropout)
-        if not 0.0 <= p < 1.0:
-            raise InputError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        lo = _check_real("logvar_min", self.logvar_min)
-        hi = _check_real("logvar_max", self.logvar_max)
-        init = _check_real("logvar_init", self.logvar_init)
-        if not lo < hi:
-            raise InputError(
-                f"logvar_min must be < logvar_max, got {self.logvar_min!r} and {self.logvar_max!r}"
-            )
-        if not lo < init < hi:
-            raise InputError(
-                f"logvar_init must lie strictly between logvar_min and logvar_max "
-                f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
-            )
+        check_dropout_and_logvar_range(self)
         if self.var_space not in VAR_SPACES:
             raise InputError(f"var_space must be one of {list(VAR_SPACES)}, got {self.var_space!r}")
         if self.norm not in NORMS:
