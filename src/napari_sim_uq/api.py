@@ -584,26 +584,12 @@ def reconstruct_2d(
     smaller than the model's minimum, a SIM checkpoint) raises
     :class:`~napari_sim_uq.core.errors.InputError` before any layer is added.
     """
-    from napari_sim_uq.core.events import run
     from napari_sim_uq.tasks.ae2d.predict import AE2D_OUTPUTS
 
-    source = image2d_source(layer_or_array, name)
-    pred = run(
-        reconstruct_2d_job(
-            source,
-            checkpoint,
-            mc_samples=mc_samples,
-            degrade=degrade,
-            seed=seed,
-            device=device,
-            tile=tile,
-            overlap=overlap,
-        )
+    opts = dict(
+        mc_samples=mc_samples, degrade=degrade, seed=seed, device=device, tile=tile, overlap=overlap
     )
-    layer_data = layer_data_2d(pred, source, AE2D_OUTPUTS)
-    if viewer is None:
-        return layer_data
-    return add_or_replace_layers(viewer, layer_data)
+    return _run_2d(layer_or_array, name, viewer, AE2D_OUTPUTS, checkpoint, **opts)
 
 
 def anomaly_map(
@@ -626,24 +612,27 @@ def anomaly_map(
     :func:`reconstruct_2d`; a model trained with ``degrade="none"`` (an autoencoder of
     normal images) is the intended kind.
     """
-    from napari_sim_uq.core.events import run
     from napari_sim_uq.tasks.ae2d.predict import ANOMALY_OUTPUTS
 
-    source = image2d_source(layer_or_array, name)
-    pred = run(
-        reconstruct_2d_job(
-            source,
-            checkpoint,
-            mc_samples=mc_samples,
-            degrade=degrade,
-            seed=seed,
-            device=device,
-            tile=tile,
-            overlap=overlap,
-            scores=True,
-        )
+    opts = dict(
+        mc_samples=mc_samples,
+        degrade=degrade,
+        seed=seed,
+        device=device,
+        tile=tile,
+        overlap=overlap,
+        scores=True,
     )
-    layer_data = layer_data_2d(pred, source, ANOMALY_OUTPUTS)
+    return _run_2d(layer_or_array, name, viewer, ANOMALY_OUTPUTS, checkpoint, **opts)
+
+
+def _run_2d(layer_or_array, name, viewer, outputs, checkpoint, **options):
+    """The 2D job on one source, as layer tuples (or layers added to ``viewer``)."""
+    from napari_sim_uq.core.events import run
+
+    source = image2d_source(layer_or_array, name)
+    pred = run(reconstruct_2d_job(source, checkpoint, **options))
+    layer_data = layer_data_2d(pred, source, outputs)
     if viewer is None:
         return layer_data
     return add_or_replace_layers(viewer, layer_data)
