@@ -50,6 +50,13 @@ still have their own weights: at initialisation this design does paint a 2-perio
 pattern, which training (and the smoothing conv) must remove. Its convolutions get He
 initialisation (see :func:`_he_init_`).
 
+Options of the conv AE (defaults give the design above): ``conv_depth`` stride-2 encoder
+stages (channels ``4b, ..., 4b, 2b``, then the bottleneck conv to ``latent_channels``,
+default ``b``; the decoder mirrors them with transposed convs), so inputs must be multiples
+of ``2^conv_depth``; ``mean_activation="linear"`` drops the sigmoid. The heteroscedastic
+loss on mostly dark images (synthetic images are about 60 % exact zeros) drives a sigmoid
+mean into saturation at 0, where it stops learning; a linear head does not saturate.
+
 Log-variance
 ------------
 The log-variance head is a 1x1 convolution with zero weights and a bias set so that it
@@ -74,9 +81,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from napari_sim_uq.core.config import JsonConfig, option
+from napari_sim_uq.core.config import JsonConfig, check_dropout_and_logvar_range, option
 from napari_sim_uq.core.config import check_int as _check_int
-from napari_sim_uq.core.config import check_real as _check_real
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.nn.activations import inv_soft_clamp, soft_clamp
 from napari_sim_uq.core.nn.blocks import ConvBlock, UpBlock
@@ -96,6 +102,9 @@ ARCHS = ("unet", "conv-ae")
 
 #: Models, i.e. how the network is trained (``AE2DConfig.model``, see :mod:`.loss`).
 MODELS = ("mc-dropout", "hetero")
+
+#: Output activations of the conv-ae mean head (``AE2DConfig.mean_activation``).
+MEAN_ACTIVATIONS = ("sigmoid", "linear")
 
 _MAX_DEPTH = 8
 
@@ -154,6 +163,24 @@ class AE2DConfig(JsonConfig):
     in_channels: int = option(
         1, help="channels of the input images (the reconstruction has as many)", minimum=1
     )
+    conv_depth: int = option(
+        2,
+        help="conv-ae: stride-2 encoder stages (inputs must be multiples of 2^conv_depth); "
+        "more stages make a coarser, real bottleneck (anomaly detection)",
+        minimum=2,
+        maximum=_MAX_DEPTH,
+    )
+    latent_channels: int = option(
+        0,
+        help="conv-ae: channels of the bottleneck (0: base_channels)",
+        minimum=0,
+    )
+    mean_activation: str = option(
+        "sigmoid",
+        help="conv-ae: output activation of the mean head: sigmoid (the familiar design) or "
+        "linear (no saturation: a sigmoid pushed to 0 on a dark background stops learning)",
+        choices=MEAN_ACTIVATIONS,
+    )
     logvar_init: float = option(-4.0, help="initial log-variance of the variance head")
     logvar_min: float = option(-12.0, help="lower soft clamp of the predicted log-variance")
     logvar_max: float = option(4.0, help="upper soft clamp of the predicted log-variance")
@@ -168,8 +195,9 @@ class AE2DConfig(JsonConfig):
 
     @property
     def multiple(self) -> int:
-        """Input sizes must be multiples of this (``2^depth``, or 4 for the conv AE)."""
-        return 4 if self.arch == "conv-ae" else 2**self.depth
+        """Input sizes must be multiples of this (``2^depth``, or ``2^conv_depth`` for the
+        conv AE)."""
+        return 2**self.conv_depth if self.arch == "conv-ae" else 2**self.depth
 
     def validate(self) -> None:
         """Raise :class:`InputError` on the first invalid value."""
@@ -183,21 +211,14 @@ class AE2DConfig(JsonConfig):
         _check_int("base_channels", self.base_channels, 4)
         _check_int("depth", self.depth, 1, _MAX_DEPTH)
         _check_int("in_channels", self.in_channels, 1)
-        p = _check_real("dropout", self.dropout)
-        if not 0.0 <= p < 1.0:
-            raise InputError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        lo = _check_real("logvar_min", self.logvar_min)
-        hi = _check_real("logvar_max", self.logvar_max)
-        init = _check_real("logvar_init", self.logvar_init)
-        if not lo < hi:
+        _check_int("conv_depth", self.conv_depth, 2, _MAX_DEPTH)
+        _check_int("latent_channels", self.latent_channels, 0)
+        if self.mean_activation not in MEAN_ACTIVATIONS:
             raise InputError(
-                f"logvar_min must be < logvar_max, got {self.logvar_min!r} and {self.logvar_max!r}"
+                f"mean_activation must be one of {list(MEAN_ACTIVATIONS)}, "
+                f"got {self.mean_activation!r}"
             )
-        if not lo < init < hi:
-            raise InputError(
-                f"logvar_init must lie strictly between logvar_min and logvar_max "
-                f"({lo:g}, {hi:g}), got {self.logvar_init!r}"
-            )
+        check_dropout_and_logvar_range(self)
 
 
 # --------------------------------------------------------------------------------------
@@ -351,25 +372,20 @@ class ConvAE(_AEBase):
         p = float(cfg.dropout)
         b = cfg.base_channels
         c_in = cfg.in_channels
-        self.encoder = nn.Sequential(
-            nn.Conv2d(c_in, 4 * b, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Dropout(p),
-            nn.Conv2d(4 * b, 2 * b, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Dropout(p),
-            nn.Conv2d(2 * b, b, 3, padding=1),
-            nn.ReLU(),
-            nn.Dropout(p),
-        )
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(b, 2 * b, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(2 * b, 4 * b, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(4 * b, b, 3, padding=1),  # smoothing
-            nn.ReLU(),
-        )
+        depth = cfg.conv_depth
+        latent = cfg.latent_channels or b
+        # stage channels 4b, ..., 4b, 2b (conv_depth 2: 4b, 2b, the familiar design)
+        ch = [b * 2 ** min(depth - i, 2) for i in range(depth)]
+        enc: list[nn.Module] = []
+        for c0, c1 in zip([c_in, *ch[:-1]], ch, strict=True):
+            enc += [nn.Conv2d(c0, c1, 3, stride=2, padding=1), nn.ReLU(), nn.Dropout(p)]
+        enc += [nn.Conv2d(ch[-1], latent, 3, padding=1), nn.ReLU(), nn.Dropout(p)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = []
+        for c0, c1 in zip([latent, *ch[:0:-1]], ch[::-1], strict=True):
+            dec += [nn.ConvTranspose2d(c0, c1, 4, stride=2, padding=1), nn.ReLU()]
+        dec += [nn.Conv2d(ch[0], b, 3, padding=1), nn.ReLU()]  # smoothing
+        self.decoder = nn.Sequential(*dec)
         for m in [*self.encoder, *self.decoder]:
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 _he_init_(m)
@@ -384,7 +400,10 @@ class ConvAE(_AEBase):
         self.check_input(x)
         h = self.decoder(self.encoder(x))
         logvar = None if self.logvar_head is None else self.logvar_head(h)
-        return AEOutput(torch.sigmoid(self.mean_head(h)), logvar)
+        mean = self.mean_head(h)
+        if self.cfg.mean_activation == "sigmoid":
+            mean = torch.sigmoid(mean)
+        return AEOutput(mean, logvar)
 
 
 def build_model(cfg: AE2DConfig | dict | None = None) -> nn.Module:
