@@ -74,6 +74,13 @@ class Demo2DConfig(JsonConfig):
     n_val: int = option(24, help="validation images (model selection and calibration)", minimum=1)
     n_test: int = option(16, help="held-out test images (and the normal anomaly set)", minimum=2)
     degrade: str = option("noise:0.1", help="what the denoiser learns to undo")
+    background: float = option(
+        0.1,
+        help="smooth autofluorescence background of the denoiser's images (fraction of the "
+        "peak; 0: none, then 60 % of the clean pixels are exactly 0)",
+        minimum=0.0,
+        maximum=0.9,
+    )
     epochs: int = option(45, help="at most this many epochs of denoiser training", minimum=1)
     train_minutes: float = option(
         2.5, help="denoiser training budget; it stops between epochs", minimum=0.05
@@ -347,7 +354,9 @@ def _demo_2d(cfg: Demo2DConfig):
     # 1. data
     t0 = time.perf_counter()
     yield Event("generate", 0, 1, {}, "synthetic images")
-    generate_dataset_2d(data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.size, cfg.seed)
+    generate_dataset_2d(
+        data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.size, cfg.seed, background=cfg.background
+    )
     anomaly_data = _anomaly_data(cfg, data / "anomaly")
     yield Event("generate", 1, 1, {}, "done")
     timings["generate_s"] = time.perf_counter() - t0
