@@ -24,7 +24,6 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QLineEdit,
     QPushButton,
@@ -34,9 +33,11 @@ from qtpy.QtWidgets import (
 from napari_sim_uq._napari._widgets import (
     Fields,
     JobWidget,
+    browse_checkpoint,
     default_torch_threads,
     error_message,
     image_layers,
+    layer_named,
     progress_bar,
     row,
     run_buttons,
@@ -183,15 +184,10 @@ class Image2DJobWidget(JobWidget):
         self.layer_combo.blockSignals(False)
 
     def selected_layer(self):
-        name = self.layer_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return layer_named(self.viewer, self.layer_combo.currentText())
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "2D checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
-        )
-        if path:
-            self.checkpoint_edit.setText(path)
+        browse_checkpoint(self, self.checkpoint_edit, "2D checkpoint")
 
     # ------------------------------------------------------------------ running
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
@@ -26,9 +25,11 @@ from qtpy.QtWidgets import (
 from napari_sim_uq._napari._widgets import (
     NOTHREADS_ENV,
     JobWidget,
+    browse_checkpoint,
     default_torch_threads,
     error_message,
     image_layers,
+    layer_named,
     no_threads,
     progress_bar,
     run_buttons,
@@ -127,15 +128,10 @@ class ReconstructSimWidget(JobWidget):
         self.layer_combo.blockSignals(False)
 
     def selected_layer(self):
-        name = self.layer_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return layer_named(self.viewer, self.layer_combo.currentText())
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SIM checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
-        )
-        if path:
-            self.checkpoint_edit.setText(path)
+        browse_checkpoint(self, self.checkpoint_edit, "SIM checkpoint")
 
     # ------------------------------------------------------------------ running
 

@@ -582,6 +582,22 @@ def image_layers(viewer) -> list:
     return [lay for lay in viewer.layers if isinstance(lay, Image)]
 
 
+def layer_named(viewer, name: str):
+    """The viewer's layer called ``name``, or ``None`` (empty name or no such layer)."""
+    return viewer.layers[name] if name and name in viewer.layers else None
+
+
+def browse_checkpoint(parent: QWidget, edit: QLineEdit, title: str) -> None:
+    """A file dialog for a ``.pt`` checkpoint; the chosen path goes into ``edit``."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(
+        parent, title, "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
+    )
+    if path:
+        edit.setText(path)
+
+
 def status_label(text: str = "ready", lines: int = 2) -> QLabel:
     """A word-wrapped status line at least ``lines`` lines high, so that messages of up
     to that many lines do not move what lies below it."""
