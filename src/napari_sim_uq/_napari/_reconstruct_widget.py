@@ -166,17 +166,8 @@ class ReconstructSimWidget(JobWidget):
             torch_threads=default_torch_threads(),
         )
 
-    def stop(self) -> None:
-        """Ask the running job to stop at its next progress event."""
-        if self.runner.running:
-            self.status.setText("stopping …")
-            self.runner.quit()
-
     # ------------------------------------------------------------------ GUI-thread slots
-
-    def _on_event(self, ev) -> None:
-        set_progress(self.progress, ev.step, ev.total)
-        self.status.setText(ev.message or ev.stage)
+    # (stop and _on_event: JobWidget's defaults)
 
     def _on_returned(self, rec) -> None:
         self._show_result(rec, *self._source_device)

@@ -854,6 +854,18 @@ class JobWidget(QWidget):
         """A job runs (or is stopping), or its result layers are still being added."""
         return self.runner.running or (self.adder is not None and self.adder.busy)
 
+    # defaults for widgets with one ``progress`` bar and a ``status`` label
+
+    def stop(self) -> None:
+        """Ask the running job to stop at its next progress event."""
+        if self.runner.running:
+            self.status.setText("stopping …")
+            self.runner.quit()
+
+    def _on_event(self, ev) -> None:
+        set_progress(self.progress, ev.step, ev.total)
+        self.status.setText(ev.message or ev.stage)
+
 
 class TrainingWidget(JobWidget):
     """Base of the training dock widgets (Train SIM model, Train 2D): the run controls,
