@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ae2d_helpers import SIM_CHECKPOINT, train_tiny
 
 from napari_sim_uq.core.data.normalization import Normalization
 from napari_sim_uq.core.errors import InputError
@@ -20,28 +20,15 @@ from napari_sim_uq.tasks.ae2d.calibrate import calibrate_2d_job, image_seed
 from napari_sim_uq.tasks.ae2d.data import read_image_2d
 from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
-from napari_sim_uq.tasks.ae2d.train import Train2DConfig, train_2d_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SIM_CHECKPOINT = Path(__file__).parents[2] / "example_data" / "sim_uq_demo_model.pt"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("cal2d")
     files = generate_dataset_2d(root / "data", 6, 3, 0, size=32, seed=0)
-    cfg = Train2DConfig(
-        data_dir=str(root / "data" / "train"),
-        ckpt_dir=str(root / "ck"),
-        epochs=2,
-        batch_size=8,
-        patch=32,
-        patches_per_image=2,
-        device="cpu",
-        model={"base_channels": 8, "depth": 2},
-    )
-    run(train_2d_job(cfg))
+    train_tiny(root)
     return root / "ck" / "latest.pt", root / "data" / "val", files["val"]
 
 

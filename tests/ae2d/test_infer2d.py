@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from ae2d_helpers import SIM_CHECKPOINT, train_tiny
 from PIL import Image
 
 from napari_sim_uq.core.data.normalization import Normalization
@@ -21,28 +22,15 @@ from napari_sim_uq.core.uq.calibrate import conditional_calibration
 from napari_sim_uq.tasks.ae2d.data import read_image_2d
 from napari_sim_uq.tasks.ae2d.infer import infer_2d_job
 from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
-from napari_sim_uq.tasks.ae2d.train import Train2DConfig, train_2d_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SIM_CHECKPOINT = Path(__file__).parents[2] / "example_data" / "sim_uq_demo_model.pt"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("inf2d")
     files = generate_dataset_2d(root / "data", 6, 0, 3, size=32, seed=1)
-    cfg = Train2DConfig(
-        data_dir=str(root / "data" / "train"),
-        ckpt_dir=str(root / "ck"),
-        epochs=2,
-        batch_size=8,
-        patch=32,
-        patches_per_image=2,
-        device="cpu",
-        model={"base_channels": 8, "depth": 2},
-    )
-    run(train_2d_job(cfg))
+    train_tiny(root)
     out = root / "out"
     doc = run(infer_2d_job(root / "data" / "test", root / "ck" / "latest.pt", out, num_samples=4))
     return root, files["test"], out, doc
