@@ -74,10 +74,10 @@ def _evaluate(ckpt: Path, files: list[Path], mc_samples: int) -> dict:
       by its own percentiles, as a user's image is), where the noise is a smaller fraction
       of the normalised range than in training.
     """
+    from napari_sim_uq.core.data.degrade import degrade_array
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.events import run
     from napari_sim_uq.core.uq.metrics import psnr
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
-    from napari_sim_uq.tasks.ae2d.degrade import degrade_array
     from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 
     model, ck = load_ae2d_model(ckpt)

@@ -81,8 +81,8 @@ def _layer(data, name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0), rgb=Fa
 
 
 def test_training_from_arrays_writes_them_and_records_the_folder(trained):
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.io.checkpoint import load_checkpoint
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
 
     s = trained.summary
     assert s["epochs_done"] == 1 and s["steps"] == 2  # 4 images x 2 patches / batch 4
@@ -225,8 +225,8 @@ def test_bundled_model_denoises_synthetic_images():
     assert path.stat().st_size < 2_000_000
     from scipy.stats import spearmanr
 
+    from napari_sim_uq.core.data.degrade import degrade_array
     from napari_sim_uq.core.io.checkpoint import load_checkpoint
-    from napari_sim_uq.tasks.ae2d.degrade import degrade_array
 
     ck = load_checkpoint(path)
     assert ck.model_type == "ae2d" and ck.optimizer_state is None

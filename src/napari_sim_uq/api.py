@@ -413,7 +413,7 @@ def image2d_source(layer_or_array: Any, name: str | None = None) -> Image2DSourc
     """
     import warnings
 
-    from napari_sim_uq.tasks.ae2d.data import LUMA_WEIGHTS, image_from_array, read_image_2d
+    from napari_sim_uq.core.data.images2d import LUMA_WEIGHTS, image_from_array, read_image_2d
 
     if _is_layer(layer_or_array):
         layer = layer_or_array

@@ -77,8 +77,8 @@ def test_separable_sets_give_auc_one_and_files(setup, tmp_path):
 
 
 def test_scores_match_their_definitions(setup, tmp_path):
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.data.normalization import Normalization
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
     from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 
     _, ck, normal, noise = setup
@@ -142,9 +142,9 @@ def test_pool_scores_against_sorting(rng):
 
 
 def test_both_pools_are_reported_and_match_the_pixel_maps(setup, tmp_path):
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.data.normalization import Normalization
     from napari_sim_uq.tasks.ae2d.anomaly import POOLS, SCORES
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
     from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 
     _, ck, normal, noise = setup

@@ -11,13 +11,13 @@ import pytest
 import torch
 from ae2d_helpers import SIM_CHECKPOINT, train_tiny
 
+from napari_sim_uq.core.data.images2d import read_image_2d
 from napari_sim_uq.core.data.normalization import Normalization
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import run
 from napari_sim_uq.core.io.checkpoint import load_checkpoint
 from napari_sim_uq.core.uq.calibrate import ClassSigmaMap, SigmaMap, sigma_map_from_dict
 from napari_sim_uq.tasks.ae2d.calibrate import calibrate_2d_job, image_seed
-from napari_sim_uq.tasks.ae2d.data import read_image_2d
 from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
 

@@ -8,11 +8,11 @@ import tifffile
 import torch
 from PIL import Image
 
+from napari_sim_uq.core.data.degrade import parse_degradations
+from napari_sim_uq.core.data.images2d import PatchDataset, read_image_2d
 from napari_sim_uq.core.data.loaders import make_loader, set_loader_epoch
 from napari_sim_uq.core.data.normalization import Normalization
 from napari_sim_uq.core.errors import InputError
-from napari_sim_uq.tasks.ae2d.data import PatchDataset, read_image_2d
-from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from napari_sim_uq.core.errors import InputError
-from napari_sim_uq.tasks.ae2d.degrade import (
+from napari_sim_uq.core.data.degrade import (
     Degradation,
     Mask,
     degrade_array,
     parse_degradations,
 )
+from napari_sim_uq.core.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,13 +13,13 @@ import tifffile
 from ae2d_helpers import SIM_CHECKPOINT, train_tiny
 from PIL import Image
 
+from napari_sim_uq.core.data.images2d import read_image_2d
 from napari_sim_uq.core.data.normalization import Normalization
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import run
 from napari_sim_uq.core.io.tiff_io import read_image
 from napari_sim_uq.core.uq import metrics as M
 from napari_sim_uq.core.uq.calibrate import conditional_calibration
-from napari_sim_uq.tasks.ae2d.data import read_image_2d
 from napari_sim_uq.tasks.ae2d.infer import infer_2d_job
 from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
 

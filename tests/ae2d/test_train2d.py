@@ -96,7 +96,7 @@ def test_prediction_is_in_the_image_units(model, data):
     # the mean the same way and scales every std (independent of the network)
     net, ck = model
     _, files = data
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
+    from napari_sim_uq.core.data.images2d import read_image_2d
 
     img = read_image_2d(files["test"][0])
     a = run(predict_2d(net, ck, img, mc_samples=6, seed=1))
@@ -128,7 +128,7 @@ def test_prediction_input_errors(model):
 def test_degrade_first_and_anomaly_scores(model, data):
     net, ck = model
     _, files = data
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
+    from napari_sim_uq.core.data.images2d import read_image_2d
 
     img = read_image_2d(files["test"][1])
     p = run(predict_2d(net, ck, img, mc_samples=4, degrade="noise:0.2", scores=True))

@@ -215,7 +215,7 @@ class Image2DJobWidget(JobWidget):
             ckpt = resolve_2d_checkpoint(self.checkpoint_edit.text().strip() or None)
             kw = self.job_options()
             if kw["degrade"] is not None:
-                from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+                from napari_sim_uq.core.data.degrade import parse_degradations
 
                 parse_degradations(kw["degrade"])  # a bad spec: a clear error now
         except SimUqError as err:

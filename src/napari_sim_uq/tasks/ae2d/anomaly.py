@@ -111,15 +111,15 @@ def anomaly_job(
     (module docstring). ``mc_samples``: MC-dropout samples (1: one deterministic pass; the
     std is then the variance head's). ``pool``: the image score of ``scores`` (both pools are
     reported under ``scores_by_pool``). Returns the ``anomaly.json`` document."""
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.data.loaders import resolve_files
     from napari_sim_uq.core.data.normalization import Normalization
     from napari_sim_uq.core.devices import resolve_device
     from napari_sim_uq.core.events import relay
+    from napari_sim_uq.core.io.results import check_out_dir, jsonable
     from napari_sim_uq.core.io.tiff_io import atomic_write
     from napari_sim_uq.core.uq.metrics import anomaly_report, roc_curve
     from napari_sim_uq.tasks.ae2d.calibrate import _count, image_seed
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
-    from napari_sim_uq.tasks.ae2d.infer import _jsonable, check_out_dir
     from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model, predict_2d
 
     mc_samples = _count(mc_samples, "mc_samples", 1)
@@ -200,7 +200,7 @@ def anomaly_job(
     text_csv = buf.getvalue()
     atomic_write(targets["csv"], lambda tmp: Path(tmp).write_text(text_csv), overwrite=overwrite)
     save_roc_figure(targets["roc"], rocs, reports, pool=pool)
-    doc = _jsonable(
+    doc = jsonable(
         {
             "format": "napari-sim-uq 2D anomaly detection",
             "checkpoint": str(checkpoint),

@@ -68,7 +68,7 @@ def _count(v: Any, name: str, minimum: int, allow_none: bool = False) -> int | N
 
 def _degradation(ck, degrade: Any):
     """The degradation to apply: ``degrade`` or, if ``None``, the checkpoint's training one."""
-    from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+    from napari_sim_uq.core.data.degrade import parse_degradations
 
     if degrade is None:
         degrade = (ck.config.get("data") or {}).get("degrade")
@@ -101,9 +101,9 @@ def reconstruct_clean_images(
     :class:`~napari_sim_uq.core.task.Prediction`, image units). Callers tell the two apart
     by type.
     """
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.data.normalization import Normalization
     from napari_sim_uq.core.events import relay
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
     from napari_sim_uq.tasks.ae2d.predict import predict_2d
 
     spec = None if len(degradation) == 0 else degradation

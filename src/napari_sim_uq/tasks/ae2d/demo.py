@@ -190,7 +190,7 @@ class Demo2DConfig(JsonConfig):
             raise InputError(
                 f"calib_method must be scale, map or map-intensity, got {self.calib_method!r}"
             )
-        from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+        from napari_sim_uq.core.data.degrade import parse_degradations
 
         parse_degradations(self.degrade)
 
@@ -338,9 +338,10 @@ def demo_2d_job(cfg: Demo2DConfig | dict | None = None):
 def _demo_2d(cfg: Demo2DConfig):
     from napari_sim_uq.core.devices import resolve_device
     from napari_sim_uq.core.events import Event
+    from napari_sim_uq.core.io.results import jsonable
     from napari_sim_uq.tasks.ae2d.anomaly import anomaly_job
     from napari_sim_uq.tasks.ae2d.calibrate import calibrate_2d_job
-    from napari_sim_uq.tasks.ae2d.infer import _jsonable, infer_2d_job
+    from napari_sim_uq.tasks.ae2d.infer import infer_2d_job
     from napari_sim_uq.tasks.ae2d.synth2d import generate_dataset_2d
     from napari_sim_uq.tasks.ae2d.train import Train2DConfig, train_2d_job
 
@@ -506,7 +507,7 @@ def _demo_2d(cfg: Demo2DConfig):
         "timings": timings,
         "config": cfg.to_dict(),
     }
-    doc = _jsonable(doc)
+    doc = jsonable(doc)
     _write_json(out / "demo_2d.json", doc)
     return doc
 
@@ -523,10 +524,10 @@ def _write_json(path: Path, obj: dict) -> None:
 def _save_summary(path: Path, inference: Path, metrics: dict, anomaly: dict) -> Path:
     """Degraded input, clean target, mean and std of the first test image, and the ROC
     curves of both anomaly scores, with the test-set numbers."""
+    from napari_sim_uq.core.data.images2d import read_image_2d
     from napari_sim_uq.core.io.tiff_io import read_image
     from napari_sim_uq.core.plots import new_figure, save_figure
     from napari_sim_uq.tasks.ae2d.anomaly import save_roc_figure
-    from napari_sim_uq.tasks.ae2d.data import read_image_2d
 
     first = metrics["per_image"][0]
     arr: dict[str, Any] = {

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event
+from napari_sim_uq.core.io.results import check_out_dir, jsonable
 
 __all__ = ["infer_2d_job", "save_sample_figure"]
 
@@ -66,34 +66,6 @@ def _targets(out_dir: Path, n: int) -> dict[str, Path]:
         for spec in AE2D_OUTPUTS:
             t[f"{i}:{spec.key}"] = out_dir / f"{sample_name(i)}_{spec.key}.tif"
     return t
-
-
-def check_out_dir(out_dir: Path, targets: list[Path], overwrite: bool) -> None:
-    """Refuse a file as the folder, and existing targets without ``overwrite``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output folder '{out_dir}' is a file; choose a folder")
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"'{out_dir}' already holds results ({len(existing)} files, e.g. "
-            f"'{existing[0]}'); not overwriting them (pass overwrite=True / --overwrite, or "
-            "choose another folder); nothing was written"
-        )
-
-
-def _jsonable(v: Any) -> Any:
-    """NaN/inf -> None, NumPy -> Python, recursively (strict JSON)."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
 
 
 def image_metrics(clean_n, mean_n, std_n, degraded_n) -> dict:
@@ -332,7 +304,7 @@ def infer_2d_job(
     }
     written.append(str(targets["metrics"]))
     doc["files"] = written
-    doc = _jsonable(doc)
+    doc = jsonable(doc)
     text = json.dumps(doc, indent=2, allow_nan=False)
     atomic_write(targets["metrics"], lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
     return doc

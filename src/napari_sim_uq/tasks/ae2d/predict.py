@@ -88,9 +88,9 @@ def predict_2d(
     """
     import torch
 
+    from napari_sim_uq.core.data.degrade import degrade_array
+    from napari_sim_uq.core.data.images2d import image_from_array
     from napari_sim_uq.core.uq.predict import mc_tiled_predict, total_std
-    from napari_sim_uq.tasks.ae2d.data import image_from_array
-    from napari_sim_uq.tasks.ae2d.degrade import degrade_array
 
     img = _as_gray(image, what)
     img = image_from_array(img, what, min_size=model.min_size)
@@ -181,7 +181,7 @@ def _as_gray(image: Any, what: str) -> Any:
 
     a = image
     if hasattr(a, "shape") and len(a.shape) == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
-        from napari_sim_uq.tasks.ae2d.data import LUMA_WEIGHTS
+        from napari_sim_uq.core.data.images2d import LUMA_WEIGHTS
 
         warnings.warn(
             f"{what}: a colour (RGB) image was converted to grey (luminance) for the 2D model",

@@ -4,7 +4,7 @@
 (filaments, rings, beads, textured nuclei; the mix set by ``kind``), blurred by a Gaussian
 PSF (``scipy.ndimage.gaussian_filter``, reflect boundary) and min-max normalised to
 ``[0, 1]``. Clean images only: noise and other damage come from
-:mod:`napari_sim_uq.tasks.ae2d.degrade`. Structure counts scale with the image size
+:mod:`napari_sim_uq.core.data.degrade`. Structure counts scale with the image size
 (reference 128 x 128): filaments and rings with the longer side, beads and nuclei with the
 area.
 

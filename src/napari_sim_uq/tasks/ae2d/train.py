@@ -2,10 +2,10 @@
 (:func:`napari_sim_uq.core.training.loop.train_job`) with the 2D data, network and loss.
 
 Training pairs are made on the fly: random patches of the (clean) training images,
-normalised per image, degraded by :mod:`.degrade` (the network sees the degraded patch and
-is trained to give the clean one; with ``degrade="none"`` it reconstructs its input, as an
-anomaly-detecting autoencoder does). Files in ``ckpt_dir`` as for every task: ``latest.pt``,
-``best.pt`` and ``metrics.csv``.
+normalised per image, degraded by :mod:`napari_sim_uq.core.data.degrade` (the network
+sees the degraded patch and is trained to give the clean one; with ``degrade="none"`` it
+reconstructs its input, as an anomaly-detecting autoencoder does). Files in ``ckpt_dir``
+as for every task: ``latest.pt``, ``best.pt`` and ``metrics.csv``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Train2DConfig(TrainOptions):
             )
         if self.norm_mode not in NORM_MODES:
             raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
-        from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+        from napari_sim_uq.core.data.degrade import parse_degradations
 
         parse_degradations(self.degrade)  # clear error for a bad spec before any work
 
@@ -87,8 +87,8 @@ def train_2d_job(cfg: Train2DConfig):
 def _setup(cfg: Train2DConfig, device) -> TrainSetup:
     from pathlib import Path
 
-    from napari_sim_uq.tasks.ae2d.data import PatchDataset
-    from napari_sim_uq.tasks.ae2d.degrade import parse_degradations
+    from napari_sim_uq.core.data.degrade import parse_degradations
+    from napari_sim_uq.core.data.images2d import PatchDataset
     from napari_sim_uq.tasks.ae2d.loss import AE2DLoss
     from napari_sim_uq.tasks.ae2d.net import AE2DConfig, build_model
 

@@ -65,6 +65,7 @@ import numpy as np
 
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event, relay
+from napari_sim_uq.core.io.results import jsonable
 
 __all__ = [
     "MAX_POOLED_PIXELS",
@@ -92,26 +93,6 @@ def _opt_int(v: Any, name: str, minimum: int) -> int | None:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {v!r}")
     return int(v)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON values: NumPy scalars/arrays converted, NaN and inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (numbers.Integral,)):
-        return int(obj)
-    if isinstance(obj, numbers.Real):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def widefield_baseline(raw_frames: np.ndarray, hr_factor: int) -> np.ndarray:
@@ -628,13 +609,13 @@ def evaluate_sim_job(
             save_calibration_curves(curves, targets["curves"], titles=titles)
             files["calibration_curves"] = str(targets["curves"])
         doc["files"] = files
-        text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
+        text = json.dumps(jsonable(doc), indent=2, allow_nan=False)
         atomic_write(
             targets["metrics"],
             lambda tmp: Path(tmp).write_text(text),
             overwrite=overwrite,
         )
-    return _jsonable(doc)
+    return jsonable(doc)
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -748,7 +729,7 @@ def calibrate_sim_job(
     after = {q: short(p.report(fitted[q], None, full=False)) for q, p in res.pools.items()}
     unscaled = {q: short(p.report(1.0, "unscaled", full=False)) for q, p in res.pools.items()}
     notes = [f"{q} not fitted: {w}" for q, w in res.unavailable.items()]
-    return _jsonable(
+    return jsonable(
         {
             "checkpoint": str(checkpoint),
             "written": str(target),

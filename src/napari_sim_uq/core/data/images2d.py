@@ -11,7 +11,7 @@ images smaller than ``min_size`` are refused with an
 :class:`PatchDataset` normalises every image (:class:`Normalization`, percentile by
 default; per image, or one rule fitted on all images with ``norm_scope="dataset"``), then
 serves random ``patch x patch`` windows, degraded by a
-:class:`~napari_sim_uq.tasks.ae2d.degrade.Degradation` in normalised units. The window and
+:class:`~napari_sim_uq.core.data.degrade.Degradation` in normalised units. The window and
 the degradation of item ``index`` depend only on ``(seed, epoch, index)``
 (:meth:`PatchDataset.set_epoch`, called by
 :func:`~napari_sim_uq.core.data.loaders.set_loader_epoch`), so training is reproducible
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from napari_sim_uq.core.data.degrade import Degradation, parse_degradations
 from napari_sim_uq.core.data.loaders import positive_int, resolve_files
 from napari_sim_uq.core.data.normalization import Normalization
 from napari_sim_uq.core.errors import FileFormatError, InputError
@@ -40,7 +41,6 @@ from napari_sim_uq.core.io.tiff_io import (
     check_ifd_chain,
     decode_image,
 )
-from napari_sim_uq.tasks.ae2d.degrade import Degradation, parse_degradations
 
 __all__ = ["LUMA_WEIGHTS", "NORM_SCOPES", "PatchDataset", "image_from_array", "read_image_2d"]
 
