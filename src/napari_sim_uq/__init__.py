@@ -33,6 +33,9 @@ _API = {
     "anomaly_map": "napari_sim_uq.api",
     "train_2d": "napari_sim_uq.api",
     "example_2d_model_path": "napari_sim_uq.api",
+    "posterior_2d": "napari_sim_uq.api",
+    "train_vae": "napari_sim_uq.api",
+    "example_vae_model_path": "napari_sim_uq.api",
 }
 
 __all__ = ["__version__", *_API]

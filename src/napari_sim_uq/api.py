@@ -42,24 +42,31 @@ __all__ = [
     "evaluate_sim",
     "example_2d_model_path",
     "example_model_path",
+    "example_vae_model_path",
     "generate_sim",
     "image2d_source",
     "layer_data_2d",
+    "mask_from_layer",
+    "posterior_2d",
+    "posterior_2d_job",
     "reconstruct_2d",
     "reconstruct_2d_job",
     "reconstruct_sim",
     "reconstruction_layer_data",
     "resolve_2d_checkpoint",
     "resolve_checkpoint",
+    "resolve_vae_checkpoint",
     "sim_source",
     "train_2d",
     "train_2d_job_from",
     "train_sim",
+    "train_vae",
     "write_training_images_2d",
 ]
 
 EXAMPLE_MODEL = "sim_uq_demo_model.pt"
 EXAMPLE_2D_MODEL = "ae2d_demo_model.pt"
+EXAMPLE_VAE_MODEL = "vae2d_demo_model.pt"
 
 #: output key of :class:`~napari_sim_uq.tasks.sim.reconstruct.SimReconstruction` ->
 #: (layer name suffix, colormap, grid) in the order the layers are returned/added; read
@@ -359,33 +366,53 @@ _2D_TRAIN_COMMAND = "sim-uq train-2d"
 LAYER_DATA_DIR = "layer_data"
 
 
+def _bundled(filename: str, what: str) -> Path:
+    path = Path(__file__).resolve().parents[2] / "example_data" / filename
+    if not path.is_file():
+        raise InputError(
+            f"the bundled {what} ({filename}) was not found at '{path}' (it ships with a "
+            "source checkout only): pass checkpoint='path/to/model.pt'"
+        )
+    return path
+
+
 def example_2d_model_path() -> Path:
     """Path of the small 2D model shipped in ``example_data/`` (an MC-dropout U-Net with an
     aleatoric head, trained on synthetic images with ``noise:0.1``; editable installs)."""
-    path = Path(__file__).resolve().parents[2] / "example_data" / EXAMPLE_2D_MODEL
-    if not path.is_file():
+    return _bundled(EXAMPLE_2D_MODEL, "2D example model")
+
+
+def example_vae_model_path() -> Path:
+    """Path of the small VAE shipped in ``example_data/`` (64 x 64 patches, 16 latents,
+    trained on clean images made like the 2D sample; editable installs)."""
+    return _bundled(EXAMPLE_VAE_MODEL, "example VAE")
+
+
+def _resolve(checkpoint, default: Any, what: str, train_command: str) -> Path:
+    if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
+        return default()
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
         raise InputError(
-            f"the bundled 2D example model ({EXAMPLE_2D_MODEL}) was not found at '{path}' (it "
-            "ships with a source checkout only): pass checkpoint='path/to/model.pt'"
+            f"checkpoint '{path}' does not exist: pass the path of a trained {what} (e.g. "
+            f"OUT_DIR/best.pt from `{train_command}`), or checkpoint=None for the "
+            "bundled example model"
         )
+    if not path.is_file():
+        raise InputError(f"checkpoint '{path}' is a folder, not a checkpoint file")
     return path
 
 
 def resolve_2d_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     """``None`` (or an empty string) -> the bundled 2D example model; else the path, which
     must be a file. Whether it is a 2D checkpoint is checked when it is loaded."""
-    if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
-        return example_2d_model_path()
-    path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise InputError(
-            f"checkpoint '{path}' does not exist: pass the path of a trained 2D model (e.g. "
-            f"OUT_DIR/best.pt from `{_2D_TRAIN_COMMAND}`), or checkpoint=None for the "
-            "bundled example model"
-        )
-    if not path.is_file():
-        raise InputError(f"checkpoint '{path}' is a folder, not a checkpoint file")
-    return path
+    return _resolve(checkpoint, example_2d_model_path, "2D model", _2D_TRAIN_COMMAND)
+
+
+def resolve_vae_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+    """``None`` (or an empty string) -> the bundled example VAE; else the path, which must
+    be a file (a VAE checkpoint: checked when it is loaded)."""
+    return _resolve(checkpoint, example_vae_model_path, "VAE", "sim-uq train-vae")
 
 
 @dataclass
@@ -404,12 +431,15 @@ def _looks_rgb(data: np.ndarray) -> bool:
     return data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
 
 
-def image2d_source(layer_or_array: Any, name: str | None = None) -> Image2DSource:
+def image2d_source(
+    layer_or_array: Any, name: str | None = None, *, allow_nan: bool = False
+) -> Image2DSource:
     """An :class:`Image2DSource` from a napari Image layer, an array or a file path.
 
     Colour (RGB/RGBA) images are converted to luminance ``0.299 R + 0.587 G + 0.114 B``
     with a ``UserWarning``; singleton leading axes are dropped; stacks, non-numeric data and
-    NaN/inf values raise :class:`~napari_sim_uq.core.errors.InputError`.
+    NaN/inf values raise :class:`~napari_sim_uq.core.errors.InputError` (with
+    ``allow_nan``, NaN is kept: it marks missing pixels for the posterior reconstruction).
     """
     import warnings
 
@@ -462,6 +492,10 @@ def image2d_source(layer_or_array: Any, name: str | None = None) -> Image2DSourc
             f"{what} has shape {data.shape}: the 2D model works on one 2D image, not a stack "
             "of planes; choose one plane (e.g. layer.data[i]) or a SIM widget for SIM stacks"
         )
+    if allow_nan and data.dtype.kind == "f":
+        nan = np.isnan(data)
+        checked = image_from_array(np.where(nan, 0.0, data), what, min_size=1)
+        return Image2DSource(np.where(nan, np.nan, checked), name, scale, translate)
     return Image2DSource(image_from_array(data, what, min_size=1), name, scale, translate)
 
 
@@ -539,7 +573,7 @@ def layer_data_2d(pred: Any, source: Image2DSource, outputs: Any = None) -> list
             "output": spec.key,
             "source": source.name,
             "grid": spec.grid,
-            "task": "ae2d",
+            "task": pred.meta.get("task", "ae2d"),
             "reconstruction": copy.deepcopy(params),
         }
         if spec.key == "anomaly_score":
@@ -684,17 +718,23 @@ def write_training_images_2d(out_dir: str | os.PathLike, images: Any, split: str
     return folder
 
 
-def train_2d_job_from(data: Any, out_dir: str | os.PathLike, **options):
-    """The 2D training job for ``data`` (a folder or glob of images, or arrays / layers,
-    written first with :func:`write_training_images_2d`) writing to ``out_dir``.
+def train_2d_job_from(data: Any, out_dir: str | os.PathLike, *, task: str = "ae2d", **options):
+    """The training job of a 2D task (``"ae2d"``: the autoencoders, ``"vae2d"``: the VAE)
+    for ``data`` (a folder or glob of images, or arrays / layers, written first with
+    :func:`write_training_images_2d`) writing to ``out_dir``.
 
-    Options are :class:`~napari_sim_uq.tasks.ae2d.train.Train2DConfig` fields (``epochs``,
-    ``batch_size``, ``patch``, ``degrade``, ``model={...}``, ...); ``val_dir`` may be
-    arrays / layers too. Options, images and the output folder are checked here, before
-    the job starts and before anything is written (:class:`InputError`)."""
+    Options are fields of the task's training config
+    (:class:`~napari_sim_uq.tasks.ae2d.train.Train2DConfig`: ``epochs``, ``batch_size``,
+    ``patch``, ``degrade``, ``model={...}``, ...;
+    :class:`~napari_sim_uq.tasks.vae2d.train.TrainVAEConfig`: ``latent_dim``, ...);
+    ``val_dir`` may be arrays / layers too. Options, images and the output folder are
+    checked here, before the job starts and before anything is written
+    (:class:`InputError`)."""
     from napari_sim_uq.core.events import Event
-    from napari_sim_uq.tasks.ae2d.net import AE2DConfig
-    from napari_sim_uq.tasks.ae2d.train import Train2DConfig, train_2d_job
+    from napari_sim_uq.tasks import get_task
+
+    task_obj = get_task(task)
+    config_cls = task_obj.train_config
 
     if "data_dir" in options or "ckpt_dir" in options:
         raise InputError("give the training data and the output folder as the first two arguments")
@@ -710,8 +750,11 @@ def train_2d_job_from(data: Any, out_dir: str | os.PathLike, **options):
         "data_dir": str(data) if is_files(data) else "(layers)",
         "val_dir": None if val is None else (str(val) if is_files(val) else "(layers)"),
     }
-    Train2DConfig.from_dict(cfg).validate()
-    AE2DConfig.from_dict(dict(cfg.get("model") or {})).validate()
+    config_cls.from_dict(cfg).validate()
+    if task == "ae2d":
+        from napari_sim_uq.tasks.ae2d.net import AE2DConfig
+
+        AE2DConfig.from_dict(dict(cfg.get("model") or {})).validate()
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder '{out}' is a file")
     if (out / "latest.pt").exists() and not cfg.get("resume"):
@@ -735,7 +778,7 @@ def train_2d_job_from(data: Any, out_dir: str | os.PathLike, **options):
             cfg["data_dir"] = str(write_training_images_2d(out, train_src, "train"))
         if val_src is not None:
             cfg["val_dir"] = str(write_training_images_2d(out, val_src, "val"))
-        return (yield from train_2d_job(Train2DConfig.from_dict(cfg)))
+        return (yield from task_obj.train(config_cls.from_dict(cfg)))
 
     return job()
 
@@ -760,3 +803,149 @@ def train_2d(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> 
     from napari_sim_uq.core.events import run
 
     return run(train_2d_job_from(data_dir_or_layers, out_dir, **options))
+
+
+# --------------------------------------------------------------------------- VAE posterior
+
+
+def mask_from_layer(layer: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The *observed* pixels (bool ``shape``) given a napari layer that marks the
+    **missing** ones: a Labels layer (label > 0 = missing) or a Shapes layer (inside any
+    shape = missing). An array is taken as it is (1 / True = observed), as on the command
+    line."""
+    layer = getattr(layer, "__wrapped__", layer)  # napari hands plugins proxies of layers
+    kind = type(layer).__name__
+    if kind == "Labels":
+        data = np.asarray(layer.data)
+        while data.ndim > 2 and data.shape[0] == 1:
+            data = data[0]
+        if data.shape != tuple(shape):
+            raise InputError(
+                f"labels layer '{layer.name}' has shape {data.shape}, the image {tuple(shape)}; "
+                "paint the missing region on a labels layer of the image's size"
+            )
+        return data == 0
+    if kind == "Shapes":
+        if len(layer.data) == 0:
+            raise InputError(f"shapes layer '{layer.name}' has no shapes: draw the missing region")
+        masks = np.asarray(layer.to_masks(mask_shape=tuple(shape)))
+        return ~masks.reshape(-1, *shape).any(0)
+    if _is_layer(layer):
+        raise InputError(
+            f"layer '{layer.name}' ({kind}) cannot be a mask: use a Labels or Shapes layer "
+            "that marks the missing region"
+        )
+    return np.asarray(layer)
+
+
+def posterior_2d_job(
+    source: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mask: Any = None,
+    noise_sigma: float | None = None,
+    n_samples: int = 64,
+    n_starts: int = 10,
+    seed: int = 0,
+    device: str = "cpu",
+    **options: Any,
+):
+    """Job (generator of Events): load a VAE checkpoint and compute the posterior of
+    ``source`` (an :class:`Image2DSource` or anything :func:`image2d_source` takes; NaN
+    pixels are missing) with :func:`~napari_sim_uq.tasks.vae2d.reconstruct.posterior_2d`;
+    returns its :class:`~napari_sim_uq.core.task.Prediction` with the model and parameters
+    in ``meta``. ``mask``: 1 / True = observed (an array), or a Labels / Shapes layer marking
+    the missing region (:func:`mask_from_layer`). Another task's checkpoint is refused."""
+    from napari_sim_uq.core.devices import resolve_device
+    from napari_sim_uq.core.events import Event
+    from napari_sim_uq.tasks.vae2d.reconstruct import STAGE, load_vae_model, posterior_2d
+
+    if not isinstance(source, Image2DSource):
+        source = image2d_source(source, allow_nan=True)
+    if mask is not None:
+        mask = mask_from_layer(mask, source.data.shape)
+    ckpt = resolve_vae_checkpoint(checkpoint)
+    yield Event(STAGE, 0, None, message=f"loading {ckpt.name} …")
+    dev = resolve_device(device)
+    model, ck = load_vae_model(ckpt, dev)
+    pred = yield from posterior_2d(
+        model,
+        ck,
+        source.data,
+        mask=mask,
+        noise_sigma=noise_sigma,
+        n_samples=n_samples,
+        n_starts=n_starts,
+        seed=seed,
+        device=dev,
+        what=f"'{source.name}'",
+        **options,
+    )
+    pred.meta = {
+        **ck.layer_metadata(),
+        **pred.meta,
+        "checkpoint": str(ckpt),
+        "device": str(dev),
+    }
+    return pred
+
+
+def posterior_2d(
+    layer_or_array: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mask: Any = None,
+    noise_sigma: float | None = None,
+    n_samples: int = 64,
+    n_starts: int = 10,
+    seed: int = 0,
+    viewer: Any = None,
+    device: str = "cpu",
+    name: str | None = None,
+    **options: Any,
+):
+    """Posterior reconstruction of a corrupted 2D image with a VAE (DeepUQ); layer tuples,
+    or layers in ``viewer``.
+
+    Gives ``"<name> MAP"``, ``"<name> posterior mean"``, ``"<name> posterior std"``,
+    ``"<name> samples"`` (a stack to scroll) and, for an image no larger than the VAE's
+    patch, ``"<name> modes"`` (one plane per posterior mode; weights in the layer
+    metadata). ``mask``: observed pixels (array, 1 = observed) or a Labels / Shapes layer
+    marking the missing region; NaN pixels are missing too. ``noise_sigma``: the noise std
+    in the image's units (default: estimated from the image). ``checkpoint=None``: the
+    bundled example VAE. Other keywords go to
+    :func:`~napari_sim_uq.tasks.vae2d.reconstruct.posterior_2d` (``overlap``,
+    ``model_error``, ``adam_steps``, ...). Bad input raises
+    :class:`~napari_sim_uq.core.errors.InputError` before any layer is added.
+    """
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.vae2d.reconstruct import POSTERIOR_OUTPUTS
+
+    source = image2d_source(layer_or_array, name, allow_nan=True)
+    pred = run(
+        posterior_2d_job(
+            source,
+            checkpoint,
+            mask=mask,
+            noise_sigma=noise_sigma,
+            n_samples=n_samples,
+            n_starts=n_starts,
+            seed=seed,
+            device=device,
+            **options,
+        )
+    )
+    layer_data = layer_data_2d(pred, source, POSTERIOR_OUTPUTS)
+    if viewer is None:
+        return layer_data
+    return add_or_replace_layers(viewer, layer_data)
+
+
+def train_vae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> dict:
+    """Train the VAE of the posterior reconstruction on clean images (as ``sim-uq
+    train-vae``); returns the training summary. ``data_dir_or_layers`` as for
+    :func:`train_2d`; keywords are :class:`~napari_sim_uq.tasks.vae2d.train.TrainVAEConfig`
+    fields (``epochs``, ``latent_dim``, ``patch``, ``val_dir``, ...)."""
+    from napari_sim_uq.core.events import run
+
+    return run(train_2d_job_from(data_dir_or_layers, out_dir, task="vae2d", **options))

@@ -730,12 +730,15 @@ def _train_2d(args: argparse.Namespace) -> int:
 
     cfg = _train_2d_config(args)
     result = run_with_progress(train_2d_job(cfg), disable=args.quiet)
+    _print_training(result, ("train_loss", "val_loss", "val_mse", "val_zms"))
+    return 0
+
+
+def _print_training(result: dict, keys: tuple[str, ...]) -> None:
+    """The summary lines of a training command: epochs, time, the last epoch's ``keys``
+    and where the checkpoints are."""
     last = result["history"][-1] if result["history"] else {}
-    shown = {
-        k: round(v, 4)
-        for k, v in last.items()
-        if k in ("train_loss", "val_loss", "val_mse", "val_zms")
-    }
+    shown = {k: round(v, 4) for k, v in last.items() if k in keys}
     print(
         f"trained {result['epochs_done']} epochs ({result['steps']} steps) on "
         f"{result['device']} in {result['seconds']:.1f} s; last epoch: {shown}"
@@ -745,6 +748,122 @@ def _train_2d(args: argparse.Namespace) -> int:
         f"checkpoints: {result['latest']}, {best}; metrics: "
         f"{Path(result['ckpt_dir']) / 'metrics.csv'}"
     )
+
+
+# --------------------------------------------------------------------------- VAE posterior
+
+
+def _train_vae_args(p: argparse.ArgumentParser) -> None:
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.vae2d.net import VAEConfig
+    from napari_sim_uq.tasks.vae2d.train import TrainVAEConfig
+
+    add_config_arguments(p, TrainVAEConfig, required=("data_dir",))
+    add_config_arguments(p.add_argument_group("model"), VAEConfig, include=("channels", "depth"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "train-vae",
+    "train the VAE of the posterior reconstruction on clean images (its patch size is the "
+    "tile size of `sim-uq posterior`)",
+    _train_vae_args,
+)
+def _train_vae(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.config import config_from_args, config_values_from_args
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.vae2d.net import VAEConfig
+    from napari_sim_uq.tasks.vae2d.train import TrainVAEConfig, train_vae_job
+
+    cfg = config_from_args(
+        TrainVAEConfig,
+        args,
+        ckpt_dir=str(Path(args.ckpt_dir)),
+        model={
+            k: v
+            for k, v in config_values_from_args(VAEConfig, args).items()
+            if k in ("channels", "depth")
+        },
+    )
+    result = run_with_progress(train_vae_job(cfg), disable=args.quiet)
+    _print_training(result, ("train_loss", "val_loss", "val_recon_rmse", "train_sigma_dec"))
+    return 0
+
+
+def _posterior_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a VAE (train-vae: best.pt)")
+    p.add_argument("--input", type=Path, required=True, help="the corrupted image (TIFF/PNG)")
+    p.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="observed pixels (TIFF/PNG of the image's size, nonzero = observed); NaN pixels "
+        "of the image are missing too",
+    )
+    p.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=None,
+        help="noise std in the image's units (default: estimated from the image)",
+    )
+    p.add_argument(
+        "--n-samples", type=int, default=64, help="posterior samples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--n-starts", type=int, default=10, help="optimiser starts per tile (default: %(default)s)"
+    )
+    p.add_argument(
+        "--overlap", type=int, default=16, help="tile overlap in pixels (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="starts and samples seed")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the results")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "posterior",
+    "posterior reconstruction of a corrupted (masked and/or noisy) image with a VAE: MAP, "
+    "posterior mean and std, samples, modes and their weights",
+    _posterior_args,
+)
+def _posterior(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.vae2d.outputs import posterior_files_job
+
+    doc = run_with_progress(
+        posterior_files_job(
+            args.input,
+            args.checkpoint,
+            args.out_dir,
+            mask=args.mask,
+            noise_sigma=args.noise_sigma,
+            n_samples=args.n_samples,
+            n_starts=args.n_starts,
+            overlap=args.overlap,
+            seed=args.seed,
+            device=args.device,
+            overwrite=args.overwrite,
+        ),
+        disable=args.quiet,
+    )
+    w = doc["mode_weights"]
+    modes = (
+        f"{len(w)} mode(s), weights {', '.join(f'{v:.3f}' for v in w)}"
+        if w is not None
+        else f"{doc['n_tiles']} tiles, modes per tile {min(doc['modes_per_tile'])}-"
+        f"{max(doc['modes_per_tile'])}"
+    )
+    t = doc["timings"]
+    print(
+        f"{modes}; noise std {doc['noise_sigma']:.4g} "
+        f"({'estimated' if doc['noise_sigma_estimated'] else 'given'}); chi^2 per observed "
+        f"pixel at the MAP {doc['chi2_per_observed_pixel_at_map']:.3f}; "
+        f"{t['total_s']:.1f} s (optimisation {t['optimisation_s']:.1f}, Hessians "
+        f"{t['hessians_s']:.1f}, sampling {t['sampling_s']:.1f})"
+    )
+    print(f"results, summary.png and posterior.json in {args.out_dir}/")
     return 0
 
 

@@ -16,6 +16,7 @@ from napari_sim_uq.core.errors import InputError
 REGISTRY: dict[str, tuple[str, tuple[str, ...], str]] = {
     "sim": ("napari_sim_uq.tasks.sim.task", ("sim_uq_net",), "SIM reconstruction"),
     "ae2d": ("napari_sim_uq.tasks.ae2d.task", ("ae2d",), "2D autoencoder"),
+    "vae2d": ("napari_sim_uq.tasks.vae2d.task", ("vae2d",), "VAE posterior"),
 }
 
 

@@ -60,11 +60,10 @@ def sim_sample(seed: int = 0, lr_size: int = 96, hr_factor: int = 2, **config) -
     )
 
 
-def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
-    """A 16-bit fluorescence-like image of textured nuclei with shot and read noise."""
-    from napari_sim_uq.core.data.noise import poisson_by_inversion
-
-    rng = np.random.default_rng(seed)
+def image2d_clean(seed: int = 0, size: int = 256, rng: np.random.Generator | None = None):
+    """The noise-free image behind :func:`image2d_sample` (float64, about 100-1600 counts):
+    textured nuclei blurred by the optics. ``rng`` (instead of ``seed``) continues a stream."""
+    rng = np.random.default_rng(seed) if rng is None else rng
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     img = np.zeros((size, size))
     for _ in range(max(4, size * size // 2500)):
@@ -78,7 +77,15 @@ def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
     texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2.0)
     img *= 1 + 2.0 * texture
     img = ndimage.gaussian_filter(np.clip(img, 0, None), 1.2)
-    clean = 100 + 1500 * img / img.max()
+    return 100 + 1500 * img / img.max()
+
+
+def image2d_sample(seed: int = 0, size: int = 256) -> np.ndarray:
+    """A 16-bit fluorescence-like image of textured nuclei with shot and read noise."""
+    from napari_sim_uq.core.data.noise import poisson_by_inversion
+
+    rng = np.random.default_rng(seed)
+    clean = image2d_clean(size=size, rng=rng)
     # shot noise by inversion: the same counts on every machine (core.data.noise)
     noisy = poisson_by_inversion(clean, rng) + rng.normal(0, 5, clean.shape)
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)

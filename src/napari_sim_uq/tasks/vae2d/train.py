@@ -1,0 +1,187 @@
+r"""Training of the VAE on clean images: the shared loop
+(:func:`napari_sim_uq.core.training.loop.train_job`) with random clean patches
+(:class:`~napari_sim_uq.core.data.images2d.PatchDataset` of the 2D task's data module is not
+imported: tasks do not depend on each other; the data helpers used here live in the core).
+
+Loss (per pixel; the negative ELBO divided by the number of pixels):
+``|x - G(z)|^2 / (2 sigma_dec^2) + log sigma_dec + KL(q(z|x) || N(0, I)) / P^2`` with
+``z ~ q(z|x)`` (reparameterised) and one learned decoder std ``sigma_dec`` (a "sigma-VAE":
+with a fixed unit variance the KL term would dominate and the decoder would blur).
+
+``sigma_model`` (the decoder's error on images it did not train on, used as a noise floor
+by the posterior) is the RMS of ``x - G(mu(x))`` over the validation patches, measured at
+every validation and stored in the checkpoint (``extra["sigma_model"]``). Without
+``--val-dir``, validation uses fixed patches of the training images drawn with another seed
+(then ``sigma_model`` is measured on seen images and may be optimistic: give a val folder).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from napari_sim_uq.core.config import option
+from napari_sim_uq.core.data.normalization import NORM_MODES
+from napari_sim_uq.core.errors import InputError
+from napari_sim_uq.core.training.loop import TrainOptions, TrainSetup, train_job
+
+__all__ = ["MODEL_TYPE", "TrainVAEConfig", "train_vae_job"]
+
+MODEL_TYPE = "vae2d"
+
+
+@dataclass
+class TrainVAEConfig(TrainOptions):
+    """A VAE training run (JSON-serialisable; stored in checkpoints); the network's options
+    are in ``model`` (:class:`~napari_sim_uq.tasks.vae2d.net.VAEConfig` fields)."""
+
+    ckpt_dir: str = option(
+        "checkpoints_vae", help="writes latest.pt, best.pt and metrics.csv here", flag="--out-dir"
+    )
+    data_dir: str = option("", help="clean training images: a folder of PNG/TIFF files or a glob")
+    val_dir: str | None = option(
+        None, help="validation images (folder or glob); best.pt and sigma_model follow them"
+    )
+    epochs: int = option(30, help="number of epochs", minimum=1)
+    batch_size: int = option(32, help="patches per optimiser step", minimum=1)
+    lr: float = option(2e-3, help="learning rate", minimum=0.0)
+    patches_per_image: int = option(16, help="patches drawn from each image per epoch", minimum=1)
+    latent_dim: int = option(16, help="latent dimension K", minimum=1, maximum=256)
+    patch: int = option(64, help="side of the square training patches (pixels)", minimum=8)
+    norm_mode: str = option(
+        "percentile",
+        help="per-image intensity normalisation: percentile (0.1-99.9 %% to 0-1), minmax, or "
+        "none (images already in 0-1)",
+        choices=NORM_MODES,
+    )
+    kl_weight: float = option(1.0, help="weight of the KL term (1: the ELBO)", minimum=0.0)
+    # other network options (VAEConfig fields: channels, depth)
+    model: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise InputError("data_dir is required (a folder of clean training images, --data-dir)")
+        super().validate()
+        if self.norm_mode not in NORM_MODES:
+            raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
+        if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
+            raise InputError(f"kl_weight must be a number >= 0, got {self.kl_weight!r}")
+        self.model_config().validate()
+
+    def model_config(self):
+        from napari_sim_uq.tasks.vae2d.net import VAEConfig
+
+        extra = dict(self.model)
+        for k in ("patch", "latent_dim"):
+            if k in extra and extra[k] != getattr(self, k):
+                raise InputError(f"model.{k} conflicts with {k}={getattr(self, k)}")
+        return VAEConfig.from_dict({**extra, "patch": self.patch, "latent_dim": self.latent_dim})
+
+
+def train_vae_job(cfg: TrainVAEConfig):
+    """Train the VAE; a job (generator of Events, returns a summary)."""
+    cfg = TrainVAEConfig.coerce(cfg)
+    cfg.validate()
+    return (yield from train_job(cfg, lambda device, dist: _setup(cfg, device)))
+
+
+def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from napari_sim_uq.core.data.images2d import PatchDataset
+    from napari_sim_uq.tasks.vae2d.net import build_vae
+
+    model_cfg = cfg.model_config()
+
+    def dataset(source: str, seed: int) -> PatchDataset:
+        return PatchDataset(
+            source,
+            patch=cfg.patch,
+            patches_per_image=cfg.patches_per_image,
+            seed=seed,
+            norm_mode=cfg.norm_mode,
+        )
+
+    train_ds = dataset(cfg.data_dir, cfg.seed)
+    # validation patches are fixed: the loop never sets their epoch
+    val_ds = dataset(cfg.val_dir or cfg.data_dir, cfg.seed + 1)
+    model = build_vae(model_cfg).to(device)
+
+    class Criterion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_sigma = nn.Parameter(torch.tensor(math.log(0.1)))
+
+        def forward(self, x, recon, mu, logvar):
+            sig2 = torch.exp(2 * self.log_sigma)
+            rec = ((x - recon) ** 2).mean() / (2 * sig2) + self.log_sigma
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1).mean() / x[0].numel()
+            return rec + cfg.kl_weight * kl, rec, kl
+
+    criterion = Criterion().to(device)
+    state = {"sigma_model": math.nan}
+
+    def step(wrapped, crit, batch):
+        x = batch["x"]
+        recon, mu, logvar = wrapped(x)
+        loss, rec, kl = crit(x, recon, mu, logvar)
+        return loss, {
+            "recon": float(rec.detach()),
+            "kl": float(kl.detach()),
+            "sigma_dec": float(crit.log_sigma.detach().exp()),
+        }
+
+    val_sums = {"se": 0.0, "n": 0}
+
+    def val_step(wrapped, crit, batch):
+        x = batch["x"]
+        recon, mu, logvar = wrapped(x)
+        loss, _, kl = crit(x, recon, mu, logvar)
+        m = wrapped.module if hasattr(wrapped, "module") else wrapped
+        mse = float(((x - m.decode(mu)[:, None]) ** 2).mean())
+        val_sums["se"] += mse
+        val_sums["n"] += 1
+        state["sigma_model"] = math.sqrt(val_sums["se"] / val_sums["n"])
+        return {"loss": float(loss), "kl": float(kl), "recon_rmse": math.sqrt(mse)}
+
+    def extra_state() -> dict:
+        # the running mean over this validation pass is complete when the loop saves
+        sigma = state["sigma_model"]
+        val_sums["se"], val_sums["n"] = 0.0, 0
+        return {"sigma_model": float(sigma), "log_sigma_dec": float(criterion.log_sigma.detach())}
+
+    def load_extra(extra: dict) -> None:
+        if "log_sigma_dec" in extra:
+            with torch.no_grad():
+                criterion.log_sigma.fill_(float(extra["log_sigma_dec"]))
+        state["sigma_model"] = float(extra.get("sigma_model", math.nan))
+
+    def check_resume(ck) -> None:
+        if ck.config.get("model") != model_cfg.to_dict():
+            raise InputError(
+                f"'{Path(cfg.ckpt_dir) / 'latest.pt'}' was trained with another network "
+                "configuration; resume with the same options or start a new folder"
+            )
+
+    return TrainSetup(
+        model=model,
+        criterion=criterion,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        config={
+            "model_type": MODEL_TYPE,
+            "model": model_cfg.to_dict(),
+            "train": cfg.to_dict(),
+            "data": {"norm_mode": cfg.norm_mode, "patch": cfg.patch},
+        },
+        step=step,
+        val_step=val_step,
+        normalization={"mode": cfg.norm_mode, "per_image": True},
+        sigma_scale={"mean": 1.0},
+        extra_state=extra_state,
+        load_extra=load_extra,
+        check_resume=check_resume,
+    )
