@@ -46,40 +46,38 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "example_data" / "vae2d_demo_model.pt"
 
 
-def crops(kind: str, n: int, size: int, seed: int) -> list[np.ndarray]:
-    """``n`` clean ``size``-pixel crops holding structure (the 99th percentile of the crop
-    is above a third of the image's range), scaled to [0, 1] by their source image."""
+def windows(kind: str, n: int, patch: int, seed: int) -> list[dict]:
+    """``n`` clean ``patch``-pixel windows at random places of held-out 256 x 256 images,
+    with the whole image's normalisation (as a region of an acquisition)."""
+    from napari_sim_uq.core.data.normalization import Normalization
     from napari_sim_uq.tasks.ae2d.synth2d import generate_image
     from napari_sim_uq.tasks.sim.samples import image2d_clean
 
     rng = np.random.default_rng(seed)
-    out: list[np.ndarray] = []
-    i = 0
-    while len(out) < n:
+    out = []
+    for i in range(n):
         if kind == "sample":
             img = image2d_clean(seed=9000 + seed * 1000 + i, size=256)
-        else:
-            img = generate_image(256, (seed, 7, i), "nuclei", background=0.1)
-        i += 1
-        img = (img - img.min()) / (img.max() - img.min())
-        for _ in range(4):
-            y, x = rng.integers(0, 256 - size, 2)
-            c = img[y : y + size, x : x + size]
-            if np.percentile(c, 99) > 1 / 3 and len(out) < n:
-                out.append(c.astype(np.float32))
+        else:  # another generator: synth2d nuclei with a smooth background, 100-1600 counts
+            img = 100 + 1500 * generate_image(256, (seed, 7, i), "nuclei", background=0.1)
+        norm = Normalization("percentile").fit(img, "test image")
+        y, x = rng.integers(0, 256 - patch + 1, 2)
+        out.append({"clean": img[y : y + patch, x : x + patch].astype(np.float32), "norm": norm})
     return out
 
 
-def corrupt(clean: np.ndarray, split: str, rng: np.random.Generator):
-    h, w = clean.shape
-    sigma = 0.1 if split == "half" else 0.05
+def corrupt(w: dict, split: str, rng: np.random.Generator):
+    clean = w["clean"]
+    h, wd = clean.shape
+    frac = 0.1 if split == "half" else 0.05
+    sigma = frac * w["norm"].scale
     noisy = clean + rng.normal(0, sigma, clean.shape).astype(np.float32)
     observed = np.ones(clean.shape, bool)
     if split == "half":
-        observed[:, w // 2 :] = False
+        observed[:, wd // 2 :] = False
     else:
-        bh, bw = min(24, h // 2), min(32, w // 2)
-        y, x = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+        bh, bw = int(rng.integers(h // 8, h // 2 + 1)), int(rng.integers(wd // 8, wd // 2 + 1))
+        y, x = rng.integers(0, h - bh + 1), rng.integers(0, wd - bw + 1)
         observed[y : y + bh, x : x + bw] = False
     return noisy, observed, sigma
 
@@ -87,74 +85,120 @@ def corrupt(clean: np.ndarray, split: str, rng: np.random.Generator):
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic)
+    return float(spearmanr(a, b).statistic) if a.size > 2 else float("nan")
 
 
-def summarise(rows: list[dict]) -> dict:
-    out = {}
-    for part in ("masked", "observed"):
-        err = np.concatenate([r[part]["err"] for r in rows])
-        std = np.concatenate([r[part]["std"] for r in rows])
-        z = err / std
-        out[part] = {
-            "cov95": float(np.mean(np.abs(z) < 1.96)),
-            "zms": float(np.mean(z * z)),
-            "rmse": float(np.sqrt(np.mean(err * err))),
-            "mean_std": float(std.mean()),
-            "spearman": spearman(std, np.abs(err)),
-        }
-    out["std_ratio_masked_observed"] = out["masked"]["mean_std"] / out["observed"]["mean_std"]
-    chi2 = [r["chi2"] for r in rows]
-    out["chi2_at_map"] = {
-        "mean": float(np.mean(chi2)),
-        "min": float(np.min(chi2)),
-        "max": float(np.max(chi2)),
+def stats(err: np.ndarray, std: np.ndarray) -> dict:
+    if err.size == 0:
+        return {"n": 0}
+    z = err / std
+    return {
+        "n": int(err.size),
+        "cov95": float(np.mean(np.abs(z) < 1.96)),
+        "zms": float(np.mean(z * z)),
+        "rmse": float(np.sqrt(np.mean(err * err))),
+        "mean_std": float(std.mean()),
+        "spearman": spearman(std, np.abs(err)),
     }
-    modes = [r["n_modes"] for r in rows]
-    values, counts = np.unique(modes, return_counts=True)
-    out["n_modes"] = {str(k): int(v) for k, v in zip(values, counts, strict=True)}
-    out["noise_sigma_estimated_over_true"] = float(np.mean([r["sigma_ratio"] for r in rows]))
-    out["seconds_per_image"] = float(np.mean([r["seconds"] for r in rows]))
+
+
+CLASSES = (
+    "missing",
+    "observed",
+    "missing/background",
+    "missing/structure",
+    "observed/background",
+    "observed/structure",
+)
+
+
+def summarise(rows: list[dict], key: str) -> dict:
+    out = {}
+    for cls in CLASSES:
+        err = np.concatenate([r["err"][r[cls]] for r in rows])
+        std = np.concatenate([r[key][r[cls]] for r in rows])
+        out[cls] = stats(err, std)
+    # the std ratio and ZMS per std decile, pooled over missing and observed pixels
+    out["std_ratio_missing_observed"] = out["missing"]["mean_std"] / out["observed"]["mean_std"]
+    err = np.concatenate([r["err"].ravel() for r in rows])
+    std = np.concatenate([r[key].ravel() for r in rows])
+    edges = np.quantile(std, np.linspace(0, 1, 11))
+    idx = np.clip(np.searchsorted(edges, std, side="right") - 1, 0, 9)
+    out["zms_per_std_decile"] = [
+        float(np.mean((err[idx == d] / std[idx == d]) ** 2)) for d in range(10)
+    ]
     return out
 
 
 def run_split(model, ck, split: str, n: int, seed: int, n_samples: int) -> dict:
     from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.vae2d.calibrate import pixel_scales
     from napari_sim_uq.tasks.vae2d.reconstruct import posterior_2d
 
+    table = ck.extra.get("posterior_calibration")
     kind = "other" if split == "other-generator" else "sample"
     rng = np.random.default_rng(seed + 17)
-    rows = []
-    for clean in crops(kind, n, int(model.patch), seed):
-        noisy, observed, sigma = corrupt(clean, split, rng)
+    rows, chi2, modes, ratio, secs = [], [], [], [], []
+    for w in windows(kind, n, int(model.patch), seed):
+        noisy, observed, sigma = corrupt(w, split, rng)
         given = None if split == "box-estimated" else sigma
         t0 = time.perf_counter()
         pred = run(
             posterior_2d(
-                model, ck, noisy, mask=observed, noise_sigma=given, n_samples=n_samples, seed=seed
+                model,
+                ck,
+                noisy,
+                mask=observed,
+                noise_sigma=given,
+                n_samples=n_samples,
+                seed=seed,
+                normalization=w["norm"],
+                calibrated=False,
             )
         )
-        err = pred.arrays["posterior_mean"] - clean
+        secs.append(time.perf_counter() - t0)
         std = pred.arrays["posterior_std"]
+        structure = w["norm"].apply(w["clean"]) > 0.25
         rows.append(
             {
-                "masked": {"err": err[~observed], "std": std[~observed]},
-                "observed": {"err": err[observed], "std": std[observed]},
-                "chi2": pred.meta["chi2_per_observed_pixel_at_map"],
-                "n_modes": pred.meta["modes_per_tile"][0],
-                "sigma_ratio": pred.meta["noise_sigma"] / sigma,
-                "seconds": time.perf_counter() - t0,
+                "err": pred.arrays["posterior_mean"] - w["clean"],
+                "std_raw": std,
+                "std_cal": std
+                * pixel_scales(table, observed, w["norm"].apply(pred.arrays["posterior_mean"]))
+                if table
+                else std,
+                "missing": ~observed,
+                "observed": observed,
+                "missing/background": ~observed & ~structure,
+                "missing/structure": ~observed & structure,
+                "observed/background": observed & ~structure,
+                "observed/structure": observed & structure,
             }
         )
-    return summarise(rows)
+        chi2.append(pred.meta["chi2_per_observed_pixel_at_map"])
+        modes.append(pred.meta["modes_per_tile"][0])
+        ratio.append(pred.meta["noise_sigma"] / sigma)
+    values, counts = np.unique(modes, return_counts=True)
+    return {
+        "uncalibrated": summarise(rows, "std_raw"),
+        "calibrated": summarise(rows, "std_cal"),
+        "chi2_at_map": {
+            "mean": float(np.mean(chi2)),
+            "min": float(np.min(chi2)),
+            "max": float(np.max(chi2)),
+        },
+        "n_modes": {str(k): int(v) for k, v in zip(values, counts, strict=True)},
+        "noise_sigma_estimated_over_true": float(np.mean(ratio)),
+        "seconds_per_image": float(np.mean(secs)),
+    }
 
 
 def speed(model, ck, repeats: int) -> dict:
     from napari_sim_uq.core.events import run
     from napari_sim_uq.tasks.vae2d.reconstruct import posterior_2d
 
-    clean = crops("sample", 1, 64, 99)[0]
-    noisy, observed, sigma = corrupt(clean, "box", np.random.default_rng(0))
+    w = windows("sample", 1, 64, 99)[0]
+    noisy, observed, sigma = corrupt(w, "box", np.random.default_rng(0))
     runs = []
     for r in range(repeats + 1):
         pred = run(posterior_2d(model, ck, noisy, mask=observed, noise_sigma=sigma, seed=r))
@@ -193,26 +237,33 @@ def main() -> None:
     result = {"machine": machine_info([torch.device("cpu")]), "model": args.model, "speed": sp}
     result["splits"] = {}
     head = (
-        f"{'split':16s} {'part':9s} {'cov95':>6s} {'ZMS':>6s} {'RMSE':>7s} {'std':>7s} "
-        f"{'Spear':>6s}   chi2@MAP (min-max)   std ratio  modes"
+        f"{'split':16s} {'pixels':20s} {'cov95':>6s} {'ZMS':>6s} {'RMSE':>7s} {'std':>7s} "
+        f"{'Spear':>6s} | {'cov95':>6s} {'ZMS':>6s} {'std':>7s}"
     )
-    print("\n" + head + "\n" + "-" * len(head))
+    print("\n" + " " * 38 + "uncalibrated" + " " * 22 + "| calibrated")
+    print(head + "\n" + "-" * len(head))
     for i, split in enumerate(s for s in args.splits.split(",") if s):
         res = run_split(model, ck, split, args.n_images, 100 + i, args.n_samples)
         result["splits"][split] = res
-        for part in ("masked", "observed"):
-            m = res[part]
-            tail = ""
-            if part == "masked":
-                c = res["chi2_at_map"]
-                tail = (
-                    f"   {c['mean']:.3f} ({c['min']:.2f}-{c['max']:.2f})    "
-                    f"{res['std_ratio_masked_observed']:.2f}     {res['n_modes']}"
-                )
+        for cls in CLASSES:
+            u, c = res["uncalibrated"][cls], res["calibrated"][cls]
+            if not u["n"]:
+                continue
             print(
-                f"{split:16s} {part:9s} {m['cov95']:6.3f} {m['zms']:6.3f} {m['rmse']:7.4f} "
-                f"{m['mean_std']:7.4f} {m['spearman']:6.3f}{tail}"
+                f"{split:16s} {cls:20s} {u['cov95']:6.3f} {u['zms']:6.3f} {u['rmse']:7.1f} "
+                f"{u['mean_std']:7.1f} {u['spearman']:6.3f} | {c['cov95']:6.3f} {c['zms']:6.3f} "
+                f"{c['mean_std']:7.1f}"
             )
+        c2 = res["chi2_at_map"]
+        print(
+            f"{split:16s} chi2 at the MAP {c2['mean']:.3f} ({c2['min']:.2f}-{c2['max']:.2f}); "
+            f"std ratio missing/observed {res['uncalibrated']['std_ratio_missing_observed']:.2f}"
+            f" -> {res['calibrated']['std_ratio_missing_observed']:.2f} calibrated; "
+            f"ZMS per std decile (calibrated) "
+            f"{' '.join(f'{v:.2f}' for v in res['calibrated']['zms_per_std_decile'])}; "
+            f"modes {res['n_modes']}; noise estimate / truth "
+            f"{res['noise_sigma_estimated_over_true']:.3f}; {res['seconds_per_image']:.1f} s/image"
+        )
     write_result(Path(args.out), result)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from vae_helpers import write_clean_images
 
 from napari_sim_uq.cli import main
 from napari_sim_uq.core.errors import InputError
@@ -19,20 +20,11 @@ SIM_CHECKPOINT = ROOT / "example_data" / "sim_uq_demo_model.pt"
 AE2D_CHECKPOINT = ROOT / "example_data" / "ae2d_demo_model.pt"
 
 
-def _images(folder: Path, n: int, size: int = 40, seed: int = 0) -> None:
-    from napari_sim_uq.tasks.sim.samples import image2d_clean
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = image2d_clean(seed=seed + i, size=size)
-        tifffile.imwrite(folder / f"im_{i}.tif", np.rint(img).astype(np.uint16))
-
-
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vae")
-    _images(root / "train", 3)
-    _images(root / "val", 1, seed=50)
+    write_clean_images(root / "train", 3)
+    write_clean_images(root / "val", 1, seed=50)
     argv = ["train-vae", "--data-dir", str(root / "train"), "--val-dir", str(root / "val")]
     tiny = ["--epochs", "2", "--batch-size", "4", "--patch", "16", "--latent-dim", "4"]
     tiny += ["--patches-per-image", "2", "--channels", "4", "--depth", "2", "--quiet"]

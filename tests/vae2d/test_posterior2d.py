@@ -142,3 +142,21 @@ def test_nan_pixels_are_missing_and_an_all_nan_image_is_refused():
         run(posterior_2d(ConstantDecoder(16), _ck(), np.full((8, 8), np.nan, np.float32)))
     with pytest.raises(InputError, match="stack"):
         run(posterior_2d(ConstantDecoder(16), _ck(), np.zeros((2, 8, 8), np.float32)))
+
+
+def test_chi2_self_check_warns_when_the_model_does_not_explain_the_data():
+    rng = np.random.default_rng(5)
+    m = ConstantDecoder(16)
+    yy, xx = np.mgrid[0:16, 0:16]
+    ramp = (0.3 + 0.03 * xx + 0.02 * yy + 0.02 * rng.normal(size=(16, 16))).astype(np.float32)
+    flat = (0.5 + 0.02 * rng.normal(size=(16, 16))).astype(np.float32)
+    # a ramp is not a constant: chi^2 >> 1
+    bad = run(posterior_2d(m, _ck(), ramp, noise_sigma=0.02, n_samples=8))
+    assert bad.meta["chi2_per_observed_pixel_at_map"] > 10
+    assert len(bad.meta["warnings"]) == 1 and "does not represent" in bad.meta["warnings"][0]
+    # the right noise level: chi^2 ~ 1, no warning; 3x too large: chi^2 ~ 1/9, a warning
+    good = run(posterior_2d(m, _ck(), flat, noise_sigma=0.02, n_samples=8))
+    assert 0.7 < good.meta["chi2_per_observed_pixel_at_map"] < 1.3
+    assert good.meta["warnings"] == []
+    over = run(posterior_2d(m, _ck(), flat, noise_sigma=0.06, n_samples=8))
+    assert "overestimated" in over.meta["warnings"][0]

@@ -349,5 +349,8 @@ class PosteriorWidget(Image2DJobWidget):
             f"noise std {meta['noise_sigma']:.4g} ({how})\n"
             f"χ² per observed pixel at the MAP: {meta['chi2_per_observed_pixel_at_map']:.3g}"
         )
+        for w in meta.get("warnings", []):
+            show_warning(w)
+            self.result_label.setText(self.result_label.text() + "\n⚠ " + w)
         seconds = meta.get("timings", {}).get("total_s", float("nan"))
         return f"done: {len(layers)} layers for '{source.name}' ({seconds:.1f} s)"
