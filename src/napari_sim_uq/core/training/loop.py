@@ -85,6 +85,38 @@ class TrainOptions(JsonConfig):
             raise InputError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
 
 
+@dataclass
+class ImageTrainOptions(TrainOptions):
+    """The options of a training run on random patches of 2D images (the 2D tasks' training
+    configs subclass this): where the images are, the patches, the normalisation."""
+
+    data_dir: str = option("", help="training images: a folder of PNG/TIFF files or a glob")
+    val_dir: str | None = option(
+        None, help="validation images (folder or glob); best.pt follows their loss"
+    )
+    patch: int = option(64, help="random training patches of this many pixels", minimum=8)
+    patches_per_image: int = option(8, help="patches drawn from each image per epoch", minimum=1)
+    norm_mode: str = option(
+        "percentile",
+        help="per-image intensity normalisation: percentile (0.1-99.9 % to 0-1), minmax, or "
+        "none (images already in 0-1)",
+        choices=lambda: _norm_modes(),
+    )
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise InputError("data_dir is required (a folder of training images, --data-dir)")
+        super().validate()
+        if self.norm_mode not in _norm_modes():
+            raise InputError(f"norm_mode must be one of {_norm_modes()}, got {self.norm_mode!r}")
+
+
+def _norm_modes() -> tuple[str, ...]:
+    from napari_sim_uq.core.data.normalization import NORM_MODES
+
+    return NORM_MODES
+
+
 # ----------------------------------------------------------------------------- DDP
 
 
@@ -232,6 +264,20 @@ class TrainSetup:
     diverged: tuple[type[BaseException], ...] = ()
     # shuffle the training samples (each epoch in a (seed, epoch)-determined order)
     shuffle: bool = True
+
+
+def same_model_config(ckpt_dir: str | os.PathLike, model_config: dict) -> Callable[[Any], None]:
+    """A ``TrainSetup.check_resume`` refusing a checkpoint whose ``config["model"]`` is not
+    ``model_config`` (resuming with other network options would load mismatched weights)."""
+
+    def check(ck) -> None:
+        if ck.config.get("model") != model_config:
+            raise InputError(
+                f"'{Path(ckpt_dir) / 'latest.pt'}' was trained with another network "
+                "configuration; resume with the same options or start a new folder"
+            )
+
+    return check
 
 
 def train_job(cfg: TrainOptions, make_setup: Callable[[Any, Dist], TrainSetup]):

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from napari_sim_uq.core.config import option
 from napari_sim_uq.core.data.normalization import NORM_MODES
 from napari_sim_uq.core.errors import InputError
-from napari_sim_uq.core.training.loop import TrainOptions, TrainSetup, train_job
+from napari_sim_uq.core.training.loop import (
+    ImageTrainOptions,
+    TrainSetup,
+    same_model_config,
+    train_job,
+)
 
 __all__ = ["MODEL_TYPE", "NORM_MODES", "VARIANCE_LOSSES", "Train2DConfig", "train_2d_job"]
 
@@ -26,32 +31,20 @@ VARIANCE_LOSSES = ("decoupled", "joint")
 
 
 @dataclass
-class Train2DConfig(TrainOptions):
+class Train2DConfig(ImageTrainOptions):
     """A 2D autoencoder training run (JSON-serialisable; stored in checkpoints): the loop's
     options and the 2D data; the network's options are in ``model`` (AE2DConfig fields)."""
 
     ckpt_dir: str = option(
         "checkpoints_2d", help="writes latest.pt, best.pt and metrics.csv here", flag="--out-dir"
     )
-    data_dir: str = option("", help="training images: a folder of PNG/TIFF files or a glob")
-    val_dir: str | None = option(
-        None, help="validation images (folder or glob); best.pt follows their loss"
-    )
     epochs: int = option(30, help="number of epochs", minimum=1)
     batch_size: int = option(16, help="patches per optimiser step", minimum=1)
     lr: float = option(1e-3, help="learning rate", minimum=0.0)
-    patch: int = option(64, help="random training patches of this many pixels", minimum=8)
-    patches_per_image: int = option(8, help="patches drawn from each image per epoch", minimum=1)
     degrade: str = option(
         "noise:0.1",
         help='degradations of the training inputs, e.g. "noise:0.1", "noise,jpeg,mask" or '
         '"none" (reconstruct the input: anomaly detection); see docs/cli.md',
-    )
-    norm_mode: str = option(
-        "percentile",
-        help="per-image intensity normalisation: percentile (0.1-99.9 % to 0-1), minmax, or "
-        "none (images already in 0-1)",
-        choices=NORM_MODES,
     )
     variance_loss: str = option(
         "decoupled",
@@ -63,15 +56,11 @@ class Train2DConfig(TrainOptions):
     model: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not self.data_dir:
-            raise InputError("data_dir is required (a folder of training images, --data-dir)")
         super().validate()
         if self.variance_loss not in VARIANCE_LOSSES:
             raise InputError(
                 f"variance_loss must be one of {VARIANCE_LOSSES}, got {self.variance_loss!r}"
             )
-        if self.norm_mode not in NORM_MODES:
-            raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         from napari_sim_uq.core.data.degrade import parse_degradations
 
         parse_degradations(self.degrade)  # clear error for a bad spec before any work
@@ -85,7 +74,6 @@ def train_2d_job(cfg: Train2DConfig):
 
 
 def _setup(cfg: Train2DConfig, device) -> TrainSetup:
-    from pathlib import Path
 
     from napari_sim_uq.core.data.degrade import parse_degradations
     from napari_sim_uq.core.data.images2d import PatchDataset
@@ -125,13 +113,6 @@ def _setup(cfg: Train2DConfig, device) -> TrainSetup:
     def val_step(wrapped, crit, batch):
         return crit(wrapped(batch["x"]), batch["target"])[1]
 
-    def check_resume(ck) -> None:
-        if ck.config.get("model") != model_cfg.to_dict():
-            raise InputError(
-                f"'{Path(cfg.ckpt_dir) / 'latest.pt'}' was trained with another network "
-                "configuration; resume with the same options or start a new folder"
-            )
-
     return TrainSetup(
         model=model,
         criterion=criterion,
@@ -151,5 +132,5 @@ def _setup(cfg: Train2DConfig, device) -> TrainSetup:
         val_step=val_step,
         normalization={"mode": cfg.norm_mode, "per_image": True},
         sigma_scale={"mean": 1.0},
-        check_resume=check_resume,
+        check_resume=same_model_config(cfg.ckpt_dir, model_cfg.to_dict()),
     )

@@ -21,9 +21,13 @@ import math
 from dataclasses import dataclass, field
 
 from napari_sim_uq.core.config import option
-from napari_sim_uq.core.data.normalization import NORM_MODES
 from napari_sim_uq.core.errors import InputError
-from napari_sim_uq.core.training.loop import TrainOptions, TrainSetup, train_job
+from napari_sim_uq.core.training.loop import (
+    ImageTrainOptions,
+    TrainSetup,
+    same_model_config,
+    train_job,
+)
 
 __all__ = ["MODEL_TYPE", "TrainVAEConfig", "train_vae_job"]
 
@@ -31,7 +35,7 @@ MODEL_TYPE = "vae2d"
 
 
 @dataclass
-class TrainVAEConfig(TrainOptions):
+class TrainVAEConfig(ImageTrainOptions):
     """A VAE training run (JSON-serialisable; stored in checkpoints); the network's options
     are in ``model`` (:class:`~napari_sim_uq.tasks.vae2d.net.VAEConfig` fields)."""
 
@@ -48,22 +52,12 @@ class TrainVAEConfig(TrainOptions):
     patches_per_image: int = option(16, help="patches drawn from each image per epoch", minimum=1)
     latent_dim: int = option(16, help="latent dimension K", minimum=1, maximum=256)
     patch: int = option(64, help="side of the square training patches (pixels)", minimum=8)
-    norm_mode: str = option(
-        "percentile",
-        help="per-image intensity normalisation: percentile (0.1-99.9 %% to 0-1), minmax, or "
-        "none (images already in 0-1)",
-        choices=NORM_MODES,
-    )
     kl_weight: float = option(1.0, help="weight of the KL term (1: the ELBO)", minimum=0.0)
     # other network options (VAEConfig fields: channels, depth)
     model: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not self.data_dir:
-            raise InputError("data_dir is required (a folder of clean training images, --data-dir)")
         super().validate()
-        if self.norm_mode not in NORM_MODES:
-            raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
             raise InputError(f"kl_weight must be a number >= 0, got {self.kl_weight!r}")
         self.model_config().validate()
@@ -86,7 +80,6 @@ def train_vae_job(cfg: TrainVAEConfig):
 
 
 def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
-    from pathlib import Path
 
     import torch
     from torch import nn
@@ -159,13 +152,6 @@ def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
                 criterion.log_sigma.fill_(float(extra["log_sigma_dec"]))
         state["sigma_model"] = float(extra.get("sigma_model", math.nan))
 
-    def check_resume(ck) -> None:
-        if ck.config.get("model") != model_cfg.to_dict():
-            raise InputError(
-                f"'{Path(cfg.ckpt_dir) / 'latest.pt'}' was trained with another network "
-                "configuration; resume with the same options or start a new folder"
-            )
-
     return TrainSetup(
         model=model,
         criterion=criterion,
@@ -183,5 +169,5 @@ def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
         sigma_scale={"mean": 1.0},
         extra_state=extra_state,
         load_extra=load_extra,
-        check_resume=check_resume,
+        check_resume=same_model_config(cfg.ckpt_dir, model_cfg.to_dict()),
     )
