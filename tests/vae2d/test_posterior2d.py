@@ -160,3 +160,9 @@ def test_chi2_self_check_warns_when_the_model_does_not_explain_the_data():
     assert good.meta["warnings"] == []
     over = run(posterior_2d(m, _ck(), flat, noise_sigma=0.06, n_samples=8))
     assert "overestimated" in over.meta["warnings"][0]
+
+
+def test_an_image_needing_too_many_tiles_is_refused_before_any_work():
+    x = np.zeros((100, 100), np.float32)
+    with pytest.raises(InputError, match="crop a region"):
+        run(posterior_2d(ConstantDecoder(16), _ck(), x, noise_sigma=0.1, overlap=4, max_tiles=4))
