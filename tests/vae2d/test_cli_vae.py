@@ -4,6 +4,7 @@ functions, and clear errors (nothing written) for bad input."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def tiny_vae(tmp_path_factory) -> Path:
     return root / "ck" / "latest.pt"
 
 
-def test_train_vae_stores_sigma_model_and_resumes(tiny_vae):
+def test_train_vae_stores_sigma_model(tiny_vae):
     ck = load_checkpoint(tiny_vae)
     assert ck.model_type == "vae2d"
     assert ck.config["model"]["latent_dim"] == 4 and ck.config["model"]["patch"] == 16
@@ -43,6 +44,31 @@ def test_train_vae_stores_sigma_model_and_resumes(tiny_vae):
     # the stored sigma_model is the last validation's reconstruction RMS
     last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
     assert sigma == pytest.approx(float(last["val_recon_rmse"]), rel=0.3)
+
+
+def test_train_vae_resumes_with_its_decoder_std(tiny_vae, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "ck"
+    shutil.copytree(tiny_vae.parent, run_dir)
+    before = load_checkpoint(run_dir / "latest.pt")
+    data = Path(before.config["train"]["data_dir"])
+    argv = ["train-vae", "--data-dir", str(data), "--out-dir", str(run_dir), "--quiet"]
+    tiny = ["--batch-size", "4", "--patch", "16", "--latent-dim", "4", "--patches-per-image"]
+    tiny += ["2", "--channels", "4", "--depth", "2", "--val-dir", str(data.parent / "val")]
+    assert main([*argv, *tiny, "--epochs", "3"]) == 2  # latest.pt exists: no silent restart
+    # a decoder std far from its initial 0.1 in the stopped run's state: a resumed run
+    # must continue from it (restored by the task's load_extra), not from 0.1
+    before.extra = {**before.extra, "log_sigma_dec": math.log(0.5)}
+    before.save(run_dir / "latest.pt")
+    assert main([*argv, *tiny, "--epochs", "3", "--resume"]) == 0
+    after = load_checkpoint(run_dir / "latest.pt")
+    assert after.train_state["epoch"] == 3
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4
+    sigma_dec = float(rows[-1].split(",")[rows[0].split(",").index("train_sigma_dec")])
+    assert sigma_dec == pytest.approx(0.5, rel=0.05)
+    assert "log_sigma_dec" in after.extra and after.extra["sigma_model"] > 0
 
 
 def test_posterior_cli_writes_every_output(tiny_vae, tmp_path):

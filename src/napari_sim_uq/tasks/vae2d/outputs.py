@@ -56,7 +56,7 @@ def save_posterior_figure(path: str | os.PathLike, corrupted: np.ndarray, pred, 
     axes[0, 3].set_title("posterior std", fontsize=10)
     fig.colorbar(im, ax=axes[0, 3], shrink=0.8)
     w = pred.meta.get("mode_weights")
-    ax_w = axes[0, 4]
+    ax_w = axes[0, 5]  # a column apart from the std panel's colour bar
     if w is not None:
         ax_w.bar(np.arange(len(w)), w, color="tab:blue")
         ax_w.set_ylim(0, 1)
@@ -66,7 +66,7 @@ def save_posterior_figure(path: str | os.PathLike, corrupted: np.ndarray, pred, 
         counts = np.bincount(pred.meta["modes_per_tile"])
         ax_w.bar(np.arange(len(counts)), counts, color="tab:blue")
         ax_w.set_title("tiles by number of modes", fontsize=10)
-    axes[0, 5].set_axis_off()
+    axes[0, 4].set_axis_off()
     for ax in axes[0, :4]:
         ax.set_axis_off()
     samples = a["samples"]
