@@ -515,40 +515,46 @@ def reconstruct_2d_job(
     :class:`Image2DSource`, or anything :func:`image2d_source` takes); returns the
     :class:`~napari_sim_uq.core.task.Prediction` with what the layers record about the
     model and the parameters in its ``meta``. A SIM (or other) checkpoint is refused."""
-    from napari_sim_uq.core.devices import resolve_device
-    from napari_sim_uq.core.events import Event
     from napari_sim_uq.tasks.ae2d.predict import STAGE, load_ae2d_model, predict_2d
 
     if not isinstance(source, Image2DSource):
         source = image2d_source(source)
-    ckpt = resolve_2d_checkpoint(checkpoint)
-    yield Event(STAGE, 0, None, message=f"loading {ckpt.name} …")
-    dev = resolve_device(device)
-    model, ck = load_ae2d_model(ckpt, dev)
-    pred = yield from predict_2d(
-        model,
-        ck,
-        source.data,
-        mc_samples=mc_samples,
-        tile=tile,
-        overlap=overlap,
-        seed=seed,
-        device=dev,
-        degrade=degrade,
-        degrade_seed=seed,
-        scores=scores,
-        what=f"'{source.name}'",
+
+    def predict(model, ck, dev):
+        return predict_2d(
+            model,
+            ck,
+            source.data,
+            mc_samples=mc_samples,
+            tile=tile,
+            overlap=overlap,
+            seed=seed,
+            device=dev,
+            degrade=degrade,
+            degrade_seed=seed,
+            scores=scores,
+            what=f"'{source.name}'",
+        )
+
+    pred = yield from _checkpoint_job(
+        resolve_2d_checkpoint(checkpoint), STAGE, load_ae2d_model, device, predict
     )
-    meta = {
-        **ck.layer_metadata(),
-        "task": "ae2d",
-        **pred.meta,
-        "checkpoint": str(ckpt),
-        "mc_samples": int(mc_samples),
-        "seed": int(seed),
-        "device": str(dev),
-    }
-    pred.meta = meta
+    pred.meta = {"task": "ae2d", **pred.meta, "mc_samples": int(mc_samples), "seed": int(seed)}
+    return pred
+
+
+def _checkpoint_job(ckpt: Path, stage: str, load: Any, device: Any, predict: Any):
+    """Job: load ``ckpt`` with ``load(path, device)`` and run the job ``predict(model, ck,
+    device)``; its Prediction's ``meta`` gains the checkpoint's layer metadata (model, config
+    hash, version, sigma-scale), the checkpoint path and the device."""
+    from napari_sim_uq.core.devices import resolve_device
+    from napari_sim_uq.core.events import Event
+
+    yield Event(stage, 0, None, message=f"loading {ckpt.name} …")
+    dev = resolve_device(device)
+    model, ck = load(ckpt, dev)
+    pred = yield from predict(model, ck, dev)
+    pred.meta = {**ck.layer_metadata(), **pred.meta, "checkpoint": str(ckpt), "device": str(dev)}
     return pred
 
 
@@ -856,38 +862,33 @@ def posterior_2d_job(
     returns its :class:`~napari_sim_uq.core.task.Prediction` with the model and parameters
     in ``meta``. ``mask``: 1 / True = observed (an array), or a Labels / Shapes layer marking
     the missing region (:func:`mask_from_layer`). Another task's checkpoint is refused."""
-    from napari_sim_uq.core.devices import resolve_device
-    from napari_sim_uq.core.events import Event
     from napari_sim_uq.tasks.vae2d.reconstruct import STAGE, load_vae_model, posterior_2d
 
     if not isinstance(source, Image2DSource):
         source = image2d_source(source, allow_nan=True)
     if mask is not None:
         mask = mask_from_layer(mask, source.data.shape)
-    ckpt = resolve_vae_checkpoint(checkpoint)
-    yield Event(STAGE, 0, None, message=f"loading {ckpt.name} …")
-    dev = resolve_device(device)
-    model, ck = load_vae_model(ckpt, dev)
-    pred = yield from posterior_2d(
-        model,
-        ck,
-        source.data,
-        mask=mask,
-        noise_sigma=noise_sigma,
-        n_samples=n_samples,
-        n_starts=n_starts,
-        seed=seed,
-        device=dev,
-        what=f"'{source.name}'",
-        **options,
+
+    def predict(model, ck, dev):
+        return posterior_2d(
+            model,
+            ck,
+            source.data,
+            mask=mask,
+            noise_sigma=noise_sigma,
+            n_samples=n_samples,
+            n_starts=n_starts,
+            seed=seed,
+            device=dev,
+            what=f"'{source.name}'",
+            **options,
+        )
+
+    return (
+        yield from _checkpoint_job(
+            resolve_vae_checkpoint(checkpoint), STAGE, load_vae_model, device, predict
+        )
     )
-    pred.meta = {
-        **ck.layer_metadata(),
-        **pred.meta,
-        "checkpoint": str(ckpt),
-        "device": str(dev),
-    }
-    return pred
 
 
 def posterior_2d(
