@@ -138,8 +138,8 @@ def summarise(rows: list[dict], key: str) -> dict:
 
 def run_split(model, ck, split: str, n: int, seed: int, n_samples: int) -> dict:
     from napari_sim_uq.core.events import run
-    from napari_sim_uq.tasks.vae2d.calibrate import pixel_scales
     from napari_sim_uq.tasks.vae2d.reconstruct import posterior_2d
+    from napari_sim_uq.tasks.vae2d.scales import pixel_scales
 
     table = ck.extra.get("posterior_calibration")
     kind = "other" if split == "other-generator" else "sample"

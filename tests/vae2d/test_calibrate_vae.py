@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_sim_uq.tasks.vae2d.calibrate import (
+from napari_sim_uq.tasks.vae2d.calibrate import fit_table
+from napari_sim_uq.tasks.vae2d.scales import (
     DISTANCE_EDGES,
     apply_calibration,
     distance_to_observed,
-    fit_table,
     pixel_scales,
 )
 

@@ -340,7 +340,7 @@ def posterior_2d(
             yield Event("sample", t + 1, n_tiles, {}, "posterior samples")
     table = (ck.extra or {}).get("posterior_calibration") if calibrated else None
     if table is not None:
-        from napari_sim_uq.tasks.vae2d.calibrate import apply_calibration, pixel_scales
+        from napari_sim_uq.tasks.vae2d.scales import apply_calibration, pixel_scales
 
         mean_tmp = m1 / wsum
         scales = pixel_scales(table, mp, mean_tmp)  # the padding is missing too
