@@ -56,13 +56,18 @@ def test_gc_freeze_keeps_old_objects_out_of_collections_and_hands_them_back(unfr
     assert guard.holds == 0
 
 
-def test_gc_freeze_leaves_a_freeze_by_someone_else_alone(unfrozen):
+def test_gc_freeze_leaves_a_freeze_by_someone_else_alone(unfrozen, monkeypatch):
     gc.freeze()
-    before = gc.get_freeze_count()
+    # the frozen count itself is no witness: a frozen object freed meanwhile (by another
+    # thread) lowers it; a fresh CI machine failed on 748033 != 748035
+    calls = []
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     guard = GcFreeze()
     guard.hold()
     guard.release()
-    assert gc.get_freeze_count() == before  # not unfrozen by us
+    assert calls == []  # neither frozen again nor unfrozen by us
+    assert gc.get_freeze_count() > 0
 
 
 @pytest.mark.gui  # needs a Qt application (a display)
