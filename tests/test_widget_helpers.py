@@ -61,11 +61,13 @@ def test_gc_freeze_leaves_a_freeze_by_someone_else_alone(unfrozen, monkeypatch):
     # the frozen count itself is no witness: a frozen object freed meanwhile (by another
     # thread) lowers it; a fresh CI machine failed on 748033 != 748035
     calls = []
-    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
-    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     guard = GcFreeze()
-    guard.hold()
-    guard.release()
+    # patched only inside the block: the fixture's teardown must unfreeze for real
+    with monkeypatch.context() as m:
+        m.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        m.setattr(gc, "freeze", lambda: calls.append("freeze"))
+        guard.hold()
+        guard.release()
     assert calls == []  # neither frozen again nor unfrozen by us
     assert gc.get_freeze_count() > 0
 
