@@ -155,3 +155,10 @@ def test_a_saddle_is_not_a_mode():
     assert f.n_rejected == 1  # the start at z1 = 0 stays on the saddle
     assert f.z.shape[0] == 2  # the two symmetric modes
     assert np.allclose(f.weight.numpy(), [0.5, 0.5], atol=1e-6)
+    # every start on the saddle: no positive-definite point; the saddle is kept with its
+    # Hessian shifted to be positive definite and reported as rejected
+    fits, _ = _fit(dec, x, w, torch.zeros(1, 3, 2, dtype=torch.float64))
+    f = fits[0]
+    assert f.z.shape[0] == 1 and f.n_rejected == 1 and f.n_merged == 2
+    assert float(f.weight[0]) == pytest.approx(1.0)
+    assert bool((torch.linalg.eigvalsh(f.cov[0]) > 0).all())

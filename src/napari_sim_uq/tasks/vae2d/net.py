@@ -94,10 +94,6 @@ class ConvVAE(nn.Module):
         with torch.no_grad():
             self.to_latent.bias[cfg.latent_dim :].fill_(-2.0)
 
-    @property
-    def n_pixels(self) -> int:
-        return self.patch * self.patch
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)`` of ``q(z|x)``, each ``(B, K)``, for patches ``(B, 1, P, P)``."""
         h = self.encoder(x).flatten(1)

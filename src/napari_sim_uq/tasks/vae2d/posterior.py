@@ -206,7 +206,7 @@ def find_modes(
 
     # distinct modes per image: merge, then exact Hessians at the survivors
     fits: list[PosteriorFit] = []
-    keep_all, owner = [], []
+    keep_all: list[int] = []
     per_image = []
     for b in range(B):
         sl = slice(b * S, (b + 1) * S)
@@ -228,7 +228,6 @@ def find_modes(
                 kept.append(j)
         per_image.append((kept, n_merged))
         keep_all += [b * S + j for j in kept]
-        owner += [b] * len(kept)
     keep_t = torch.tensor(keep_all, device=z.device, dtype=torch.long)
     Hk = hess(z[keep_t], xs[keep_t], ws[keep_t]) if newton_steps else H[keep_t]
     yield ("hessian", 2, 2)
@@ -245,21 +244,17 @@ def find_modes(
         Lb, info = torch.linalg.cholesky_ex(Hb)
         pd = info == 0
         gi = keep_t[sel]
-        if not pd.any():
-            # no positive-definite point: keep the lowest-energy one with its Hessian
-            # regularised (reported through n_rejected)
+        n_rej = int((~pd).sum())
+        if pd.any():
+            Hb, Lb, gi = Hb[pd], Lb[pd], gi[pd]
+        else:
+            # no positive-definite point: keep the lowest-energy one (``kept`` is sorted by
+            # energy) with its Hessian shifted to be positive definite; every point counts
+            # as rejected
             evals = torch.linalg.eigvalsh(Hb[:1])
             ridge = float((-evals.min()).clamp_min(0)) + 1e-3
             Hb = Hb[:1] + ridge * torch.eye(K, dtype=Hb.dtype, device=Hb.device)
-            Lb = torch.linalg.cholesky(Hb)
-            pd = torch.zeros(1, dtype=torch.bool, device=Hb.device)
-            sel_pd = torch.tensor([0], device=Hb.device)
-            gi = gi[:1]
-            n_rej = len(kept)
-        else:
-            sel_pd = torch.nonzero(pd)[:, 0]
-            n_rej = int((~pd).sum())
-            Hb, Lb, gi = Hb[sel_pd], Lb[sel_pd], gi[sel_pd]
+            Lb, gi = torch.linalg.cholesky(Hb), gi[:1]
         logdet_h = 2.0 * torch.log(torch.diagonal(Lb, dim1=-2, dim2=-1)).sum(-1)
         ub = u[gi].to(torch.float64)
         logw = -ub - 0.5 * logdet_h
@@ -280,7 +275,7 @@ def find_modes(
                 chi2=(chi2_num[gi] / n_obs[b]).to(dtype),
                 map_index=int(torch.argmin(ub)),
                 n_starts=S,
-                n_rejected=n_rej if pd.any() else len(kept),
+                n_rejected=n_rej,
                 n_merged=n_merged,
                 chol=chol.to(dtype),
             )

@@ -115,9 +115,12 @@ def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
             return rec + cfg.kl_weight * kl, rec, kl
 
     criterion = Criterion().to(device)
-    state = {"sigma_model": math.nan}
+    # sigma_model: the RMS reconstruction error over the last validation pass (a training
+    # step marks the next validation batch as the start of a new pass)
+    state = {"sigma_model": math.nan, "se": 0.0, "n": 0, "new_pass": True}
 
     def step(wrapped, crit, batch):
+        state["new_pass"] = True
         x = batch["x"]
         recon, mu, logvar = wrapped(x)
         loss, rec, kl = crit(x, recon, mu, logvar)
@@ -127,24 +130,24 @@ def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
             "sigma_dec": float(crit.log_sigma.detach().exp()),
         }
 
-    val_sums = {"se": 0.0, "n": 0}
-
     def val_step(wrapped, crit, batch):
         x = batch["x"]
         recon, mu, logvar = wrapped(x)
         loss, _, kl = crit(x, recon, mu, logvar)
         m = wrapped.module if hasattr(wrapped, "module") else wrapped
         mse = float(((x - m.decode(mu)[:, None]) ** 2).mean())
-        val_sums["se"] += mse
-        val_sums["n"] += 1
-        state["sigma_model"] = math.sqrt(val_sums["se"] / val_sums["n"])
+        if state["new_pass"]:
+            state.update(se=0.0, n=0, new_pass=False)
+        state["se"] += mse
+        state["n"] += 1
+        state["sigma_model"] = math.sqrt(state["se"] / state["n"])
         return {"loss": float(loss), "kl": float(kl), "recon_rmse": math.sqrt(mse)}
 
     def extra_state() -> dict:
-        # the running mean over this validation pass is complete when the loop saves
-        sigma = state["sigma_model"]
-        val_sums["se"], val_sums["n"] = 0.0, 0
-        return {"sigma_model": float(sigma), "log_sigma_dec": float(criterion.log_sigma.detach())}
+        return {
+            "sigma_model": float(state["sigma_model"]),
+            "log_sigma_dec": float(criterion.log_sigma.detach()),
+        }
 
     def load_extra(extra: dict) -> None:
         if "log_sigma_dec" in extra:
