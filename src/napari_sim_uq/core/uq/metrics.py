@@ -2,9 +2,12 @@
 
 Pure NumPy/SciPy (MS-SSIM is written in torch so that it can serve as a training loss;
 torch is imported only when :func:`ms_ssim` is called). Inputs may be NumPy arrays or
-torch tensors; everything except :func:`ms_ssim` converts them to float64 NumPy arrays
-and returns Python floats, small dicts or NumPy arrays. The definitions are written out
-in ``docs/metrics.md``.
+torch tensors; everything except :func:`ms_ssim` and the ``*_batch`` functions converts
+them to float64 NumPy arrays and returns Python floats, small dicts or NumPy arrays. The
+batched image-quality functions (:func:`mse_batch`, :func:`psnr_batch`,
+:func:`ssim_batch`, :func:`ms_ssim_batch`, :func:`image_quality`) work in torch on the
+inputs' device and return one value per image; they too import torch only when called.
+The definitions are written out in ``docs/metrics.md``.
 
 Calibration metrics take the residual ``r = x - mu`` and the predicted standard deviation
 ``sigma`` (same shape) and an optional boolean ``mask`` of the same shape that selects the
@@ -34,6 +37,14 @@ __all__ = [
     "psnr",
     "ssim",
     "ms_ssim",
+    "IMAGE_QUALITY_METRICS",
+    "MS_SSIM_AUTO_WINDOWS",
+    "mse_batch",
+    "psnr_batch",
+    "ssim_batch",
+    "ms_ssim_batch",
+    "ms_ssim_plan",
+    "image_quality",
     "nrmse",
     "percentile_normalize",
     "zms",
@@ -378,6 +389,405 @@ def nrmse(x: Any, ref: Any, low: float = 0.1, high: float = 99.9) -> float:
     na = _pnorm(a, low, high, "x", "nrmse")
     nb = _pnorm(b, low, high, "ref", "nrmse")
     return float(np.sqrt(np.mean((na - nb) ** 2)))
+
+
+# --------------------------------------------------------------------------- batched (torch)
+
+#: Metric names accepted by :func:`image_quality` (and its default ``metrics``).
+IMAGE_QUALITY_METRICS = ("mse", "psnr", "ssim", "ms_ssim")
+#: MS-SSIM windows tried by the automatic rule of :func:`ms_ssim_plan`, largest first.
+MS_SSIM_AUTO_WINDOWS = (11, 7)
+
+
+def _to_tensor(a: Any, name: str, fn: str, device: Any):
+    """``a`` as a real torch tensor; NumPy input goes to ``device`` (integers as float64)."""
+    import torch
+
+    if a is None:
+        raise InputError(f"{fn}: {name} is missing (got None)")
+    if _is_tensor(a):
+        t = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{fn}: {name} must be a numeric array ({err})") from None
+        if arr.dtype.kind not in "biufc":
+            raise InputError(f"{fn}: {name} must be a numeric array, got dtype {arr.dtype}")
+        if arr.dtype.kind == "c":
+            raise InputError(f"{fn}: {name} must be real-valued, got dtype {arr.dtype}")
+        if arr.dtype.kind in "biu":
+            arr = arr.astype(np.float64)
+        elif not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    if t.is_complex():
+        raise InputError(f"{fn}: {name} must be real-valued, got a complex tensor")
+    return t
+
+
+def _as_bhw(t: Any, shape: tuple[int, ...], fn: str):
+    """``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` as ``(B, H, W)``."""
+    if t.ndim == 2:
+        t = t[None]
+    elif t.ndim == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    elif t.ndim == 4:
+        raise InputError(
+            f"{fn}: expected images of shape (H, W), (B, H, W) or (B, 1, H, W), got {shape} "
+            f"with {shape[1]} channels; pass the channels as separate images, e.g. "
+            "x.reshape(-1, H, W)"
+        )
+    elif t.ndim != 3:
+        raise InputError(
+            f"{fn}: expected images of shape (H, W), (B, H, W) or (B, 1, H, W), got {shape}"
+        )
+    if t.shape[0] == 0:
+        raise InputError(f"{fn}: empty batch (shape {shape})")
+    if t.shape[1] * t.shape[2] == 0:
+        raise InputError(f"{fn}: empty images (shape {shape})")
+    return t
+
+
+def _batch_inputs(fn: str, x: Any, ref: Any, mask: Any = None):
+    """Tensors ``(B, H, W)`` on one device in one float dtype, and the mask (or None)."""
+    import torch
+
+    devices = {a.device for a in (x, ref) if _is_tensor(a)}
+    if len(devices) > 1:
+        raise InputError(
+            f"{fn}: x and ref are on different devices ({x.device} and {ref.device}); "
+            "move them to one device"
+        )
+    device = devices.pop() if devices else torch.device("cpu")
+    X = _to_tensor(x, "x", fn, device)
+    Y = _to_tensor(ref, "ref", fn, device)
+    if X.shape != Y.shape:
+        raise InputError(
+            f"{fn}: x and ref must have the same shape, got x {tuple(X.shape)}, "
+            f"ref {tuple(Y.shape)}"
+        )
+    shape = tuple(X.shape)
+    X, Y = _as_bhw(X, shape, fn), _as_bhw(Y, shape, fn)
+    dtype = torch.promote_types(X.dtype, Y.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float64
+    elif dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    X, Y = X.to(dtype), Y.to(dtype)
+    if mask is None:
+        return X, Y, None
+    if _is_tensor(mask):
+        m = mask.to(device)
+    else:
+        m = torch.from_numpy(np.ascontiguousarray(np.asarray(mask))).to(device)
+    if tuple(m.shape) != shape:
+        raise InputError(f"{fn}: mask has shape {tuple(m.shape)} but the data have shape {shape}")
+    if m.dtype != torch.bool:
+        if m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
+            raise InputError(f"{fn}: mask must be boolean (or 0/1), got dtype {m.dtype}")
+        m = m != 0
+    return X, Y, m.reshape(X.shape)
+
+
+def _check_finite_t(fn: str, t: Any, name: str, mask: Any = None, hint: str = "") -> None:
+    import torch
+
+    bad = ~torch.isfinite(t)
+    if mask is not None:
+        bad = bad & mask
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise InputError(
+            f"{fn}: {name} contains {n_bad} NaN or infinite value(s) (of {t.numel()}); "
+            + (hint or "fix the input")
+        )
+
+
+def _batch_range(fn: str, data_range: Any, X: Any):
+    """``(float or None, tensor (B,))``: one data range for all images, or one per image."""
+    import torch
+
+    n = X.shape[0]
+    try:
+        if _is_tensor(data_range):
+            v = data_range.detach().cpu().double().numpy()
+        else:
+            v = np.asarray(data_range, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{fn}: data_range must be a number or one number per image, got {data_range!r}"
+        ) from None
+    if v.ndim == 0:
+        scalar: float | None = float(v)
+        vals = np.full(n, scalar)
+    elif v.shape == (n,):
+        scalar, vals = None, v
+    else:
+        raise InputError(
+            f"{fn}: data_range must be a number or hold one value per image (shape ({n},)), "
+            f"got shape {v.shape}"
+        )
+    if not np.all(np.isfinite(vals) & (vals > 0)):
+        raise InputError(f"{fn}: data_range must be finite and > 0, got {data_range!r}")
+    return scalar, torch.as_tensor(vals, dtype=X.dtype, device=X.device)
+
+
+def _mse_t(X: Any, Y: Any, M: Any):
+    import torch
+
+    d2 = (X - Y).square()
+    if M is None:
+        return d2.mean(dim=(-2, -1))
+    d2 = torch.where(M, d2, torch.zeros((), dtype=d2.dtype, device=d2.device))
+    return d2.sum(dim=(-2, -1)) / M.sum(dim=(-2, -1)).to(d2.dtype)  # 0/0 = NaN
+
+
+def _psnr_from_mse(m: Any, L: Any):
+    import torch
+
+    return 20.0 * torch.log10(L) - 10.0 * torch.log10(m)  # log10(0) = -inf -> +inf
+
+
+def _ssim_t(fn: str, X: Any, Y: Any, L: Any, win_size: Any):
+    import torch
+    import torch.nn.functional as F
+
+    win = _int_at_least(win_size, 3, "win_size", fn)
+    if win % 2 == 0:
+        raise InputError(f"{fn}: win_size must be odd, got {win}")
+    h, w = X.shape[-2:]
+    if min(h, w) < win:
+        raise InputError(
+            f"{fn}: images of size {h}x{w} are smaller than the {win}-pixel window; "
+            "use larger images or a smaller (odd) win_size"
+        )
+    # uniform window, 'valid' region only: exactly the reflect-filtered map after the
+    # (win - 1) // 2 border crop of ssim(), since the crop removes every padded window
+    z = torch.stack([X, Y, X * X, Y * Y, X * Y], dim=1)
+    ux, uy, uxx, uyy, uxy = F.avg_pool2d(z, win, stride=1).unbind(1)
+    n = win * win
+    cov_norm = n / (n - 1.0)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = (0.01 * L).square().view(-1, 1, 1)
+    c2 = (0.03 * L).square().view(-1, 1, 1)
+    smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return smap.mean(dim=(-2, -1))
+
+
+def _ms_plan(fn: str, height: Any, width: Any, win_size: Any, weights: Any) -> dict:
+    h = _int_at_least(height, 1, "height", fn)
+    w = _int_at_least(width, 1, "width", fn)
+    side = min(h, w)
+    if win_size is None:
+        wins = MS_SSIM_AUTO_WINDOWS
+    else:
+        win = _int_at_least(win_size, 1, "win_size", fn)
+        if win % 2 == 0:
+            raise InputError(f"{fn}: win_size must be odd, got {win}")
+        wins = (win,)
+
+    def fits(win: int, n: int) -> bool:  # floor halving, as 2x2 average pooling
+        return (side >> (n - 1)) >= win
+
+    if weights is not None:
+        wt = np.asarray(weights, dtype=np.float64)
+        if wt.ndim != 1 or wt.size == 0 or not np.all(np.isfinite(wt)):
+            raise InputError(f"{fn}: weights must be a non-empty 1D sequence of finite numbers")
+        n = int(wt.size)
+        for win in wins:
+            if fits(win, n):
+                return {"win_size": win, "n_scales": n, "weights": tuple(float(v) for v in wt)}
+        win = wins[-1]
+        raise InputError(
+            f"{fn}: images of size {h}x{w} are too small for {n} scales with a {win}-pixel "
+            f"window: need at least {win * 2 ** (n - 1)} pixels per side (or pass fewer "
+            "weights, or weights=None for the automatic rule)"
+        )
+    for win in wins:
+        n = max((k for k in range(1, len(MS_SSIM_WEIGHTS) + 1) if fits(win, k)), default=0)
+        if n:
+            wt = np.asarray(MS_SSIM_WEIGHTS[:n], dtype=np.float64)
+            if n < len(MS_SSIM_WEIGHTS):  # all 5: the published weights as they are
+                wt = wt / wt.sum()
+            return {"win_size": win, "n_scales": n, "weights": tuple(float(v) for v in wt)}
+    raise InputError(
+        f"{fn}: images of size {h}x{w} are smaller than the {wins[-1]}-pixel MS-SSIM window; "
+        f"need at least {wins[-1]} pixels per side"
+    )
+
+
+def ms_ssim_plan(
+    height: int,
+    width: int,
+    *,
+    win_size: int | None = None,
+    weights: Sequence[float] | None = None,
+) -> dict:
+    """Scales and window that :func:`ms_ssim_batch` uses for ``height x width`` images.
+
+    Returns ``{"win_size", "n_scales", "weights"}``. Automatic rule (``weights=None``):
+    the window is 11 if the smaller image side is at least 11, else 7 (``win_size``
+    overrides it); the number of scales ``n`` is the largest ``n <= 5`` for which the
+    coarsest scale, ``min(H, W) // 2**(n - 1)``, still holds the window; for ``n < 5`` the
+    weights are the first ``n`` Wang weights (:data:`MS_SSIM_WEIGHTS`, finest first)
+    divided by their sum, for ``n = 5`` the published weights unchanged (they sum to
+    0.9999). So 176 px and more get the standard 5 scales, 32x32 gets 2 scales with the
+    11-px window, 8x8 one scale with the 7-px window. With ``weights`` given, ``n = len(weights)``,
+    the weights are used as given, and the window is the largest of 11 and 7 (or
+    ``win_size``) that fits at that many scales. Too small images raise ``InputError``.
+    """
+    return _ms_plan("ms_ssim_plan", height, width, win_size, weights)
+
+
+def _ms_ssim_t(X: Any, Y: Any, scalar: float | None, L: Any, plan: dict, win_sigma: float):
+    if scalar is None:
+        # one data range per image: SSIM terms are invariant under (x, ref, L) -> (x, ref, L)/L
+        X = X / L.view(-1, 1, 1)
+        Y = Y / L.view(-1, 1, 1)
+        scalar = 1.0
+    vals = ms_ssim(
+        X[:, None],
+        Y[:, None],
+        scalar,
+        weights=plan["weights"],
+        win_size=plan["win_size"],
+        win_sigma=win_sigma,
+        reduction="none",
+    )
+    return vals[:, 0]
+
+
+_FULL_IMAGE_HINT = "SSIM and MS-SSIM use every pixel, so the images must be finite everywhere"
+_MASK_HINT = "fix the input or exclude those pixels with a mask"
+
+
+def mse_batch(x: Any, ref: Any, *, mask: Any = None):
+    """Per-image mean squared error, in torch on the inputs' device.
+
+    ``x`` and ``ref``: ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` torch tensors or NumPy
+    arrays (NumPy goes to the device of the other input if that is a tensor, else the CPU);
+    ``(B, C, H, W)`` with ``C > 1`` is rejected. Returns a tensor of shape ``(B,)`` in the
+    computation dtype: float32 for float32 (and float16/bfloat16) input, float64 for
+    float64 or integer input. ``mask`` (boolean or 0/1, same shape) selects the pixels of
+    each image; an image whose mask selects nothing gives NaN. Selected pixels must be
+    finite.
+    """
+    fn = "mse_batch"
+    X, Y, M = _batch_inputs(fn, x, ref, mask)
+    _check_finite_t(fn, X, "x", M, _MASK_HINT)
+    _check_finite_t(fn, Y, "ref", M, _MASK_HINT)
+    return _mse_t(X, Y, M)
+
+
+def psnr_batch(x: Any, ref: Any, data_range: Any, *, mask: Any = None):
+    """Per-image PSNR ``10 log10(data_range^2 / MSE)`` in dB, shape ``(B,)``.
+
+    Inputs, dtype and ``mask`` as :func:`mse_batch`. ``data_range`` is a number > 0 or one
+    per image (shape ``(B,)``). Identical images give ``inf``; an image whose mask selects
+    nothing gives NaN. Equals :func:`psnr` (and scikit-image's
+    ``peak_signal_noise_ratio``) per image.
+    """
+    fn = "psnr_batch"
+    X, Y, M = _batch_inputs(fn, x, ref, mask)
+    _check_finite_t(fn, X, "x", M, _MASK_HINT)
+    _check_finite_t(fn, Y, "ref", M, _MASK_HINT)
+    _, L = _batch_range(fn, data_range, X)
+    return _psnr_from_mse(_mse_t(X, Y, M), L)
+
+
+def ssim_batch(x: Any, ref: Any, data_range: Any, *, win_size: int = 7):
+    """Per-image SSIM, the same maths as :func:`ssim` (scikit-image's defaults), shape ``(B,)``.
+
+    Uniform ``win_size`` window, sample covariances, K1 = 0.01, K2 = 0.03; the mean over
+    the 'valid' window positions, which is exactly the reflect-filtered SSIM map after
+    :func:`ssim`'s ``(win_size - 1) // 2`` border crop. Inputs and dtype as
+    :func:`mse_batch` (all pixels must be finite); ``data_range`` a number > 0 or one per
+    image. Float32 input is computed in float32 (as scikit-image does).
+    """
+    fn = "ssim_batch"
+    X, Y, _ = _batch_inputs(fn, x, ref)
+    _check_finite_t(fn, X, "x", hint=_FULL_IMAGE_HINT)
+    _check_finite_t(fn, Y, "ref", hint=_FULL_IMAGE_HINT)
+    _, L = _batch_range(fn, data_range, X)
+    return _ssim_t(fn, X, Y, L, win_size)
+
+
+def ms_ssim_batch(
+    x: Any,
+    ref: Any,
+    data_range: Any,
+    *,
+    weights: Sequence[float] | None = None,
+    win_size: int | None = None,
+    win_sigma: float = 1.5,
+    return_plan: bool = False,
+):
+    """Per-image MS-SSIM (:func:`ms_ssim`) with scales chosen for the image size, ``(B,)``.
+
+    The number of scales, the weights and the window follow :func:`ms_ssim_plan` (by
+    default as many of the 5 standard scales as fit, Wang weights renormalised to sum 1, an
+    11-px Gaussian window, or 7 px for images under 11 px), so small images such as 32x32
+    work; images of 176 px and more get exactly :func:`ms_ssim` with its defaults. Inputs
+    and dtype as :func:`mse_batch` (all pixels must be finite); ``data_range`` a number > 0
+    or one per image. With ``return_plan=True`` returns ``(values, plan)``.
+    """
+    fn = "ms_ssim_batch"
+    X, Y, _ = _batch_inputs(fn, x, ref)
+    sig = _positive_float(win_sigma, "win_sigma", fn)
+    _check_finite_t(fn, X, "x", hint=_FULL_IMAGE_HINT)
+    _check_finite_t(fn, Y, "ref", hint=_FULL_IMAGE_HINT)
+    scalar, L = _batch_range(fn, data_range, X)
+    plan = _ms_plan(fn, X.shape[-2], X.shape[-1], win_size, weights)
+    out = _ms_ssim_t(X, Y, scalar, L, plan, sig)
+    return (out, plan) if return_plan else out
+
+
+def image_quality(
+    x: Any,
+    ref: Any,
+    data_range: Any,
+    *,
+    mask: Any = None,
+    metrics: str | Sequence[str] = IMAGE_QUALITY_METRICS,
+    win_size: int = 7,
+) -> dict:
+    """Several per-image quality metrics at once: ``{name: tensor (B,)}``.
+
+    ``metrics`` is a subset of :data:`IMAGE_QUALITY_METRICS` (``"mse"``, ``"psnr"``,
+    ``"ssim"``, ``"ms_ssim"``), in the order wanted. The inputs are converted and checked
+    once. ``mask`` applies to MSE and PSNR only; SSIM (``win_size``, as
+    :func:`ssim_batch`) and MS-SSIM (automatic scales, as :func:`ms_ssim_batch`) are
+    window statistics of the full images, so with either of them every pixel must be
+    finite. Inputs, dtype and ``data_range`` as in the single-metric functions.
+    """
+    fn = "image_quality"
+    names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [m for m in names if m not in IMAGE_QUALITY_METRICS]
+    if unknown or not names:
+        raise InputError(
+            f"{fn}: metrics must be a non-empty selection of {IMAGE_QUALITY_METRICS}, "
+            f"got {metrics!r}"
+        )
+    X, Y, M = _batch_inputs(fn, x, ref, mask)
+    full = any(m in ("ssim", "ms_ssim") for m in names)
+    hint = _FULL_IMAGE_HINT if full else _MASK_HINT
+    _check_finite_t(fn, X, "x", None if full else M, hint)
+    _check_finite_t(fn, Y, "ref", None if full else M, hint)
+    scalar, L = _batch_range(fn, data_range, X)
+    out: dict = {}
+    if "mse" in names or "psnr" in names:
+        out["mse"] = _mse_t(X, Y, M)
+    if "psnr" in names:
+        out["psnr"] = _psnr_from_mse(out["mse"], L)
+    if "ssim" in names:
+        out["ssim"] = _ssim_t(fn, X, Y, L, win_size)
+    if "ms_ssim" in names:
+        plan = _ms_plan(fn, X.shape[-2], X.shape[-1], None, None)
+        out["ms_ssim"] = _ms_ssim_t(X, Y, scalar, L, plan, 1.5)
+    return {m: out[m] for m in dict.fromkeys(names)}
 
 
 # --------------------------------------------------------------------------- calibration
