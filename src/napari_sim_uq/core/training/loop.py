@@ -9,7 +9,8 @@ everything generic:
 
 - device choice and DistributedDataParallel under ``torchrun`` (NCCL on GPUs, gloo on CPU);
 - deterministic loaders (batch order and crops depend only on ``(seed, epoch)``);
-- Adam with gradient clipping and a cosine (or constant) learning-rate schedule;
+- Adam or AdamW with gradient clipping, an optional linear warm-up and a cosine (or
+  constant) learning-rate schedule;
 - resume at the next batch: a run stopped mid-epoch continues exactly where it was;
 - stop: closing the generator (``job.close()``, which napari's ``worker.quit()`` does) stops
   it at the next batch, and the ``finally`` block writes a consistent ``latest.pt``;
@@ -34,6 +35,9 @@ from napari_sim_uq.core.errors import InputError
 
 #: Learning-rate schedules (``TrainOptions.lr_schedule``).
 LR_SCHEDULES = ("cosine", "constant")
+#: Optimisers (``TrainOptions.optimizer``): AdamW decouples the weight decay from the
+#: gradient (Loshchilov & Hutter), Adam adds it to the gradient.
+OPTIMIZERS = ("adam", "adamw")
 
 #: default final learning rate of the cosine schedule, as a fraction of ``lr``
 _MIN_LR_RATIO = 0.05
@@ -67,6 +71,10 @@ class TrainOptions(JsonConfig):
         choices=LR_SCHEDULES,
     )
     min_lr_ratio: float = _MIN_LR_RATIO
+    optimizer: str = "adam"
+    # linear warm-up from lr / warmup_steps to lr over the first steps (0: none); the
+    # cosine decay then spans the remaining planned steps
+    warmup_steps: int = 0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -83,6 +91,11 @@ class TrainOptions(JsonConfig):
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InputError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        w = self.warmup_steps
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise InputError(f"warmup_steps must be an integer >= 0, got {w!r}")
 
 
 @dataclass
@@ -210,18 +223,23 @@ class MetricsCSV:
 
 
 class CosineFactor:
-    """Learning-rate factor at step ``s``: ``r + (1 - r) (1 + cos(pi s / n)) / 2`` (cosine
-    decay from 1 to ``r`` over ``n`` steps), or 1 for a constant schedule."""
+    """Learning-rate factor at step ``s``: during a warm-up of ``w`` steps ``(s + 1) / w``;
+    then ``r + (1 - r) (1 + cos(pi t / (n - w))) / 2`` with ``t = s - w`` (cosine decay from
+    1 to ``r`` over the remaining ``n - w`` steps), or 1 for a constant schedule."""
 
-    def __init__(self, n_steps: int, min_ratio: float, cosine: bool) -> None:
+    def __init__(self, n_steps: int, min_ratio: float, cosine: bool, warmup: int = 0) -> None:
         self.n = max(int(n_steps), 1)
         self.r = float(min_ratio)
         self.cosine = bool(cosine)
+        self.w = max(int(warmup), 0)
 
     def __call__(self, step: int) -> float:
+        if step < self.w:
+            return (step + 1) / self.w
         if not self.cosine:
             return 1.0
-        t = min(step, self.n) / self.n
+        span = max(self.n - self.w, 1)
+        t = min(step - self.w, span) / span
         return self.r + (1.0 - self.r) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
@@ -330,12 +348,16 @@ def train_job(cfg: TrainOptions, make_setup: Callable[[Any, Dist], TrainSetup]):
     )
     params = list(model.parameters()) + list(criterion.parameters())
     groups = s.param_groups or [{"params": params}]
-    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_class(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the schedule spans the planned epochs; max_steps only interrupts the run, so a run
     # stopped early and resumed follows the same schedule as an uninterrupted one
     planned_steps = len(train_loader) * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, CosineFactor(planned_steps, cfg.min_lr_ratio, cfg.lr_schedule == "cosine")
+        opt,
+        CosineFactor(
+            planned_steps, cfg.min_lr_ratio, cfg.lr_schedule == "cosine", cfg.warmup_steps
+        ),
     )
 
     start_epoch, step, best_val = 0, 0, math.inf

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_sim_uq.core.errors import InputError
-
 __all__ = ["posterior_files_job", "save_posterior_figure"]
 
 FILES = ("map", "posterior_mean", "posterior_std", "samples", "modes")
@@ -80,20 +78,6 @@ def save_posterior_figure(path: str | os.PathLike, corrupted: np.ndarray, pred, 
     return save_figure(fig, path)
 
 
-def _read(path: Any, what: str) -> np.ndarray:
-    from napari_sim_uq.core.data.images2d import LUMA_WEIGHTS
-    from napari_sim_uq.core.io.tiff_io import decode_image
-
-    a = np.asarray(decode_image(path))
-    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
-        a = a[..., :3].astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
-    while a.ndim > 2 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 2:
-        raise InputError(f"{what} '{path}' has shape {a.shape}; a single 2D image is needed")
-    return a
-
-
 def posterior_files_job(
     input_path: Any,
     checkpoint: Any,
@@ -111,6 +95,7 @@ def posterior_files_job(
 ):
     """The ``sim-uq posterior`` job (module docstring); returns the ``posterior.json``
     document."""
+    from napari_sim_uq.core.data.observed import read_2d_array
     from napari_sim_uq.core.devices import resolve_device
     from napari_sim_uq.core.events import Event
     from napari_sim_uq.core.io.results import check_out_dir, jsonable
@@ -120,8 +105,8 @@ def posterior_files_job(
     out = Path(out_dir)
     targets = [out / f"{k}.tif" for k in FILES] + [out / "summary.png", out / "posterior.json"]
     check_out_dir(out, targets, overwrite)
-    image = _read(input_path, "input")
-    mask_arr = None if mask is None else _read(mask, "mask")
+    image = read_2d_array(input_path, "input")
+    mask_arr = None if mask is None else read_2d_array(mask, "mask")
     dev = resolve_device(device)
     yield Event(STAGE, 0, None, message=f"loading {Path(checkpoint).name} …")
     model, ck = load_vae_model(checkpoint, dev)

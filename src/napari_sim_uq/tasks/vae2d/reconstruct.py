@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sim_uq.core.data.observed import fit_observed_normalization, observed_mask
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.io.outputs import OutputSpec
 from napari_sim_uq.core.task import Prediction
@@ -78,57 +79,6 @@ def load_vae_model(checkpoint: Any, device: Any = "cpu"):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, ck
-
-
-def observed_mask(
-    image: Any, mask: Any = None, what: str = "image"
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(image float32 (H, W) with 0 at missing pixels, observed bool (H, W))``: checks the
-    image (2D, real; NaN marks missing pixels) and the mask (same shape; nonzero / True =
-    observed); a clear :class:`InputError` otherwise, or when nothing is observed."""
-    from napari_sim_uq.core.data.images2d import image_from_array
-
-    a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
-    if a.dtype == bool or a.dtype.kind not in "uif":
-        raise InputError(f"{what}: unsupported data type {a.dtype} (need real numbers)")
-    a = a.astype(np.float32)
-    while a.ndim > 2 and a.shape[0] == 1:
-        a = a[0]
-    finite = np.isfinite(a)
-    img = image_from_array(np.where(finite, a, 0.0), what, min_size=4)
-    observed = finite
-    if mask is not None:
-        m = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask)
-        while m.ndim > 2 and m.shape[0] == 1:
-            m = m[0]
-        if m.shape != img.shape:
-            raise InputError(
-                f"the mask has shape {tuple(m.shape)} but {what} is {img.shape[0]} x "
-                f"{img.shape[1]}; they must match pixel for pixel"
-            )
-        if m.dtype.kind not in "biuf" or not np.isfinite(m.astype(np.float64)).all():
-            raise InputError("the mask must be a finite numeric or boolean array (1 = observed)")
-        observed = observed & (m != 0)
-    n_obs = int(observed.sum())
-    if n_obs == 0:
-        raise InputError(
-            f"{what}: every pixel is masked (or NaN); nothing is observed, so there is nothing "
-            "to reconstruct from (the mask marks observed pixels with 1)"
-        )
-    return img, observed
-
-
-def _fit_normalization(ck, img: np.ndarray, observed: np.ndarray, what: str):
-    from scipy import ndimage
-
-    from napari_sim_uq.core.data.normalization import Normalization
-
-    mode = (ck.normalization or {}).get("mode", "percentile")
-    w = observed.astype(np.float64)
-    num = ndimage.gaussian_filter(np.where(observed, img, 0.0).astype(np.float64), 1.0)
-    den = ndimage.gaussian_filter(w, 1.0)
-    smooth = num / np.maximum(den, 1e-12)
-    return Normalization(mode).fit(smooth[observed], f"{what} (observed pixels)")
 
 
 def _tile_plan(h: int, w: int, patch: int, overlap: int):
@@ -202,7 +152,8 @@ def posterior_2d(
             f"most {P // 2}"
         )
     if normalization is None:
-        norm = _fit_normalization(ck, img, observed, what)
+        mode = (ck.normalization or {}).get("mode", "percentile")
+        norm = fit_observed_normalization(mode, img, observed, what)
     else:
         from napari_sim_uq.core.data.normalization import Normalization
 
