@@ -17,6 +17,7 @@ REGISTRY: dict[str, tuple[str, tuple[str, ...], str]] = {
     "sim": ("napari_sim_uq.tasks.sim.task", ("sim_uq_net",), "SIM reconstruction"),
     "ae2d": ("napari_sim_uq.tasks.ae2d.task", ("ae2d",), "2D autoencoder"),
     "vae2d": ("napari_sim_uq.tasks.vae2d.task", ("vae2d",), "VAE posterior"),
+    "mae2d": ("napari_sim_uq.tasks.mae2d.task", ("mae2d",), "masked reconstruction"),
 }
 
 
