@@ -42,9 +42,12 @@ __all__ = [
     "evaluate_sim",
     "example_2d_model_path",
     "example_model_path",
+    "example_mae_model_path",
     "example_vae_model_path",
     "generate_sim",
     "image2d_source",
+    "inpaint_2d",
+    "inpaint_2d_job",
     "layer_data_2d",
     "mask_from_layer",
     "posterior_2d",
@@ -55,10 +58,12 @@ __all__ = [
     "reconstruction_layer_data",
     "resolve_2d_checkpoint",
     "resolve_checkpoint",
+    "resolve_mae_checkpoint",
     "resolve_vae_checkpoint",
     "sim_source",
     "train_2d",
     "train_2d_job_from",
+    "train_mae",
     "train_sim",
     "train_vae",
     "write_training_images_2d",
@@ -67,6 +72,7 @@ __all__ = [
 EXAMPLE_MODEL = "sim_uq_demo_model.pt"
 EXAMPLE_2D_MODEL = "ae2d_demo_model.pt"
 EXAMPLE_VAE_MODEL = "vae2d_demo_model.pt"
+EXAMPLE_MAE_MODEL = "mae2d_demo_model.pt"
 
 #: output key of :class:`~napari_sim_uq.tasks.sim.reconstruct.SimReconstruction` ->
 #: (layer name suffix, colormap, grid) in the order the layers are returned/added; read
@@ -388,6 +394,13 @@ def example_vae_model_path() -> Path:
     return _bundled(EXAMPLE_VAE_MODEL, "example VAE")
 
 
+def example_mae_model_path() -> Path:
+    """Path of the small masked autoencoder shipped in ``example_data/`` (ViT block, 32 x 32
+    images, 4-pixel tokens, trained on clean images made like the 2D sample; editable
+    installs)."""
+    return _bundled(EXAMPLE_MAE_MODEL, "example masked autoencoder")
+
+
 def _resolve(checkpoint, default: Any, what: str, train_command: str) -> Path:
     if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
         return default()
@@ -413,6 +426,12 @@ def resolve_vae_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     """``None`` (or an empty string) -> the bundled example VAE; else the path, which must
     be a file (a VAE checkpoint: checked when it is loaded)."""
     return _resolve(checkpoint, example_vae_model_path, "VAE", "sim-uq train-vae")
+
+
+def resolve_mae_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+    """``None`` (or an empty string) -> the bundled example masked autoencoder; else the
+    path, which must be a file (checked when it is loaded)."""
+    return _resolve(checkpoint, example_mae_model_path, "masked autoencoder", "sim-uq train-mae")
 
 
 @dataclass
@@ -725,7 +744,8 @@ def write_training_images_2d(out_dir: str | os.PathLike, images: Any, split: str
 
 
 def train_2d_job_from(data: Any, out_dir: str | os.PathLike, *, task: str = "ae2d", **options):
-    """The training job of a 2D task (``"ae2d"``: the autoencoders, ``"vae2d"``: the VAE)
+    """The training job of a 2D task (``"ae2d"``: the autoencoders, ``"vae2d"``: the VAE,
+    ``"mae2d"``: the masked autoencoder)
     for ``data`` (a folder or glob of images, or arrays / layers, written first with
     :func:`write_training_images_2d`) writing to ``out_dir``.
 
@@ -950,3 +970,108 @@ def train_vae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) ->
     from napari_sim_uq.core.events import run
 
     return run(train_2d_job_from(data_dir_or_layers, out_dir, task="vae2d", **options))
+
+
+def inpaint_2d_job(
+    source: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mask: Any = None,
+    mask_ratio: float | None = None,
+    num_samples: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    **options: Any,
+):
+    """Job (generator of Events): load a masked-autoencoder checkpoint and inpaint
+    ``source`` (an :class:`Image2DSource` or anything :func:`image2d_source` takes; NaN
+    pixels are missing) with :func:`~napari_sim_uq.tasks.mae2d.inpaint.inpaint_2d`; returns
+    its :class:`~napari_sim_uq.core.task.Prediction` with the model in ``meta``. ``mask``:
+    1 / True = observed (an array), or a Labels / Shapes layer marking the missing region;
+    ``mask_ratio``: hide that fraction of the tokens at random (then the metrics of the
+    hidden pixels are in ``meta["metrics"]``). Another task's checkpoint is refused."""
+    from napari_sim_uq.tasks.mae2d.inpaint import STAGE, inpaint_2d, load_mae_model
+
+    if not isinstance(source, Image2DSource):
+        source = image2d_source(source, allow_nan=True)
+    if mask is not None:
+        mask = mask_from_layer(mask, source.data.shape)
+
+    def predict(model, ck, dev):
+        return inpaint_2d(
+            model,
+            ck,
+            source.data,
+            mask=mask,
+            mask_ratio=mask_ratio,
+            num_samples=num_samples,
+            seed=seed,
+            device=dev,
+            what=f"'{source.name}'",
+            **options,
+        )
+
+    return (
+        yield from _checkpoint_job(
+            resolve_mae_checkpoint(checkpoint), STAGE, load_mae_model, device, predict
+        )
+    )
+
+
+def inpaint_2d(
+    layer_or_array: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    mask: Any = None,
+    mask_ratio: float | None = None,
+    num_samples: int = 16,
+    seed: int = 0,
+    viewer: Any = None,
+    device: str = "cpu",
+    name: str | None = None,
+    **options: Any,
+):
+    """Masked reconstruction of a 2D image with a masked autoencoder; layer tuples, or
+    layers in ``viewer``.
+
+    Gives ``"<name> inpainted"`` (observed pixels kept, the reconstruction elsewhere),
+    ``"<name> MAE std"`` (over ``num_samples`` stochastic passes, calibrated) and
+    ``"<name> masked input"``. ``mask``: observed pixels (array, 1 =
+    observed) or a Labels / Shapes layer marking the missing region; NaN pixels are missing
+    too; ``mask_ratio``: hide that fraction of the tokens at random instead (a test on a
+    complete image: the hidden pixels' PSNR, SSIM and std calibration go to the layer
+    metadata). ``checkpoint=None``: the bundled example model. Other keywords go to
+    :func:`~napari_sim_uq.tasks.mae2d.inpaint.inpaint_2d` (``drop_visible``, ``overlap``,
+    ``baseline``, ...). Bad input raises :class:`~napari_sim_uq.core.errors.InputError`
+    before any layer is added.
+    """
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.mae2d.inpaint import INPAINT_OUTPUTS
+
+    source = image2d_source(layer_or_array, name, allow_nan=True)
+    pred = run(
+        inpaint_2d_job(
+            source,
+            checkpoint,
+            mask=mask,
+            mask_ratio=mask_ratio,
+            num_samples=num_samples,
+            seed=seed,
+            device=device,
+            **options,
+        )
+    )
+    layer_data = layer_data_2d(pred, source, INPAINT_OUTPUTS)
+    if viewer is None:
+        return layer_data
+    return add_or_replace_layers(viewer, layer_data)
+
+
+def train_mae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> dict:
+    """Train a masked autoencoder on clean images (as ``sim-uq train-mae``); returns the
+    training summary. ``data_dir_or_layers`` as for :func:`train_2d`; keywords are
+    :class:`~napari_sim_uq.tasks.mae2d.train.TrainMAEConfig` fields (``block``,
+    ``mask_ratio``, ``epochs``, ``val_dir``, ``model={...}``, ...)."""
+    from napari_sim_uq.core.events import run
+
+    return run(train_2d_job_from(data_dir_or_layers, out_dir, task="mae2d", **options))

@@ -931,6 +931,208 @@ def _posterior(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- masked autoencoder
+
+
+def _train_mae_args(p: argparse.ArgumentParser) -> None:
+    from napari_sim_uq.core.config import add_config_arguments
+    from napari_sim_uq.tasks.mae2d.net import MAEConfig
+    from napari_sim_uq.tasks.mae2d.train import TrainMAEConfig
+
+    add_config_arguments(p, TrainMAEConfig, required=("data_dir",))
+    add_config_arguments(p.add_argument_group("model"), MAEConfig, include=_MAE_MODEL_OPTIONS)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+#: MAEConfig fields offered by `sim-uq train-mae` (the others are TrainMAEConfig fields)
+_MAE_MODEL_OPTIONS = (
+    "mlp_ratio",
+    "head_dim",
+    "decoder_dim",
+    "decoder_depth",
+    "decoder_heads",
+    "dropout",
+    "steps",
+    "alpha",
+    "beta",
+)
+
+
+@command(
+    "train-mae",
+    "train a masked autoencoder (--block vit: MAE, --block energy: Energy Transformer) to "
+    "reconstruct hidden patches of clean images",
+    _train_mae_args,
+)
+def _train_mae(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.config import config_from_args, config_values_from_args
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.mae2d.net import MAEConfig
+    from napari_sim_uq.tasks.mae2d.train import TrainMAEConfig, train_mae_job
+
+    model = config_values_from_args(MAEConfig, args)
+    cfg = config_from_args(
+        TrainMAEConfig,
+        args,
+        ckpt_dir=str(Path(args.ckpt_dir)),
+        model={k: v for k, v in model.items() if k in _MAE_MODEL_OPTIONS},
+    )
+    result = run_with_progress(train_mae_job(cfg), disable=args.quiet)
+    _print_training(result, ("train_loss", "val_loss", "val_psnr_masked"))
+    return 0
+
+
+def _calibrate_mae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="a masked autoencoder (train-mae: best.pt)"
+    )
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        help="held-out clean images (a folder or a quoted glob), not the training images",
+    )
+    p.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="fraction of tokens hidden (default: the training ratio)",
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=16, help="stochastic passes (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="masks and passes seed")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "calibrate-mae",
+    "fit the std scale of a masked autoencoder on hidden pixels of held-out clean images "
+    "and store it in the checkpoint",
+    _calibrate_mae_args,
+)
+def _calibrate_mae(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.mae2d.calibrate import calibrate_mae_job
+
+    t = run_with_progress(
+        calibrate_mae_job(
+            args.checkpoint,
+            args.data_dir,
+            mask_ratio=args.mask_ratio,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            device=args.device,
+            max_images=args.max_images,
+        ),
+        disable=args.quiet,
+    )
+    b, a = t["before"]["pooled"], t["after"]["pooled"]
+    print(
+        f"sigma scale {t['sigma_scale']['mean']:.4g} stored in {args.checkpoint} "
+        f"({t['n_pixels']} hidden pixels of {t['n_images']} images); ZMS {b['zms']:.3f} -> "
+        f"{a['zms']:.3f}, cov95 {b['cov95']:.3f} -> {a['cov95']:.3f}; by intensity after: "
+        f"{_tertiles(t['after'])}"
+    )
+    return 0
+
+
+def _inpaint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="a masked autoencoder (train-mae: best.pt)"
+    )
+    p.add_argument("--input", type=Path, required=True, help="the image (TIFF/PNG)")
+    hide = p.add_mutually_exclusive_group()
+    hide.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="observed pixels (TIFF/PNG of the image's size, nonzero = observed); NaN pixels "
+        "of the image are missing too",
+    )
+    hide.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="hide this fraction of the tokens at random (a test: the image is the truth)",
+    )
+    p.add_argument(
+        "--reference", type=Path, default=None, help="the true image, for metrics (optional)"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=16,
+        help="stochastic passes for the mean and std (1: one deterministic pass, no std; "
+        "default: %(default)s)",
+    )
+    p.add_argument(
+        "--drop-visible",
+        type=float,
+        default=0.25,
+        help="each pass also hides this fraction of the visible tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also report biharmonic inpainting's PSNR (needs the truth)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="mask and passes seed")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the results")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "inpaint",
+    "masked reconstruction of an image with a masked autoencoder: the reconstruction, its std "
+    "over stochastic passes, and metrics when the truth is known",
+    _inpaint_args,
+)
+def _inpaint(args: argparse.Namespace) -> int:
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.mae2d.outputs import inpaint_files_job
+
+    doc = run_with_progress(
+        inpaint_files_job(
+            args.input,
+            args.checkpoint,
+            args.out_dir,
+            mask=args.mask,
+            mask_ratio=args.mask_ratio,
+            reference=args.reference,
+            num_samples=args.num_samples,
+            drop_visible=args.drop_visible,
+            baseline=args.baseline,
+            seed=args.seed,
+            device=args.device,
+            overwrite=args.overwrite,
+        ),
+        disable=args.quiet,
+    )
+    line = (
+        f"{doc['n_missing']} missing pixels ({100 * doc['fraction_missing']:.1f} %), "
+        f"{doc['tiles']} tiles, {doc['seconds']:.1f} s"
+    )
+    m = doc.get("metrics")
+    if m:
+        line += f"; hidden pixels: PSNR {_fmt(m['psnr_missing'], '.2f')} dB"
+        if "psnr_missing_biharmonic" in m:
+            line += f" (biharmonic {_fmt(m['psnr_missing_biharmonic'], '.2f')} dB)"
+        if "zms_missing" in m:
+            line += (
+                f", ZMS {_fmt(m['zms_missing'], '.3f')}, cov95 "
+                f"{_fmt(m['coverage95_missing'], '.3f')}"
+            )
+    elif args.baseline:
+        print("note: --baseline needs the truth (--mask-ratio or --reference)", file=sys.stderr)
+    print(line)
+    print(f"results, panels.png and metrics.json in {args.out_dir}/")
+    return 0
+
+
 def _calibrate_2d_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a 2D model (best.pt)")
     p.add_argument(

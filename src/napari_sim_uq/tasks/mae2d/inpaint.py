@@ -20,21 +20,26 @@ Steps
    by default the largest: 12 for ``S = 32``, ``p = 4``),
    blended with raised-cosine weights (:func:`~napari_sim_uq.core.uq.predict.
    mc_tiled_predict`).
-4. **Stochastic passes** (``num_samples > 1``): every pass hides, in addition, each visible
-   token with probability ``drop_visible`` and runs the decoder with dropout active (MC
-   dropout). The mean and the std over the passes are the reconstruction and its
-   uncertainty: the std says how much the prediction of a pixel depends on which of the
-   context the model happens to see. One pass (``num_samples=1``) is deterministic (no extra
-   hiding, dropout off) and gives no std.
+4. **Mean and stochastic passes**: the reconstruction is one deterministic pass that sees
+   every visible token (dropout off). With ``num_samples > 1``, ``num_samples`` more passes
+   each hide, in addition, every visible token with probability ``drop_visible`` and run
+   the decoder with dropout active (MC dropout); a pixel's std is the spread of the
+   predictions of the passes in which the model did not see it: every pass for a missing
+   pixel (how much its prediction depends on which of the context the model happens to
+   see); for an observed pixel the passes that dropped it (a leave-out prediction of a
+   known value; NaN if no pass dropped it). The passes' own mean is not used for missing
+   pixels: each pass sees less context, and their mean is measurably worse than the
+   deterministic pass (``bench/inpaint.py``).
 5. **Calibration**: the std is multiplied by the checkpoint's ``sigma_scale["mean"]``
    (fitted by ``sim-uq calibrate-mae`` on hidden pixels of held-out images; 1 if never
    calibrated) unless ``calibrated=False``.
 
-Outputs (image units): ``inpainted`` (observed pixels kept, the mean elsewhere), ``mean``
-(the model's reconstruction of every pixel), ``std`` (over the passes, calibrated) and
-``masked_input`` (NaN at missing pixels). ``meta`` holds the numbers of hidden tokens and
-pixels, the mean std on missing and on observed pixels, the normalisation, timings and,
-when the true image is known (``reference``, or the input itself with ``mask_ratio``),
+Outputs (image units): ``inpainted`` (observed pixels kept, the mean elsewhere), ``std``
+(calibrated; on observed pixels the leave-out std) and ``masked_input`` (NaN at missing
+pixels). ``meta`` holds the numbers of hidden tokens and pixels, the mean std of the missing
+pixels, the normalisation, timings, ``leave_out_check`` (a check without ground truth: the
+RMS error of the leave-out predictions of observed pixels next to their RMS std) and, when
+the true image is known (``reference``, or the input itself with ``mask_ratio``),
 ``metrics``: MSE/PSNR/SSIM of the missing pixels in normalised units (data range 1),
 calibration of the std on them (ZMS, 95 % coverage, Spearman(std, |err|)) and, with
 ``baseline=True``, the PSNR of biharmonic inpainting (scikit-image) of the same pixels.
@@ -56,7 +61,6 @@ __all__ = ["INPAINT_OUTPUTS", "inpaint_2d", "load_mae_model", "random_token_mask
 
 INPAINT_OUTPUTS = (
     OutputSpec("inpainted", "inpainted", "gray", "raw", visible=True),
-    OutputSpec("mean", "MAE mean", "gray", "raw"),
     OutputSpec("std", "MAE std", "magma", "raw", visible=True),
     OutputSpec("masked_input", "masked input", "gray", "raw"),
 )
@@ -135,7 +139,7 @@ def inpaint_2d(
     from napari_sim_uq.core.data.observed import fit_observed_normalization, observed_mask
     from napari_sim_uq.core.events import Event
     from napari_sim_uq.core.uq.predict import mc_tiled_predict
-    from napari_sim_uq.tasks.mae2d.net import patchify
+    from napari_sim_uq.tasks.mae2d.net import patchify, unpatchify
 
     num_samples = _count(num_samples, "num_samples", 1)
     seed = _count(seed, "seed", 0)
@@ -183,46 +187,70 @@ def inpaint_2d(
     dev = torch.device(device)
     model = model.to(dev)
     stochastic = num_samples > 1
-    keep_p = 1.0 - float(drop_visible) if stochastic else 1.0
+    keep_p = 1.0
 
     def pass_fn(xb):
         tok_obs = patchify(xb[:, 1:2], p).amin(-1) > 0.5  # (c, N): complete tokens
         visible = tok_obs
         if keep_p < 1.0:
             visible = tok_obs & (torch.rand(tok_obs.shape, device=xb.device) < keep_p)
-        return {"recon": (model.reconstruct(xb[:, :1], visible), None)}
+        pred = model.reconstruct(xb[:, :1], visible)
+        # a prediction counts where the model did not see the token (hidden or dropped)
+        h = unpatchify((~visible)[..., None].expand(-1, -1, p * p).to(pred.dtype), p, S, S)
+        return {"h": (h, None), "hp": (h * pred, None), "hp2": (h * pred * pred, None)}
 
-    job = mc_tiled_predict(
-        pass_fn,
-        xp,
-        model=model,
-        multiple=p,
-        tile=S,
-        overlap=overlap,
-        mc_samples=num_samples,
-        mc_batch=min(num_samples, 32),
-        seed=seed,
-        device=dev,
-        stage=STAGE,
-    )
-    arrays, pmeta = yield from job
-    mean_n = arrays["recon"][0, :H, :W].astype(np.float64)
+    def tiled(n_passes: int):
+        return mc_tiled_predict(
+            pass_fn,
+            xp,
+            model=model,
+            multiple=p,
+            tile=S,
+            overlap=overlap,
+            mc_samples=n_passes,
+            mc_batch=min(n_passes, 32),
+            seed=seed,
+            device=dev,
+            stage=STAGE,
+        )
+
+    # the mean: one deterministic pass that sees every visible token (dropout off)
+    keep_p = 1.0
+    det, pmeta = yield from tiled(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_n = (det["hp"][0, :H, :W] / det["h"][0, :H, :W]).astype(np.float64)
+    var_n = None
+    if stochastic:
+        # the spread: passes that hide extra visible tokens, with dropout
+        keep_p = 1.0 - float(drop_visible)
+        arrays, _ = yield from tiled(num_samples)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            h = arrays["h"][0, :H, :W].astype(np.float64)
+            loo_mean = arrays["hp"][0, :H, :W] / h
+            var_n = arrays["hp2"][0, :H, :W] / h - loo_mean**2
+        # a pixel hidden in every pass: the running (Welford) variance over the passes,
+        # free of the rounding of E[p^2] - E[p]^2 in float32
+        always = h > 1.0 - 1e-6
+        var_n = np.where(always, arrays["hp_epi_var"][0, :H, :W], var_n)
+        # an observed pixel: its leave-out prediction (NaN if no pass dropped it)
+        mean_n = np.where(observed, loo_mean, mean_n)
+    missing = ~observed
     scale = float((ck.sigma_scale or {}).get("mean", 1.0)) if calibrated else 1.0
     std_n = None
     if stochastic:
-        std_n = scale * np.sqrt(np.maximum(arrays["recon_epi_var"][0, :H, :W], 0.0))
-        std_n = np.maximum(std_n.astype(np.float64), 1e-12)
-    missing = ~observed
+        # NaN: an observed pixel that no pass dropped
+        std_n = scale * np.sqrt(np.maximum(var_n, 0.0))
+        std_n[missing] = np.maximum(std_n[missing], 1e-12)
     yield Event(STAGE, 1, 1, {}, "done")
 
     mean = norm.invert(mean_n).astype(np.float32)
     out = {
         "inpainted": np.where(observed, img, mean).astype(np.float32),
-        "mean": mean,
         "std": None if std_n is None else norm.invert_std(std_n).astype(np.float32),
         "masked_input": np.where(observed, img, np.nan).astype(np.float32),
     }
     meta: dict[str, Any] = {
+        "task": "mae2d",
         "model": "mae2d",
         "block": cfg.block,
         "img_size": S,
@@ -242,15 +270,28 @@ def inpaint_2d(
         "seconds": time.perf_counter() - t0,
     }
     if std_n is not None:
-        for name, sel in (("missing", missing), ("observed", observed)):
-            meta[f"std_mean_{name}"] = (
-                float(norm.invert_std(float(std_n[sel].mean()))) if sel.any() else None
-            )
+        meta["std_mean_missing"] = float(norm.invert_std(float(std_n[missing].mean())))
+        meta["leave_out_check"] = _leave_out_check(x_n, mean_n, std_n, observed, norm)
     if ref is not None and missing.any():
         meta["metrics"] = missing_pixel_metrics(
             norm.apply(ref), mean_n, std_n, missing, baseline=baseline, x_n=x_n
         )
     return Prediction(arrays={k: v for k, v in out.items() if v is not None}, meta=meta)
+
+
+def _leave_out_check(x_n, mean_n, std_n, observed, norm) -> dict | None:
+    """A check without ground truth: on observed pixels that some passes dropped, the
+    predictions of those passes against the observed values (image units)."""
+    sel = observed & np.isfinite(std_n)
+    if not sel.any():
+        return None
+    err = x_n[sel] - mean_n[sel]
+    return {
+        "n_pixels": int(sel.sum()),
+        "rmse": float(norm.invert_std(float(np.sqrt(np.mean(err**2))))),
+        "std_mean": float(norm.invert_std(float(std_n[sel].mean()))),
+        "rms_std": float(norm.invert_std(float(np.sqrt(np.mean(std_n[sel] ** 2))))),
+    }
 
 
 def missing_pixel_metrics(

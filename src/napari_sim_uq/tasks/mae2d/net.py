@@ -92,6 +92,13 @@ class MAEConfig(JsonConfig):
     steps: int = option(12, help="energy block: gradient steps T", minimum=1)
     alpha: float = option(10.0, help="energy block: step size alpha", minimum=0.0)
     beta: float = option(0.125, help="energy block: inverse temperature beta", minimum=0.0)
+    init_gain: float = option(
+        0.0,
+        help="energy block: 0 initialises W_Q, W_K and xi with std 0.002; g > 0 sets W_Q = W_K "
+        "to g times orthonormal rows (every head starts with a positional, local attention)",
+        minimum=0.0,
+    )
+    pos_scale: float = option(1.0, help="scale of the sine-cosine position codes", minimum=0.0)
 
     def validate(self) -> None:
         check_int("img_size", self.img_size, 8)
@@ -116,6 +123,8 @@ class MAEConfig(JsonConfig):
                 f"decoder_heads={self.decoder_heads}"
             )
         for name, lo, hi in (
+            ("init_gain", 0.0, 100.0),
+            ("pos_scale", 0.0, 100.0),
             ("mlp_ratio", 0.25, 64.0),
             ("dropout", 0.0, 0.9),
             ("alpha", 0.0, 1e4),
@@ -232,11 +241,19 @@ class EnergyBlock(nn.Module):
         steps: int,
         alpha: float,
         beta: float,
+        init_gain: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm = EnergyLayerNorm(dim)
         self.wq = nn.Parameter(torch.randn(heads, head_dim, dim) * 0.002)
         self.wk = nn.Parameter(torch.randn(heads, head_dim, dim) * 0.002)
+        if init_gain > 0:
+            with torch.no_grad():
+                for h in range(heads):  # rows of a random orthonormal basis, cycled
+                    q, _ = torch.linalg.qr(torch.randn(dim, max(dim, head_dim)))
+                    rows = q.t()[: min(head_dim, dim)]
+                    self.wq[h, : rows.shape[0]] = init_gain * rows
+                    self.wk[h, : rows.shape[0]] = init_gain * rows
         n_mem = max(int(round(dim * mlp_ratio)), 1)
         self.xi = nn.Parameter(torch.randn(n_mem, dim) * 0.002)
         self.steps, self.alpha, self.beta = int(steps), float(alpha), float(beta)
@@ -292,7 +309,9 @@ class MaskedAutoencoder(nn.Module):
         self.cfg = cfg
         p, d = cfg.patch_size, cfg.embed_dim
         self.embed = nn.Linear(p * p, d)
-        self.register_buffer("pos", sincos_position_codes(cfg.grid, d), persistent=False)
+        self.register_buffer(
+            "pos", cfg.pos_scale * sincos_position_codes(cfg.grid, d), persistent=False
+        )
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
         if cfg.block == "vit":
             self.blocks = nn.ModuleList(
@@ -313,7 +332,14 @@ class MaskedAutoencoder(nn.Module):
         else:
             self.blocks = nn.ModuleList(
                 EnergyBlock(
-                    d, cfg.num_heads, cfg.head_dim, cfg.mlp_ratio, cfg.steps, cfg.alpha, cfg.beta
+                    d,
+                    cfg.num_heads,
+                    cfg.head_dim,
+                    cfg.mlp_ratio,
+                    cfg.steps,
+                    cfg.alpha,
+                    cfg.beta,
+                    cfg.init_gain,
                 )
                 for _ in range(cfg.depth)
             )
