@@ -13,47 +13,46 @@ the same layers: ``"<layer> MAP"``, ``"<layer> posterior mean"``, ``"<layer> pos
 single-tile image, the number per tile otherwise), the noise std used and the chi^2 per
 observed pixel at the MAP (about 1 when the model and the noise level fit the data).
 
-Running, Stop, errors and the layer adds are those of the "Reconstruct 2D" widget
+The missing-region choice, the checkpoint field and ``run`` are shared with the "Masked
+reconstruction" widget (``_widgets.py``); running, Stop, errors and the layer adds are those
+of the "Reconstruct 2D" widget
 (:class:`~napari_sim_uq._napari._reconstruct2d_widget.Image2DJobWidget`), whose form this
 widget replaces with the posterior's options.
 """
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from collections import Counter
 
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout
 
 from napari_sim_uq._napari._reconstruct2d_widget import Image2DJobWidget
 from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
     JobWidget,
-    _unwrapped,
+    MissingRegionChoice,
+    PreparedJobMixin,
     browse_checkpoint,
-    default_torch_threads,
-    layer_named,
+    checkpoint_field,
     progress_bar,
-    row,
     run_buttons,
+    signature_defaults,
     status_label,
     watch_layers,
 )
 from napari_sim_uq.api import (
     image2d_source,
-    mask_from_layer,
     posterior_2d,
     posterior_2d_job,
     resolve_vae_checkpoint,
 )
 from napari_sim_uq.core.devices import DEVICE_CHOICES
-from napari_sim_uq.core.errors import InputError, SimUqError
+from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.tasks.vae2d import reconstruct as vae_reconstruct
-from napari_sim_uq.tasks.vae2d.reconstruct import POSTERIOR_OUTPUTS, observed_mask
+from napari_sim_uq.tasks.vae2d.reconstruct import POSTERIOR_OUTPUTS
 
 __all__ = ["NO_MASK", "NO_RESULT", "PosteriorWidget"]
 
@@ -61,28 +60,8 @@ __all__ = ["NO_MASK", "NO_RESULT", "PosteriorWidget"]
 NO_MASK = "none (NaN pixels only)"
 NO_RESULT = "modes: –"
 
-
-def _defaults(fn) -> dict:
-    return {
-        k: p.default
-        for k, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 #: the console function's and the posterior job's defaults are the widget's
-_DEFAULTS = {**_defaults(vae_reconstruct.posterior_2d), **_defaults(posterior_2d)}
-
-
-def _mask_kind(layer) -> str | None:
-    """Which kind of missing-region layer ``layer`` is ("labels", "shapes"), or None."""
-    from napari.layers import Labels, Shapes
-
-    if isinstance(layer, Labels):
-        return "labels"
-    if isinstance(layer, Shapes):
-        return "shapes"
-    return None
+_DEFAULTS = signature_defaults(vae_reconstruct.posterior_2d, posterior_2d)
 
 
 def describe_modes(meta: dict) -> str:
@@ -100,7 +79,7 @@ def describe_modes(meta: dict) -> str:
     return f"tiles with {modes} posterior mode{plural}: {tiles}"
 
 
-class PosteriorWidget(Image2DJobWidget):
+class PosteriorWidget(PreparedJobMixin, Image2DJobWidget):
     """A 2D image layer, the missing region, the noise level and a VAE checkpoint -> MAP,
     posterior mean, posterior std, samples (and modes) layers."""
 
@@ -120,12 +99,14 @@ class PosteriorWidget(Image2DJobWidget):
             "the corrupted 2D image (grey or RGB; RGB is converted to grey); its NaN pixels "
             "are missing"
         )
-        self.mask_combo = QComboBox()
-        self.mask_combo.setToolTip(
+        self.mask_choice = MissingRegionChoice(
+            self.viewer,
+            (NO_MASK,),
             "the missing region: a Labels layer (painted label > 0 = missing) or a Shapes "
             "layer (inside a shape = missing), of the image's size; NaN pixels are always "
-            "missing. A Labels or Shapes layer added while this shows 'none' is chosen."
+            "missing. A Labels or Shapes layer added while this shows 'none' is chosen.",
         )
+        self.mask_combo = self.mask_choice.combo
 
         f = self.options = Fields()  # keywords of napari_sim_uq.posterior_2d
         self.noise_spin = f.add_float(
@@ -167,18 +148,15 @@ class PosteriorWidget(Image2DJobWidget):
         self.seed_spin = f.add_int(
             "seed", _DEFAULTS["seed"], 0, 2_000_000_000, "seed of the starts and the samples"
         )
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("bundled example VAE")
-        self.checkpoint_edit.setToolTip(
+        checkpoint = checkpoint_field(
+            "bundled example VAE",
             "a VAE checkpoint (.pt) from `sim-uq train-vae` / napari_sim_uq.train_vae; "
-            "empty: the bundled example VAE (64 x 64 patches, trained on clean images like "
-            "the 2D sample)"
+            "empty: the bundled example VAE (64 x 64 patches, trained on clean images "
+            "like the 2D sample)",
+            "use the bundled example VAE",
+            self._browse,
         )
-        self.browse_btn = QPushButton("Browse…")
-        self.browse_btn.clicked.connect(self._browse)
-        self.example_btn = QPushButton("Example")
-        self.example_btn.setToolTip("use the bundled example VAE")
-        self.example_btn.clicked.connect(self.checkpoint_edit.clear)
+        self.checkpoint_edit, self.browse_btn, self.example_btn, checkpoint_row = checkpoint
         self.device_combo = f.add_choice(
             "device", DEVICE_CHOICES[0], DEVICE_CHOICES, "auto: a GPU if there is one, else CPU"
         )
@@ -243,7 +221,7 @@ class PosteriorWidget(Image2DJobWidget):
         form.addRow("samples", self.samples_spin)
         form.addRow("starts", self.starts_spin)
         form.addRow("seed", self.seed_spin)
-        form.addRow("checkpoint", row(self.checkpoint_edit, self.browse_btn, self.example_btn))
+        form.addRow("checkpoint", checkpoint_row)
         form.addRow("device", self.device_combo)
         self.box = box = QVBoxLayout(self)
         box.addLayout(form)
@@ -261,21 +239,11 @@ class PosteriorWidget(Image2DJobWidget):
 
     def _refresh_layers(self, event=None) -> None:
         super()._refresh_layers(event)
-        current = self.mask_combo.currentText()
-        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        names = [lay.name for lay in self.viewer.layers if _mask_kind(lay)]
-        if current in ("", NO_MASK) and added is not None and _mask_kind(added):
-            current = added.name  # a region to paint was just added: it is the mask
-        self.mask_combo.blockSignals(True)
-        self.mask_combo.clear()
-        self.mask_combo.addItems([NO_MASK, *names])
-        self.mask_combo.setCurrentText(current if current in names else NO_MASK)
-        self.mask_combo.blockSignals(False)
+        self.mask_choice.refresh(event)
 
     def selected_mask_layer(self):
         """The Labels / Shapes layer marking the missing region, or None."""
-        name = self.mask_combo.currentText()
-        return None if name == NO_MASK else layer_named(self.viewer, name)
+        return self.mask_choice.layer()
 
     def _browse(self) -> None:
         browse_checkpoint(self, self.checkpoint_edit, "VAE checkpoint")
@@ -293,15 +261,7 @@ class PosteriorWidget(Image2DJobWidget):
         """The observed pixels (bool, 1 = observed) of ``source`` under the chosen mask
         layer, or None without one; InputError for a mask that does not fit or leaves
         nothing observed."""
-        name, layer = self.mask_combo.currentText(), self.selected_mask_layer()
-        if layer is None and name != NO_MASK:
-            self._refresh_layers()
-            raise InputError(f"the mask layer '{name}' is gone; choose the missing region again")
-        # the layer itself: mask_from_layer tells Labels from Shapes by the type's name,
-        # which napari's PublicOnlyProxy (what plugin widgets are given) hides
-        mask = None if layer is None else mask_from_layer(_unwrapped(layer), source.data.shape)
-        observed_mask(source.data, mask, f"'{source.name}'")  # everything masked: say so now
-        return mask
+        return self.mask_choice.observed(source)
 
     def _prepare(self):
         """The job factory for the current settings (InputError when they do not fit)."""
@@ -315,27 +275,12 @@ class PosteriorWidget(Image2DJobWidget):
         self._source = source
         return lambda: posterior_2d_job(source, checkpoint, mask=mask, **options)
 
-    def run(self) -> None:
-        """Start the posterior job on the chosen layer (no-op while one is running)."""
-        if self.busy:
-            return
+    def _clear_result(self) -> None:
         self.result_label.setText(NO_RESULT)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")  # a colour image converted to grey: say so
-            try:
-                make_job = self._prepare()
-            except SimUqError as err:
-                self._fail(str(err))
-                return
-        for message in {str(w.message) for w in caught}:
-            show_warning(message)
-        self._set_running(True)
-        self.status.setText(f"{self.verb} of '{self._source.name}' …")
-        self.runner.start(make_job, torch_threads=default_torch_threads())
 
     # ------------------------------------------------------------------ GUI-thread slots
-    # (stop, _on_event, _on_returned, _on_error, _on_aborted, _on_finished, _fail and
-    # _set_running: Image2DJobWidget's)
+    # (run: PreparedJobMixin's; stop, _on_event, _on_returned, _on_error, _on_aborted,
+    # _on_finished, _fail and _set_running: Image2DJobWidget's)
 
     def _describe(self, pred, source, layers) -> str:
         meta = pred.meta

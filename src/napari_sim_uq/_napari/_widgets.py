@@ -13,10 +13,12 @@ of the widgets that run jobs.
 from __future__ import annotations
 
 import gc
+import inspect
 import math
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
@@ -43,7 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sim_uq.core.config import field_default, field_type, option_choices, option_meta
-from napari_sim_uq.core.errors import SimUqError
+from napari_sim_uq.core.errors import InputError, SimUqError
 
 NOTHREADS_ENV = "NAPARI_SIM_UQ_NOTHREADS"
 
@@ -598,6 +600,103 @@ def browse_checkpoint(parent: QWidget, edit: QLineEdit, title: str) -> None:
         edit.setText(path)
 
 
+def checkpoint_field(
+    placeholder: str, tip: str, example_tip: str, on_browse: Callable[[], None]
+) -> tuple[QLineEdit, QPushButton, QPushButton, QHBoxLayout]:
+    """A checkpoint path field (empty: the bundled example model, ``placeholder``), a
+    "Browse…" button calling ``on_browse`` (e.g. :func:`browse_checkpoint`) and an
+    "Example" button that empties the field; returns them and their row."""
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    edit.setToolTip(tip)
+    browse_btn = QPushButton("Browse…")
+    browse_btn.clicked.connect(on_browse)
+    example_btn = QPushButton("Example")
+    example_btn.setToolTip(example_tip)
+    example_btn.clicked.connect(edit.clear)
+    return edit, browse_btn, example_btn, row(edit, browse_btn, example_btn)
+
+
+def signature_defaults(*functions: Callable) -> dict:
+    """The keyword defaults of ``functions`` (a later function's win): a console function's
+    defaults become a widget's, kept in one place."""
+    out: dict = {}
+    for fn in functions:
+        out.update(
+            (k, p.default)
+            for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        )
+    return out
+
+
+def mask_layer_kind(layer) -> str | None:
+    """Which kind of missing-region layer ``layer`` is ("labels", "shapes"), or None."""
+    from napari.layers import Labels, Shapes
+
+    if isinstance(layer, Labels):
+        return "labels"
+    if isinstance(layer, Shapes):
+        return "shapes"
+    return None
+
+
+class MissingRegionChoice:
+    """A combo box (``combo``) choosing the missing region of a 2D image: fixed entries
+    (e.g. "none (NaN pixels only)"; the first is the default), then the viewer's Labels
+    layers (painted label > 0 = missing) and Shapes layers (inside a shape = missing).
+
+    :meth:`refresh` follows the layer list (call it from the widget's layer watcher); a
+    Labels or Shapes layer added while the first entry is chosen becomes the choice (the
+    user just made one to paint on); any other choice stays until its layer is gone."""
+
+    def __init__(self, viewer, fixed: Sequence[str], tip: str = "") -> None:
+        self.viewer = viewer
+        self.fixed = tuple(fixed)
+        self.combo = QComboBox()
+        if tip:
+            self.combo.setToolTip(tip)
+
+    def refresh(self, event=None) -> None:
+        current = self.combo.currentText()
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        names = [lay.name for lay in self.viewer.layers if mask_layer_kind(lay)]
+        if current in ("", self.fixed[0]) and added is not None and mask_layer_kind(added):
+            current = added.name  # a region to paint was just added: it is the mask
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItems([*self.fixed, *names])
+        self.combo.setCurrentText(current if current in (*self.fixed, *names) else self.fixed[0])
+        self.combo.blockSignals(False)
+
+    @property
+    def text(self) -> str:
+        return self.combo.currentText()
+
+    def layer(self):
+        """The chosen Labels / Shapes layer, or None (a fixed entry, or the layer is gone)."""
+        name = self.text
+        return None if name in self.fixed else layer_named(self.viewer, name)
+
+    def observed(self, source):
+        """The observed pixels (bool, True = observed) of ``source`` (an
+        :class:`~napari_sim_uq.api.Image2DSource`) under the chosen layer, or None for a
+        fixed entry; :class:`InputError` for a layer that is gone, does not fit the image or
+        leaves nothing observed (NaN pixels count as missing)."""
+        from napari_sim_uq.api import mask_from_layer
+        from napari_sim_uq.core.data.observed import observed_mask
+
+        name, layer = self.text, self.layer()
+        if layer is None and name not in self.fixed:
+            self.refresh()
+            raise InputError(f"the mask layer '{name}' is gone; choose the missing region again")
+        # the layer itself: mask_from_layer tells Labels from Shapes by the type's name,
+        # which napari's PublicOnlyProxy (what plugin widgets are given) hides
+        mask = None if layer is None else mask_from_layer(_unwrapped(layer), source.data.shape)
+        observed_mask(source.data, mask, f"'{source.name}'")  # everything masked: say so now
+        return mask
+
+
 def status_label(text: str = "ready", lines: int = 2) -> QLabel:
     """A word-wrapped status line at least ``lines`` lines high, so that messages of up
     to that many lines do not move what lies below it."""
@@ -605,6 +704,14 @@ def status_label(text: str = "ready", lines: int = 2) -> QLabel:
     label.setWordWrap(True)
     label.setMinimumHeight(lines * label.fontMetrics().lineSpacing() + 4)
     return label
+
+
+def notify(widget: QWidget, kind: str, message: str) -> None:
+    """The napari notification ``show_<kind>`` (info, warning, error), taken from the
+    module of ``widget``'s class where it imports one (so that it can be replaced there)."""
+    module = sys.modules.get(type(widget).__module__)
+    show = getattr(module, f"show_{kind}", None) or getattr(notifications, f"show_{kind}")
+    show(message)
 
 
 def error_message(err: BaseException, what: str) -> str:
@@ -867,6 +974,40 @@ class JobWidget(QWidget):
         self.status.setText(ev.message or ev.stage)
 
 
+class PreparedJobMixin:
+    """``run()`` for a :class:`JobWidget` with one ``progress`` bar and a ``status`` label
+    whose settings become a job in ``_prepare()``: it returns the job factory (and sets
+    ``_source``, the input image with its ``name``) or raises
+    :class:`~napari_sim_uq.core.errors.SimUqError` when the settings do not fit, shown by
+    ``_fail``. Warnings raised while preparing (e.g. a colour image converted to grey) become
+    napari warnings; ``_clear_result()`` resets what the last run showed; ``verb`` is shown
+    while the job runs, with torch on :func:`default_torch_threads`."""
+
+    def _prepare(self):
+        raise NotImplementedError
+
+    def _clear_result(self) -> None:
+        """Reset what the last run showed (nothing here)."""
+
+    def run(self) -> None:
+        """Check the settings and start the job (no-op while one is running)."""
+        if self.busy:
+            return
+        self._clear_result()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                make_job = self._prepare()
+            except SimUqError as err:
+                self._fail(str(err))
+                return
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            notify(self, "warning", message)
+        self._set_running(True)
+        self.status.setText(f"{self.verb} of '{self._source.name}' …")
+        self.runner.start(make_job, torch_threads=default_torch_threads())
+
+
 class TrainingWidget(JobWidget):
     """Base of the training dock widgets (Train SIM model, Train 2D): the run controls,
     Start / Stop, the GUI-thread slots that move the progress bars and feed the live loss
@@ -1090,11 +1231,8 @@ class TrainingWidget(JobWidget):
         self._notify("error", message)
 
     def _notify(self, kind: str, message: str) -> None:
-        """The napari notification ``show_<kind>`` (info, warning, error), taken from the
-        subclass's module where it imports one (so it can be replaced there)."""
-        module = sys.modules.get(type(self).__module__)
-        show = getattr(module, f"show_{kind}", None) or getattr(notifications, f"show_{kind}")
-        show(message)
+        """The napari notification ``show_<kind>`` (:func:`notify`)."""
+        notify(self, kind, message)
 
     def _set_running(self, running: bool) -> None:
         self.fields.set_enabled(not running)
