@@ -50,6 +50,27 @@ RUNS = {
     "energy85": dict(block="energy", mask_ratio=0.85, lr=2e-4),
     # the source documents' learning rate (5e-5), for comparison
     "energy75_lr5e-5": dict(block="energy", mask_ratio=0.75, lr=5e-5),
+    # W_Q = W_K started as orthonormal rows (a positional attention from the first step) and
+    # smaller steps alpha: the runs above stay at the level of a content-free prediction
+    "energy75_a1": dict(
+        block="energy", mask_ratio=0.75, lr=3e-4, model={"init_gain": 1.0, "alpha": 1.0}
+    ),
+    "energy85_a1": dict(
+        block="energy", mask_ratio=0.85, lr=3e-4, model={"init_gain": 1.0, "alpha": 1.0}
+    ),
+    "energy75_a01": dict(
+        block="energy", mask_ratio=0.75, lr=3e-4, model={"init_gain": 1.0, "alpha": 0.1}
+    ),
+    # the model bundled in example_data/ (compact: trains in minutes on a CPU too)
+    "demo": dict(
+        block="vit",
+        mask_ratio=0.75,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        lr=1e-3,
+        model={"decoder_dim": 128, "decoder_depth": 1},
+    ),
 }
 
 
@@ -134,6 +155,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget per run")
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated run names")
     ap.add_argument("--n-train", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=128, help="side of the generated images")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -147,8 +169,8 @@ def main() -> None:
     work = Path(os.environ.get("MAE_WORK", "/tmp/mae_work"))
     data = work / "_data"
     t0 = time.perf_counter()
-    write_images(data / "train", range(100000, 100000 + args.n_train))
-    write_images(data / "val", range(200000, 200032))
+    write_images(data / "train", range(100000, 100000 + args.n_train), args.size)
+    write_images(data / "val", range(200000, 200032), args.size)
     print(f"data: {args.n_train} + 32 images in {time.perf_counter() - t0:.0f} s", flush=True)
     names = [n for n in args.runs.split(",") if n]
     unknown = sorted(set(names) - set(RUNS))
