@@ -116,6 +116,25 @@ class ImageTrainOptions(TrainOptions):
         choices=lambda: _norm_modes(),
     )
 
+    def clean_patch_datasets(self):
+        """``(train, val)`` datasets of random clean ``patch`` crops (no degradation): the
+        training images with ``seed``; the validation images (or, without ``val_dir``,
+        other crops of the training images) with ``seed + 1``, fixed over the run."""
+        from napari_sim_uq.core.data.images2d import PatchDataset
+
+        def dataset(source: str, seed: int) -> PatchDataset:
+            return PatchDataset(
+                source,
+                patch=self.patch,
+                patches_per_image=self.patches_per_image,
+                seed=seed,
+                norm_mode=self.norm_mode,
+            )
+
+        return dataset(self.data_dir, self.seed), dataset(
+            self.val_dir or self.data_dir, self.seed + 1
+        )
+
     def validate(self) -> None:
         if not self.data_dir:
             raise InputError("data_dir is required (a folder of training images, --data-dir)")

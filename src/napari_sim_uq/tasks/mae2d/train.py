@@ -169,22 +169,11 @@ def _setup(cfg: TrainMAEConfig, device) -> TrainSetup:
 
     import torch
 
-    from napari_sim_uq.core.data.images2d import PatchDataset
     from napari_sim_uq.tasks.mae2d.net import build_mae, patchify, random_visible
 
     model_cfg = cfg.model_config()
 
-    def dataset(source: str, seed: int) -> PatchDataset:
-        return PatchDataset(
-            source,
-            patch=cfg.patch,
-            patches_per_image=cfg.patches_per_image,
-            seed=seed,
-            norm_mode=cfg.norm_mode,
-        )
-
-    train_ds = dataset(cfg.data_dir, cfg.seed)
-    val_ds = dataset(cfg.val_dir or cfg.data_dir, cfg.seed + 1)
+    train_ds, val_ds = cfg.clean_patch_datasets()
     model = build_mae(model_cfg).to(device)
     p, n_tok = model_cfg.patch_size, model_cfg.n_tokens
     criterion = torch.nn.Module()  # no loss parameters

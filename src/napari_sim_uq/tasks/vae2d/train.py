@@ -84,23 +84,11 @@ def _setup(cfg: TrainVAEConfig, device) -> TrainSetup:
     import torch
     from torch import nn
 
-    from napari_sim_uq.core.data.images2d import PatchDataset
     from napari_sim_uq.tasks.vae2d.net import build_vae
 
     model_cfg = cfg.model_config()
 
-    def dataset(source: str, seed: int) -> PatchDataset:
-        return PatchDataset(
-            source,
-            patch=cfg.patch,
-            patches_per_image=cfg.patches_per_image,
-            seed=seed,
-            norm_mode=cfg.norm_mode,
-        )
-
-    train_ds = dataset(cfg.data_dir, cfg.seed)
-    # validation patches are fixed: the loop never sets their epoch
-    val_ds = dataset(cfg.val_dir or cfg.data_dir, cfg.seed + 1)
+    train_ds, val_ds = cfg.clean_patch_datasets()
     model = build_vae(model_cfg).to(device)
 
     class Criterion(nn.Module):
