@@ -884,31 +884,39 @@ def posterior_2d_job(
     the missing region (:func:`mask_from_layer`). Another task's checkpoint is refused."""
     from napari_sim_uq.tasks.vae2d.reconstruct import STAGE, load_vae_model, posterior_2d
 
+    return (
+        yield from _masked_image_job(
+            source,
+            mask,
+            resolve_vae_checkpoint(checkpoint),
+            STAGE,
+            load_vae_model,
+            device,
+            posterior_2d,
+            noise_sigma=noise_sigma,
+            n_samples=n_samples,
+            n_starts=n_starts,
+            seed=seed,
+            **options,
+        )
+    )
+
+
+def _masked_image_job(source, mask, ckpt: Path, stage: str, load, device, task_job, **options):
+    """Job: the 2D image ``source`` (NaN = missing) with ``mask`` (an array, 1 = observed,
+    or a Labels / Shapes layer marking the missing region) through ``task_job(model, ck,
+    image, mask=..., device=..., what=..., **options)`` with the checkpoint ``ckpt``."""
     if not isinstance(source, Image2DSource):
         source = image2d_source(source, allow_nan=True)
     if mask is not None:
         mask = mask_from_layer(mask, source.data.shape)
 
     def predict(model, ck, dev):
-        return posterior_2d(
-            model,
-            ck,
-            source.data,
-            mask=mask,
-            noise_sigma=noise_sigma,
-            n_samples=n_samples,
-            n_starts=n_starts,
-            seed=seed,
-            device=dev,
-            what=f"'{source.name}'",
-            **options,
+        return task_job(
+            model, ck, source.data, mask=mask, device=dev, what=f"'{source.name}'", **options
         )
 
-    return (
-        yield from _checkpoint_job(
-            resolve_vae_checkpoint(checkpoint), STAGE, load_vae_model, device, predict
-        )
-    )
+    return (yield from _checkpoint_job(ckpt, stage, load, device, predict))
 
 
 def posterior_2d(
@@ -992,28 +1000,19 @@ def inpaint_2d_job(
     hidden pixels are in ``meta["metrics"]``). Another task's checkpoint is refused."""
     from napari_sim_uq.tasks.mae2d.inpaint import STAGE, inpaint_2d, load_mae_model
 
-    if not isinstance(source, Image2DSource):
-        source = image2d_source(source, allow_nan=True)
-    if mask is not None:
-        mask = mask_from_layer(mask, source.data.shape)
-
-    def predict(model, ck, dev):
-        return inpaint_2d(
-            model,
-            ck,
-            source.data,
-            mask=mask,
+    return (
+        yield from _masked_image_job(
+            source,
+            mask,
+            resolve_mae_checkpoint(checkpoint),
+            STAGE,
+            load_mae_model,
+            device,
+            inpaint_2d,
             mask_ratio=mask_ratio,
             num_samples=num_samples,
             seed=seed,
-            device=dev,
-            what=f"'{source.name}'",
             **options,
-        )
-
-    return (
-        yield from _checkpoint_job(
-            resolve_mae_checkpoint(checkpoint), STAGE, load_mae_model, device, predict
         )
     )
 
