@@ -83,7 +83,7 @@ def describe_inpaint(meta: dict) -> str:
     if check:
         lines.append(
             f"leave-out check on {check['n_pixels']} observed pixels: RMSE "
-            f"{check['rmse']:.4g}, RMS std {check['rms_std']:.4g}"
+            f"{check['rmse']:.4g}, RMS spread {check['rms_std']:.4g} (std x{check['ratio']:.2f})"
         )
     return "\n".join(lines)
 
@@ -204,8 +204,8 @@ class InpaintWidget(PreparedJobMixin, Image2DJobWidget):
             "the mean std of the missing pixels (image units); with 'random tokens' the "
             "PSNR of the hidden pixels (normalised units) next to biharmonic inpainting of "
             "the same pixels; the leave-out check: observed pixels that some passes hid, "
-            "predicted against their known values (RMSE about the RMS std when the std is "
-            "calibrated; much larger: the std is too small)"
+            "predicted against their known values: their RMS error over the passes' RMS "
+            "spread is this image's error ratio, which multiplies its std"
         )
 
         self.form = form = QFormLayout()
