@@ -685,16 +685,22 @@ def anomaly_map(
     return _run_2d(layer_or_array, name, viewer, ANOMALY_OUTPUTS, checkpoint, **opts)
 
 
+def _as_layers(pred, source: Image2DSource, outputs, viewer):
+    """A 2D task's Prediction as layer tuples of ``outputs`` (or layers added to / updated
+    in ``viewer``)."""
+    layer_data = layer_data_2d(pred, source, outputs)
+    if viewer is None:
+        return layer_data
+    return add_or_replace_layers(viewer, layer_data)
+
+
 def _run_2d(layer_or_array, name, viewer, outputs, checkpoint, **options):
     """The 2D job on one source, as layer tuples (or layers added to ``viewer``)."""
     from napari_sim_uq.core.events import run
 
     source = image2d_source(layer_or_array, name)
     pred = run(reconstruct_2d_job(source, checkpoint, **options))
-    layer_data = layer_data_2d(pred, source, outputs)
-    if viewer is None:
-        return layer_data
-    return add_or_replace_layers(viewer, layer_data)
+    return _as_layers(pred, source, outputs, viewer)
 
 
 def _training_items(images: Any, what: str) -> list[Any]:
@@ -964,10 +970,7 @@ def posterior_2d(
             **options,
         )
     )
-    layer_data = layer_data_2d(pred, source, POSTERIOR_OUTPUTS)
-    if viewer is None:
-        return layer_data
-    return add_or_replace_layers(viewer, layer_data)
+    return _as_layers(pred, source, POSTERIOR_OUTPUTS, viewer)
 
 
 def train_vae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> dict:
@@ -1060,10 +1063,7 @@ def inpaint_2d(
             **options,
         )
     )
-    layer_data = layer_data_2d(pred, source, INPAINT_OUTPUTS)
-    if viewer is None:
-        return layer_data
-    return add_or_replace_layers(viewer, layer_data)
+    return _as_layers(pred, source, INPAINT_OUTPUTS, viewer)
 
 
 def train_mae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) -> dict:

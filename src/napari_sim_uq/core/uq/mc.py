@@ -7,7 +7,16 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["RngStream", "mc_chunk_seed"]
+__all__ = ["RngStream", "image_seed", "mc_chunk_seed"]
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of a run with ``seed`` (its degradation, mask and passes):
+    independent streams per image, the same for the same ``(seed, index)`` whatever the other
+    images."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def mc_chunk_seed(seed: int, chunk: int) -> int:

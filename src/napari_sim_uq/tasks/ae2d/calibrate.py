@@ -42,6 +42,7 @@ import numpy as np
 
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event
+from napari_sim_uq.core.uq.mc import image_seed
 
 __all__ = ["METHODS", "calibrate_2d_job", "image_seed", "reconstruct_clean_images"]
 
@@ -50,12 +51,6 @@ STAGE = "calibrate 2D"
 #: At most this many pixels of each image enter the calibration fit (a seeded random
 #: subset of larger images; bounds memory on big calibration sets).
 MAX_PIXELS_PER_IMAGE = 1 << 18
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image ``index`` (degradation and dropout): independent streams per image,
-    the same for the same ``(seed, index)`` whatever the other images."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _count(v: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:

@@ -23,14 +23,11 @@ import numpy as np
 
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event
+from napari_sim_uq.core.uq.mc import image_seed
 
 __all__ = ["calibrate_mae_job", "hidden_pixel_residuals"]
 
 STAGE = "calibrate MAE"
-
-
-def _image_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def hidden_pixel_residuals(model, ck, clean: np.ndarray, **options):
@@ -91,7 +88,7 @@ def calibrate_mae_job(
                 clean,
                 mask_ratio=mask_ratio,
                 num_samples=num_samples,
-                seed=_image_seed(seed, i),
+                seed=image_seed(seed, i),
                 device=dev,
                 calibrated=False,
                 what=f"'{f}'",

@@ -106,12 +106,6 @@ def random_token_mask(shape: tuple[int, int], token: int, ratio: float, seed: in
     return np.kron(grid, np.ones((token, token), bool))[:h, :w]
 
 
-def _count(v: Any, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def _reference(reference: Any, shape: tuple[int, int]) -> np.ndarray:
     r = np.asarray(reference, dtype=np.float64)
     while r.ndim > 2 and r.shape[0] == 1:
@@ -145,13 +139,14 @@ def inpaint_2d(
     :class:`~napari_sim_uq.core.task.Prediction`."""
     import torch
 
+    from napari_sim_uq.core.config import check_int
     from napari_sim_uq.core.data.observed import fit_observed_normalization, observed_mask
     from napari_sim_uq.core.events import Event
     from napari_sim_uq.core.uq.predict import mc_tiled_predict
     from napari_sim_uq.tasks.mae2d.net import patchify, unpatchify
 
-    num_samples = _count(num_samples, "num_samples", 1)
-    seed = _count(seed, "seed", 0)
+    check_int("num_samples", num_samples, 1)
+    check_int("seed", seed, 0)
     if isinstance(drop_visible, bool) or not (
         isinstance(drop_visible, (int, float)) and 0 <= drop_visible < 1
     ):
@@ -160,7 +155,7 @@ def inpaint_2d(
     S, p = cfg.img_size, cfg.patch_size
     if overlap is None:  # the largest multiple of the token below half a tile
         overlap = (S // 2 - 1) // p * p
-    overlap = _count(overlap, "overlap", 0)
+    check_int("overlap", overlap, 0)
     if overlap % p or 2 * overlap >= S:
         raise InputError(
             f"overlap must be a multiple of the token size {p} below half the model's image "
