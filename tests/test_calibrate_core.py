@@ -227,3 +227,38 @@ def test_class_map_json_round_trip_and_dispatch(rng):
         m(s[:5], i[:4])
     with pytest.raises(InputError, match="per-class"):
         ClassSigmaMap.from_dict({"kind": "per-class sigma map", "edges": [0.0], "maps": []})
+
+
+def test_fixed_intensity_classes_are_value_ranges_and_may_overlap(rng):
+    r = rng.normal(size=1000)
+    s = np.full(1000, 1.0)
+    inten = rng.uniform(0, 1, 1000)
+    classes = {"low": (-np.inf, 0.2), "high": (0.2, np.inf), "mid": (0.2, 0.5)}
+    t = conditional_calibration(r, s, inten, intensity_classes=classes)
+    assert t["intensity_thresholds"] is None
+    for name, (lo, hi) in classes.items():
+        sel = (inten > lo) & (inten <= hi)
+        cell = t["by_intensity"][name]
+        assert cell["n"] == int(sel.sum())
+        assert cell["zms"] == pytest.approx(float(np.mean(r[sel] ** 2)), rel=1e-12)
+    assert t["by_intensity"]["low"]["n"] + t["by_intensity"]["high"]["n"] == 1000
+    with pytest.raises(InputError, match="lo < hi"):
+        conditional_calibration(r, s, inten, intensity_classes={"x": (0.5, 0.5)})
+
+
+def test_class_map_with_fixed_edges_fixes_each_class_on_another_split(rng):
+    def draw(n):
+        cov = rng.uniform(0, 1, n)
+        pred = np.exp(rng.uniform(-2, 0, n))
+        # the true std is 3x the predicted one above covariate 0.3, 0.5x below it
+        true = pred * np.where(cov > 0.3, 3.0, 0.5)
+        return rng.normal(0.0, true), pred, cov
+
+    m = ClassSigmaMap.fit(*draw(40_000), edges=[0.3])
+    assert m.edges == (0.3,)
+    r, pred, cov = draw(40_000)
+    after = m(pred, cov)
+    for sel in (cov <= 0.3, cov > 0.3):
+        assert metrics.zms(r[sel], after[sel]) == pytest.approx(1.0, abs=0.08)
+    with pytest.raises(InputError, match="increasing"):
+        ClassSigmaMap.fit(r, pred, cov, edges=[0.5, 0.3])

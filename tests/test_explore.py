@@ -246,3 +246,24 @@ def test_data_index_and_format():
     assert X.data_index((3.5, 0.0), (4, 4)) is None
     assert X.data_index((1.0,), (4, 4)) is None
     assert X.format_mean_std(1.23456, 0.0567891) == "1.235 ± 0.05679"
+
+
+def test_calibration_summary_reports_background_and_structures_separately():
+    rng = np.random.default_rng(5)
+    gt = np.zeros((128, 128))
+    gt[rng.integers(0, 128, 800), rng.integers(0, 128, 800)] = rng.uniform(0.2, 1.0, 800)
+    std = np.full(gt.shape, 0.1)
+    structure = gt / np.quantile(gt, 0.999) > 0.01
+    err_std = np.where(structure, 0.3, 0.05)  # std 3x too narrow / 2x too wide
+    mean = gt + rng.normal(size=gt.shape) * err_std
+    cal = X.calibration_summary(mean, std, gt)
+    by = cal["conditional"]["by_intensity"]
+    r2 = ((gt - mean) / std) ** 2
+    assert by["structure"]["n"] == int(structure.sum())
+    assert by["structure"]["zms"] == pytest.approx(float(r2[structure].mean()), rel=1e-9)
+    assert by["background"]["zms"] == pytest.approx(float(r2[~structure].mean()), rel=1e-9)
+    assert by["structure"]["zms"] == pytest.approx(9.0, rel=0.15)
+    assert by["background"]["zms"] == pytest.approx(0.25, rel=0.05)
+    assert len(cal["conditional"]["by_std_decile"]) == 10
+    # with an error map instead of a ground truth there are no intensity classes
+    assert X.calibration_summary(mean, std, error=gt - mean)["conditional"] is None

@@ -76,15 +76,47 @@ def save_calibration_curves(
     path: str | os.PathLike,
     *,
     titles: Sequence[str] | None = None,
+    conditional: Mapping[str, Any] | None = None,
+    conditional_title: str = "",
 ) -> Path:
-    """One panel per named calibration curve (e.g. ``{"emitter": ..., "raw": ...}``)."""
+    """One panel per named calibration curve (e.g. ``{"emitter": ..., "raw": ...}``), and
+    with ``conditional`` (a table with ``by_std_decile`` and ``by_intensity``, as written by
+    :func:`~napari_sim_uq.core.uq.calibrate.conditional_calibration`) one more panel of
+    its ZMS per std decile and per intensity class (:func:`plot_conditional_zms`)."""
     names = list(curves)
-    fig, axes = new_figure(1, max(len(names), 1))
+    extra = 1 if conditional else 0
+    fig, axes = new_figure(1, max(len(names) + extra, 1))
     axes = np.atleast_1d(axes)
     for i, name in enumerate(names):
         plot_calibration_curve(axes[i], curves[name])
         axes[i].set_title(titles[i] if titles else name)
+    if conditional:
+        plot_conditional_zms(axes[len(names)], conditional, title=conditional_title)
     return save_figure(fig, path)
+
+
+def plot_conditional_zms(ax, table: Mapping[str, Any], *, title: str = "") -> None:
+    """Bars of the ZMS per std decile (``d1`` .. ``d10``) and per intensity class (log
+    scale; ideal 1, dashed; the band 0.67-1.5 shaded)."""
+    labels, values = [], []
+    for row in table.get("by_std_decile") or []:
+        labels.append(f"d{row['decile']}")
+        values.append(row["zms"])
+    for name, cell in (table.get("by_intensity") or {}).items():
+        labels.append(name)
+        values.append(cell.get("zms"))
+    x = np.arange(len(labels))
+    vals = np.array([np.nan if v is None else float(v) for v in values])
+    n_dec = len(table.get("by_std_decile") or [])
+    colors = ["#4c72b0"] * n_dec + ["#dd8452"] * (len(labels) - n_dec)
+    ax.bar(x, np.where(np.isfinite(vals), vals, 0.0), color=colors)
+    ax.axhspan(0.67, 1.5, color="0.85", zorder=0)
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("ZMS = mean(r²/σ²)")
+    ax.set_title(title or "ZMS per std decile (blue) and intensity class (orange)", fontsize=9)
 
 
 # --------------------------------------------------------------------------- metrics.csv

@@ -683,6 +683,36 @@ def update_sigma_scale(path: str | os.PathLike, sigma_scale: Mapping[str, float]
     return ckpt
 
 
+def update_calibration(
+    path: str | os.PathLike,
+    sigma_scale: Mapping[str, float],
+    sigma_maps: Mapping[str, dict] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Checkpoint:
+    """Store a recalibration: the sigma scales and the per-quantity sigma maps (plain
+    dicts, ``extra["sigma_map"][quantity]``; ``None``: no map, and any stored map is
+    removed), keeping everything else. ``extra``: further JSON entries of the checkpoint's
+    ``extra`` to set (``None`` values remove them). Written atomically into ``path``
+    itself, or with ``out`` into a new file (never replacing an existing one). Returns the
+    checkpoint."""
+    fresh = load_checkpoint(path)
+    updates = dict(extra or {})
+    drop = {"sigma_map", *updates}
+    new_extra = {k: v for k, v in (fresh.extra or {}).items() if k not in drop}
+    new_extra.update({k: v for k, v in updates.items() if v is not None})
+    extra = new_extra
+    if sigma_maps:
+        extra["sigma_map"] = {str(q): dict(d) for q, d in sigma_maps.items()}
+    ckpt = dataclasses.replace(fresh.with_sigma_scale(sigma_scale), extra=extra)
+    if out is None:
+        ckpt.save(path, overwrite=True)
+    else:
+        ckpt.save(out, overwrite=False)
+    return ckpt
+
+
 def checkpoint_summary(path: str | os.PathLike) -> dict:
     """A short description of a checkpoint (JSON types), e.g. for ``sim-uq info``."""
     ckpt = load_checkpoint(path)

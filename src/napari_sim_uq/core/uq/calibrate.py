@@ -45,15 +45,40 @@ from napari_sim_uq.core.errors import InputError
 
 __all__ = [
     "INTENSITY_CLASSES",
+    "RELATIVE_INTENSITY_CLASSES",
     "ClassSigmaMap",
     "SigmaMap",
     "conditional_calibration",
     "fit_sigma_scale",
+    "relative_intensity",
     "sigma_map_from_dict",
 ]
 
 #: Names of the intensity tertiles, dark to bright.
 INTENSITY_CLASSES = ("background", "mid", "bright")
+
+#: Quantile of an image that defines its bright level (:func:`relative_intensity`).
+BRIGHT_QUANTILE = 0.999
+#: Fixed classes of the relative intensity (:func:`relative_intensity`) for sparse
+#: fluorescence images (``intensity_classes`` of :func:`conditional_calibration`):
+#: ``background`` below 1 % of the bright level, ``structure`` the rest, which splits into
+#: ``dim`` (1-10 %), ``mid`` (10-30 %) and ``bright`` (above 30 %).
+RELATIVE_INTENSITY_CLASSES = {
+    "background": (-math.inf, 0.01),
+    "structure": (0.01, math.inf),
+    "dim": (0.01, 0.1),
+    "mid": (0.1, 0.3),
+    "bright": (0.3, math.inf),
+}
+
+
+def relative_intensity(image: Any) -> np.ndarray:
+    """``image / q``, ``q`` the :data:`BRIGHT_QUANTILE` quantile of the image (float64;
+    an image with ``q <= 0`` gives zeros)."""
+    a = np.asarray(image, dtype=np.float64)
+    q = float(np.quantile(a, BRIGHT_QUANTILE)) if a.size else 0.0
+    return a / q if q > 0 and math.isfinite(q) else np.zeros_like(a)
+
 
 #: Equal-count bins of predicted variance for the UCE in the tables.
 UCE_BINS = 20
@@ -130,11 +155,22 @@ def _n_bins(n_bins: Any, name: str, fn: str, n: int) -> int:
 
 
 def conditional_calibration(
-    r: Any, sigma: Any, intensity: Any, n_deciles: int = 10, *, mask: Any = None
+    r: Any,
+    sigma: Any,
+    intensity: Any,
+    n_deciles: int = 10,
+    *,
+    mask: Any = None,
+    intensity_classes: dict[str, tuple[float, float]] | None = None,
 ) -> dict:
     """Calibration of ``sigma`` for the residuals ``r``: pooled, per std decile and per
     intensity tertile of ``intensity`` (the reference / clean image; conventions in the
     module docstring). All arrays have one shape; ``mask`` selects pixels.
+
+    ``intensity_classes``: fixed classes instead of the tertiles, ``{name: (lo, hi)}``
+    with a pixel in a class when ``lo < intensity <= hi`` (``-inf`` / ``inf`` for open
+    ends; classes may overlap, e.g. ``"structure"`` as the union of brighter classes);
+    ``intensity_thresholds`` is then ``None``.
 
     Returns ``{"pooled": {n, zms, cov95, spearman, uce, mean_sigma, rmse},
     "by_std_decile": [{decile, lo, hi, n, zms, cov95, mean_sigma, rmse}, ...],
@@ -159,14 +195,29 @@ def conditional_calibration(
         row = {"decile": k + 1, "lo": float(ss[sel].min()), "hi": float(ss[sel].max())}
         row.update(_cell(rr[sel], ss[sel]))
         deciles.append(row)
-    t1, t2 = (float(t) for t in np.quantile(ii, [1.0 / 3.0, 2.0 / 3.0]))
-    classes = {
-        "background": ii <= t1,
-        "mid": (ii > t1) & (ii <= t2),
-        "bright": ii > t2,
-    }
+    if intensity_classes is None:
+        t1, t2 = (float(t) for t in np.quantile(ii, [1.0 / 3.0, 2.0 / 3.0]))
+        classes = {
+            "background": ii <= t1,
+            "mid": (ii > t1) & (ii <= t2),
+            "bright": ii > t2,
+        }
+        thresholds: list[float] | None = [t1, t2]
+    else:
+        classes = {}
+        for name, bounds in intensity_classes.items():
+            try:
+                lo, hi = (float(b) for b in bounds)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"{fn}: intensity class {name!r} must be a (lo, hi) pair, got {bounds!r}"
+                ) from None
+            if not lo < hi:
+                raise InputError(f"{fn}: intensity class {name!r} needs lo < hi, got {bounds!r}")
+            classes[str(name)] = (ii > lo) & (ii <= hi)
+        thresholds = None
     by_int = {}
-    for name in INTENSITY_CLASSES:
+    for name in classes:
         sel = classes[name]
         row = {
             "lo": float(ii[sel].min()) if sel.any() else None,
@@ -178,7 +229,7 @@ def conditional_calibration(
         "pooled": pooled,
         "by_std_decile": deciles,
         "by_intensity": by_int,
-        "intensity_thresholds": [t1, t2],
+        "intensity_thresholds": thresholds,
     }
 
 
@@ -381,12 +432,21 @@ class ClassSigmaMap:
         n_bins: int = 10,
         *,
         mask: Any = None,
+        edges: Any = None,
     ) -> ClassSigmaMap:
-        """Fit (class docstring); ``covariate`` has the shape of ``r``."""
+        """Fit (class docstring); ``covariate`` has the shape of ``r``. ``edges``: fixed,
+        increasing class thresholds of the covariate instead of its quantiles
+        (``n_classes`` is then ``len(edges) + 1``)."""
         fn = "ClassSigmaMap.fit"
         rr, ss, cc = _inputs(fn, mask, r=r, sigma=sigma, covariate=covariate)
-        nc = _n_bins(n_classes, "n_classes", fn, rr.size)
-        edges = np.quantile(cc, np.arange(1, nc) / nc)
+        if edges is None:
+            nc = _n_bins(n_classes, "n_classes", fn, rr.size)
+            edges = np.quantile(cc, np.arange(1, nc) / nc)
+        else:
+            edges = np.asarray(edges, dtype=np.float64).ravel()
+            if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+                raise InputError(f"{fn}: edges must be finite and increasing, got {edges}")
+            nc = edges.size + 1
         idx = np.searchsorted(edges, cc, side="left")
         maps = []
         for k in range(nc):

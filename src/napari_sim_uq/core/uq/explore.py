@@ -318,16 +318,29 @@ def calibration_summary(
     above ``max_pixels`` are subsampled (:func:`sample_pixels`). Returns ``n``,
     ``n_excluded``, ``zms``, ``sigma_scale`` (``sqrt(zms)``), ``spearman``, ``cov68`` and
     ``cov95`` (fractions within +-1 and +-2 sigma; ideal 0.6827 and 0.9545), ``mse``,
-    ``mean_variance`` and ``curve`` (:func:`~napari_sim_uq.core.uq.metrics.calibration_curve`,
-    equal-count bins).
+    ``mean_variance``, ``curve`` (:func:`~napari_sim_uq.core.uq.metrics.calibration_curve`,
+    equal-count bins) and, with ``gt``, ``conditional``: ZMS and coverage per std decile and
+    per class of the ground truth's relative intensity
+    (:func:`~napari_sim_uq.core.uq.calibrate.conditional_calibration` with
+    :data:`~napari_sim_uq.core.uq.calibrate.RELATIVE_INTENSITY_CLASSES`: a pooled ZMS of 1
+    can hide a std too wide on the background and too narrow on the structures).
     """
     if (gt is None) == (error is None):
         raise InputError("calibration_summary needs exactly one of gt= and error=")
     s_full = _float(std, "std")
+    inten = None
     if error is None:
+        from napari_sim_uq.core.uq.calibrate import relative_intensity
+
         check_same_shape(mean=mean, std=s_full, gt=gt)
-        m, s, g = sample_pixels(
-            _float(mean, "mean"), s_full, _float(gt, "gt"), max_pixels=max_pixels
+        g_full = _float(gt, "gt")
+        finite = np.where(np.isfinite(g_full), g_full, 0.0)
+        m, s, g, inten = sample_pixels(
+            _float(mean, "mean"),
+            s_full,
+            g_full,
+            relative_intensity(finite),
+            max_pixels=max_pixels,
         )
         r = g.astype(np.float64) - m
     else:
@@ -346,7 +359,17 @@ def calibration_summary(
         )
     r, s = r[ok], s[ok]
     zms = M.zms(r, s)
+    conditional = None
+    if inten is not None and n >= 10:
+        from napari_sim_uq.core.uq.calibrate import (
+            RELATIVE_INTENSITY_CLASSES,
+            conditional_calibration,
+        )
+
+        c = conditional_calibration(r, s, inten[ok], intensity_classes=RELATIVE_INTENSITY_CLASSES)
+        conditional = {"by_std_decile": c["by_std_decile"], "by_intensity": c["by_intensity"]}
     return {
+        "conditional": conditional,
         "n": n,
         "n_excluded": int(ok.size - n),
         "zms": zms,

@@ -171,7 +171,7 @@ def calibrate_2d_job(
     """
     from napari_sim_uq.core.data.loaders import resolve_files
     from napari_sim_uq.core.devices import resolve_device
-    from napari_sim_uq.core.io.checkpoint import load_checkpoint, update_sigma_scale
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint, update_calibration
     from napari_sim_uq.core.uq.calibrate import (
         ClassSigmaMap,
         SigmaMap,
@@ -232,18 +232,9 @@ def calibrate_2d_job(
         after_sigma = smap(scale * sigma, mean)
 
     # store (atomically), keeping everything else in the file
-    fresh = load_checkpoint(path)
-    previous = dict(fresh.sigma_scale or {})
+    previous = dict(load_checkpoint(path).sigma_scale or {})
     new_scales = {**previous, "mean": scale}
-    if smap is None and "sigma_map" not in (fresh.extra or {}):
-        update_sigma_scale(path, new_scales)
-    else:
-        extra = {k: v for k, v in (fresh.extra or {}).items() if k != "sigma_map"}
-        if smap is not None:
-            extra["sigma_map"] = {"mean": smap.to_dict()}
-        dataclasses.replace(fresh.with_sigma_scale(new_scales), extra=extra).save(
-            path, overwrite=True
-        )
+    update_calibration(path, new_scales, None if smap is None else {"mean": smap.to_dict()})
 
     return {
         "checkpoint": str(path),
