@@ -302,3 +302,37 @@ def test_cli_generate(tmp_path, capsys):
         ["generate", "--out-dir", str(tmp_path / "x"), "--n-samples", "1", "--period", "0", "1"]
     )
     assert rc == 2 and "period_lr must be > 0" in capsys.readouterr().err
+
+
+def test_airy_psf_option_and_shifted_config():
+    from scipy.optimize import curve_fit
+
+    from napari_sim_uq.tasks.sim.synth import shifted_config
+
+    cfg = SynthConfig(lr_size=(24, 24), hr_factor=2, psf_model="airy", psf_sigma_lr=(1.0, 1.0))
+    s = generate_sample(cfg, seed=0)
+    assert s.params["psf_model"] == "airy"
+    psf = s.psf.astype(np.float64)
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    k = psf.shape[0]
+    assert k % 2 == 1 and k <= 48  # fits the 48 x 48 HR grid
+    # the best-fitting Gaussian of its core has the drawn sigma (2 HR pixels) within 10 %
+    c = k // 2
+    yy, xx = np.mgrid[-c : c + 1, -c : c + 1]
+    core = (yy**2 + xx**2) <= 16
+    (amp, sig), _ = curve_fit(
+        lambda rr, a, sg: a * np.exp(-rr / (2 * sg**2)),
+        (yy**2 + xx**2)[core].astype(float),
+        psf[core],
+        p0=(psf.max(), 2.0),
+    )
+    assert sig == pytest.approx(2.0, rel=0.1)
+    # dark rings: the Airy PSF has zeros a Gaussian has not (ideal OTF with a cut-off)
+    g = generate_sample(SynthConfig(lr_size=(24, 24), hr_factor=2, psf_sigma_lr=(1.0, 1.0)), 0)
+    otf_a = np.abs(np.fft.fft2(psf, s=(64, 64)))
+    otf_g = np.abs(np.fft.fft2(g.psf.astype(np.float64), s=(64, 64)))
+    assert otf_a[0, 20] < 0.01 and otf_g[0, 20] > otf_a[0, 20]  # beyond the Airy cut-off
+    with pytest.raises(InputError, match="psf_model"):
+        SynthConfig(psf_model="lorentz")
+    sh = shifted_config(SynthConfig(lr_size=(24, 24), hr_factor=2))
+    assert sh.psf_model == "airy" and sh.line_width_hr == 0.3 and sh.lr_size == (24, 24)

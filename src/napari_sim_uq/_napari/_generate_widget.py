@@ -99,6 +99,7 @@ ADVANCED_FIELDS = [
     # > 0 (as read noise above)
     ("PSF sigma (raw px)", "psf_sigma_lr",
      {"lo": 0.05, "hi": 20.0, "decimals": 2, "step": 0.05}),
+    ("PSF model", "psf_model"),
     ("background", "background", {"hi": 1e6, "decimals": 1, "step": 1.0}),
     ("gain", "gain", {"lo": 0.001, "hi": 1e4, "tip": "camera counts per photon"}),
     ("noise map scale", "noise_map_scale_lr",
@@ -111,8 +112,8 @@ ADVANCED_FIELDS = [
      {"lo": 0, "hi": 10_000, "tip": "filaments per sample (range)"}),
     ("rings", "n_rings", {"lo": 0, "hi": 10_000, "tip": "rings per sample (range)"}),
     ("beads", "n_beads", {"lo": 0, "hi": 10_000, "tip": "beads per sample (range)"}),
-    ("line width (HR px)", "line_width_hr",
-     {"lo": 0.01, "hi": 100.0, "tip": "Gaussian sigma of filaments and rings"}),
+    # > 0 (as read noise above)
+    ("line width (HR px)", "line_width_hr", {"lo": 0.01, "hi": 100.0}),
     ("fine factor", "fine_factor",
      {"lo": 1, "hi": 8, "tip": "structures are drawn this much finer"}),
     ("workers", "job.workers",

@@ -53,6 +53,10 @@ from napari_sim_uq.core.errors import InputError
 
 Range = tuple[float, float]
 
+#: PSF shapes of the generator: ``"gaussian"`` (the default) or the ideal widefield Airy
+#: PSF of the same best-fitting Gaussian sigma (:func:`generator_psf`).
+PSF_MODELS = ("gaussian", "airy")
+
 
 @dataclass
 class SynthConfig(JsonConfig):
@@ -87,6 +91,12 @@ class SynthConfig(JsonConfig):
         minimum=0.0,
         flag="--psf-sigma",
     )
+    psf_model: str = option(
+        "gaussian",
+        help="PSF shape: a Gaussian, or the ideal widefield Airy PSF (sharp OTF cut-off, "
+        "dark rings) whose best-fitting Gaussian has the drawn sigma (for domain-shift tests)",
+        choices=PSF_MODELS,
+    )
     # intensities
     photons: Range = option((100.0, 500.0), help="peak photons per frame range", minimum=0.0)
     background: Range = option((5.0, 20.0), help="background photons per pixel range", minimum=0.0)
@@ -112,7 +122,13 @@ class SynthConfig(JsonConfig):
     n_filaments: tuple[int, int] = (4, 10)
     n_rings: tuple[int, int] = (1, 4)
     n_beads: tuple[int, int] = (5, 25)
-    line_width_hr: float = 0.8  # Gaussian sigma of filaments/rings (HR pixels)
+    line_width_hr: float = option(
+        0.8,
+        help="Gaussian sigma of filaments and rings in HR pixels (e.g. 0.3 for sub-pixel "
+        "thin structures)",
+        minimum=0.0,
+        flag="--line-width",
+    )
     fine_factor: int = 2
 
     def __post_init__(self) -> None:
@@ -157,6 +173,8 @@ class SynthConfig(JsonConfig):
         for name in ("gain", "noise_map_scale_lr", "line_width_hr", "high_noise_factor"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.psf_model not in PSF_MODELS:
+            raise InputError(f"psf_model must be one of {list(PSF_MODELS)}, got {self.psf_model!r}")
         if self.phase_jitter < 0 or self.high_noise_regions < 0:
             raise InputError("phase_jitter and high_noise_regions must be >= 0")
 
@@ -258,6 +276,36 @@ class SimSampleData:
         }
 
 
+def shifted_config(cfg: SynthConfig) -> SynthConfig:
+    """``cfg`` with other optics and structures, for domain-shift tests: the ideal Airy PSF
+    instead of a Gaussian and sub-pixel thin filaments and rings (line width 0.3 HR
+    pixels instead of 0.8); everything else (sizes, photons, patterns, noise) unchanged."""
+    d = cfg.to_dict()
+    d.update(psf_model="airy", line_width_hr=0.3)
+    return SynthConfig.from_dict(d)
+
+
+def generator_psf(model: str, sigma_hr: float, hr_size: tuple[int, int], **kw):
+    """The generator's PSF on the HR grid: a Gaussian of std ``sigma_hr`` (HR pixels), or
+    (``model="airy"``) the in-focus widefield Airy PSF whose best-fitting Gaussian has that
+    std, ``sigma = 0.21 lambda / NA`` (:func:`~napari_sim_uq.tasks.sim.physics.psf.
+    gaussian_sigma_from_na`), i.e. ``lambda / NA = sigma_hr / 0.21`` HR pixels: an ideal
+    OTF with a sharp cut-off at ``2 NA / lambda`` and dark rings, which the Gaussian PSF the
+    models learn cannot represent. The Airy kernel covers 4 dark rings, cut to the largest
+    odd size that fits the HR grid."""
+    from napari_sim_uq.tasks.sim import physics
+
+    if model == "gaussian":
+        return physics.gaussian_psf(sigma_hr, **kw)
+    if model != "airy":
+        raise InputError(f"psf_model must be one of {list(PSF_MODELS)}, got {model!r}")
+    wavelength = sigma_hr / 0.21  # with na = 1 and pixel_size = 1
+    r0 = physics.psf.airy_first_zero(1.0, wavelength, 1.0)
+    fit = min(hr_size) - (1 - min(hr_size) % 2)  # largest odd size <= the grid
+    size = max(3, min(2 * math.ceil(4 * r0) + 1, fit))
+    return physics.psf.airy_psf(1.0, wavelength, 1.0, size, **kw)
+
+
 def _rngs(seed: int, index: int, noise_seed: int | None):
     content = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     if noise_seed is None:
@@ -333,7 +381,7 @@ def generate_sample(
     )
     patterns = patterns.transpose(0, 1).reshape(A * P, *cfg.hr_size)
     psf_sigma_hr = psf_sigma_lr * f
-    psf = physics.gaussian_psf(psf_sigma_hr, device=dev, dtype=f64)
+    psf = generator_psf(cfg.psf_model, psf_sigma_hr, cfg.hr_size, device=dev, dtype=f64)
     emitter = torch.as_tensor(structure.astype(np.float64) * photons, device=dev)
     clean = physics.sim_forward(emitter, patterns, psf, f, background=background)
     clean64 = clean.cpu().numpy()
@@ -351,6 +399,7 @@ def generate_sample(
         "angle_offset": float(angle_offset),
         "psf_sigma_lr": float(psf_sigma_lr),
         "psf_sigma_hr": float(psf_sigma_hr),
+        "psf_model": cfg.psf_model,
         "wave_vectors": kvec.cpu().numpy().tolist(),
         "phases": phases.tolist(),
     }
