@@ -37,6 +37,8 @@ OLD_TRAIN_FLAGS = {
     "--uq-targets", "--uq-logvar-init", "--uq-logvar-min", "--uq-logvar-max", "--uq-var-space",
     "--uq-var-floor", "--uq-psf-var-weight", "--uq-aux-rec-weight", "--uq-aux-rec-mode",
     "--beta-nll", "--camera-init", "--debug-every-epochs", "--debug-samples", "--quiet",
+    # added since (issue 15)
+    "--uq-sup-var-only",
 }  # fmt: skip
 OLD_TRAIN_GROUPS = {
     "model": {
@@ -45,7 +47,7 @@ OLD_TRAIN_GROUPS = {
     },
     "loss": {
         "--uq-var-floor", "--uq-psf-var-weight", "--uq-aux-rec-weight", "--uq-aux-rec-mode",
-        "--beta-nll", "--camera-init",
+        "--beta-nll", "--camera-init", "--uq-sup-var-only",
     },
     "debug output": {"--debug-every-epochs", "--debug-samples"},
 }  # fmt: skip
@@ -53,6 +55,8 @@ OLD_GENERATE_FLAGS = {
     "--out-dir", "--n-samples", "--lr-size", "--hr-factor", "--seed", "--split", "--angles",
     "--phases", "--modulation", "--period", "--psf-sigma", "--photons", "--background",
     "--read-noise", "--noise-regions", "--noise-factor", "--workers", "--overwrite", "--quiet",
+    # added since (issue 15: data made differently from the training data)
+    "--psf-model", "--line-width",
 }  # fmt: skip
 # options of `generate` that are not generator parameters
 GENERATE_OWN = {"out_dir", "n_samples", "seed", "split", "workers", "overwrite", "quiet"}

@@ -20,6 +20,7 @@ TINY = dict(
     n_val=2,
     n_calib=2,
     n_test=2,
+    n_shifted=2,
     lr_size=16,
     depth=1,
     base_channels=4,
@@ -56,6 +57,13 @@ def test_demo_writes_every_product(demo):
     assert saved["summary"] == res["summary"] and saved["epochs_trained"] == 2
     assert {e.stage for e in events} >= {"generate", "train", "validate", "summary"}
     assert (out / "my_notes.txt").read_text() == "keep me"
+    # the domain-shift split: other optics (Airy PSF) and thinner structures, evaluated too
+    meta = json.loads((out / "data" / "dataset.json").read_text())
+    shifted = json.loads((out / "evaluation" / "test_shifted" / "metrics.json").read_text())
+    assert shifted["split"] == "test_shifted" and shifted["n_samples"] == 2
+    assert saved["test_shifted"]["n_samples"] == 2 and saved["test"]["n_samples"] == 2
+    assert "self_check_fraction_flagged" in saved["test_shifted"]
+    assert "airy" in json.dumps(meta)
 
 
 def test_demo_calibrates_the_checkpoint_on_held_out_data(demo):

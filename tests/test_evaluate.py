@@ -309,3 +309,107 @@ def test_cli_evaluate_and_calibrate(setup, tmp_path, capsys):
     rc = main(["calibrate", *common, "--split", "unl", "--quantities", "emitter"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "no ground truth" in err
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_calibrate_stores_the_emitter_map_and_evaluate_applies_it(setup, tmp_path):
+    """The stored map is what evaluate applies: its emitter ZMS equals a recomputation
+    from predict_sim, the stored scale and the stored map (core classes only)."""
+    from napari_sim_uq.core.uq.calibrate import sigma_map_from_dict
+    from napari_sim_uq.tasks.sim.calibration import relative_intensity
+    from napari_sim_uq.tasks.sim.dataset import SimStackDataset
+    from napari_sim_uq.tasks.sim.predict import predict_sim_sync
+    from napari_sim_uq.tasks.sim.reconstruct import load_sim_model
+
+    d = setup["data"]
+    a = _copy_ckpt(setup, tmp_path, "a.pt")
+    res = _calibrate(a, d, method="map-intensity")
+    ck = load_checkpoint(a)
+    assert set(ck.extra["sigma_map"]) == {"emitter"}
+    assert res["sigma_map"]["emitter"] == ck.extra["sigma_map"]["emitter"]
+    # 3 calibration stacks are too few for a self-check reference (MIN_REFERENCE_STACKS)
+    assert res["self_check_reference"] is None and "self_check" not in ck.extra
+    assert {"scale_only", "map"} <= set(res["emitter_conditional"])
+
+    doc = _evaluate(a, d, "test")
+    em = doc["calibration"]["emitter"]
+    assert em["sigma_map_applied"] == "per-class sigma map"
+    assert len(em["by_std_decile"]) == 10
+    assert {"background", "structure", "dim", "mid", "bright"} == set(em["by_intensity"])
+    bi = em["by_intensity"]
+    assert bi["background"]["n"] + bi["structure"]["n"] == em["subset_pixels"]
+
+    smap = sigma_map_from_dict(ck.extra["sigma_map"]["emitter"])
+    s_e = ck.sigma_scale["emitter"]
+    model, ck2 = load_sim_model(a, "cpu")
+    ds = SimStackDataset(
+        str(d / "test"), supervised=True, expected_frames=9, hr_factor=F, cache=False
+    )
+    num, n = 0.0, 0
+    for i in range(len(ds)):
+        item = ds[i]
+        p = predict_sim_sync(model, item["x"].numpy(), device="cpu")
+        sig = s_e * p.emitter_std.astype(np.float64)
+        cal = smap(sig, relative_intensity(p.emitter))
+        r = item["emitter_gt"].numpy()[0] - p.emitter
+        num += float(np.sum((r / cal) ** 2))
+        n += r.size
+    assert em["zms"] == pytest.approx(num / n, rel=1e-4)
+    # the scale-only numbers are reported next to it
+    assert len(em["scale_only"]["by_std_decile"]) == 10 and em["scale_only"]["zms"] > 0
+
+    # method "scale" removes the map again; evaluate then reports no map
+    _calibrate(a, d, method="scale")
+    assert "sigma_map" not in load_checkpoint(a).extra
+    assert _evaluate(a, d, "test")["calibration"]["emitter"]["sigma_map_applied"] is None
+    with pytest.raises(InputError, match="method"):
+        _calibrate(a, d, method="isotonic")
+
+
+def test_self_check_in_evaluate_and_reconstruct(setup, tmp_path):
+    d = setup["data"]
+    a = _copy_ckpt(setup, tmp_path, "a.pt")
+    _calibrate(a, d)
+    doc = _evaluate(a, d, "test")
+    sc = doc["self_check"]
+    assert sc["n_stacks"] == doc["n_samples"]
+    assert sc["n_flagged"] == sum(not r["self_check"]["ok"] for r in doc["per_sample"])
+    assert "default range" in sc["reference"]  # no reference from 3 calibration stacks
+    # the raw ZMS of the self-check is the per-stack raw ZMS with the stored scale
+    for row in doc["per_sample"]:
+        s_raw = load_checkpoint(a).sigma_scale["raw"]
+        assert row["self_check"]["raw_zms"] == pytest.approx(
+            row["zms_unscaled"]["raw"] / s_raw**2, rel=1e-6
+        )
+    stack = sorted((d / "test").glob("*.tif"))[0]
+    rec = run(reconstruct_sim_job(stack, a, device="cpu", mc_samples=3))
+    check = rec.metadata["self_check"]
+    assert check["raw_zms"] > 0 and isinstance(check["ok"], bool) and check["message"]
+    # MC dropout: the emitter std parts are outputs too, and add up in quadrature
+    al, ep = rec.arrays["emitter_aleatoric_std"], rec.arrays["emitter_epistemic_std"]
+    tot = rec.arrays["emitter_std"]
+    assert np.sqrt(al.astype(np.float64) ** 2 + ep**2) == pytest.approx(tot, rel=1e-4, abs=1e-7)
+    rec0 = run(reconstruct_sim_job(stack, a, device="cpu"))
+    assert "emitter_epistemic_std" not in rec0.arrays
+
+
+def test_cli_evaluates_several_splits(setup, tmp_path, capsys):
+    d = setup["data"]
+    ckpt = _copy_ckpt(setup, tmp_path)
+    common = ["--checkpoint", str(ckpt), "--data-dir", str(d), "--device", "cpu", "--quiet"]
+    rc = main(["calibrate", *common, "--method", "map"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "emitter sigma map stored" in out and "ZMS per std decile" in out
+    rc = main(["evaluate", *common, "--split", "test", "val", "--out-dir", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for split in ("test", "val"):
+        doc = json.loads((tmp_path / "o" / split / "metrics.json").read_text())
+        assert doc["split"] == split
+        assert doc["calibration"]["emitter"]["sigma_map_applied"] == (
+            "per-quantile isotonic sigma map"
+        )
+        assert f"{split}: 3 stacks" in out
+    assert out.count("raw-domain self-check") == 2

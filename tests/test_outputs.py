@@ -23,6 +23,9 @@ def _rec(time_series: bool, h: int = 6, w: int = 8, f: int = 2) -> SimReconstruc
         "psf": (5, 5),
         "psf_std": (5, 5),
         "rec_std": (9, h, w),
+        # with MC dropout only
+        "emitter_aleatoric_std": (f * h, f * w),
+        "emitter_epistemic_std": (f * h, f * w),
     }
     arrays = {k: rng.random(lead + s, dtype=np.float32) for k, s in shapes.items()}
     return SimReconstruction(arrays, f, time_series, {"model_type": "sim_uq_net"})

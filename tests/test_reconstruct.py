@@ -61,8 +61,13 @@ def test_cli_writes_all_outputs_on_the_hr_grid(trained, tmp_path, capsys):
             "psf_std.tif",
             "rec_std.tif",
             "uq.json",
+            # with MC samples: the two parts of the emitter std
+            "emitter_aleatoric_std.tif",
+            "emitter_epistemic_std.tif",
         )
     )
+    # the raw-domain self-check is printed (this 2-step model does not fit the data)
+    assert "does not fit these data" in capsys.readouterr().out
     em = read_image(tmp_path / "o" / "sample_00000_emitter.tif")
     std = read_image(tmp_path / "o" / "sample_00000_emitter_std.tif")
     lp = read_image(tmp_path / "o" / "sample_00000_lp.tif")

@@ -83,9 +83,25 @@ def test_reconstruct_through_the_manifest(make_napari_viewer, qtbot, monkeypatch
     widget.mc_spin.setValue(2)
     widget.run()
     assert errors == []
-    assert [lay.name for lay in viewer.layers] == ["SIM sample", "SIM sample GT emitter", *names]
+    parts = ["SIM sample emitter aleatoric std", "SIM sample emitter epistemic std"]
+    assert [lay.name for lay in viewer.layers] == [
+        "SIM sample",
+        "SIM sample GT emitter",
+        *names,
+        *parts,
+    ]
     again = viewer.layers["SIM sample emitter"]
     assert again.metadata["sim_uq"]["reconstruction"]["mc_samples"] == 2
+    # the raw-domain self-check: in the metadata and the status line
+    check = again.metadata["sim_uq"]["reconstruction"]["self_check"]
+    assert check["ok"] and 0.5 < check["raw_zms"] < 2.0
+    assert "self-check: raw ZMS" in widget.status.text()
+    # a run without MC samples removes the std parts of the MC run (they would look current)
+    widget.mc_spin.setValue(0)
+    widget.run()
+    assert [lay.name for lay in viewer.layers] == ["SIM sample", "SIM sample GT emitter", *names]
+    widget.mc_spin.setValue(2)
+    widget.run()
     assert not np.array_equal(again.data, first)  # MC averaging changes the mean
     assert widget.worker is None and widget.run_btn.isEnabled()
 

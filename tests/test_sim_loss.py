@@ -389,3 +389,44 @@ def test_non_finite_loss_names_the_term(sample, norm, net_out):
     with pytest.raises(NonFiniteLossError) as info:
         SimLoss(cfg, F_HR)(net_out._replace(lp=lp), x, _gt(sample, scale))
     assert "sup_lp_nll" in info.value.terms and "sup_emitter_nll" not in info.value.terms
+
+
+def test_sup_var_only_keeps_the_raw_nll_out_of_the_supervised_variances(sample, norm):
+    """With ``sup_var_only`` the raw-frame NLL gives the emitter and pattern variances no
+    gradient (only the ground-truth NLL trains them); the means still get both."""
+    x, scale = norm
+    batch = _gt(sample, scale)
+
+    def grads(sup_var_only: bool, sup_weight: float):
+        with torch.no_grad():
+            out = tiny_net()(x)
+        ev = out.emitter_var.clone().requires_grad_(True)
+        lv = out.lp_var.clone().requires_grad_(True)
+        em = out.emitter.clone().requires_grad_(True)
+        o = out._replace(emitter_var=ev, lp_var=lv, emitter=em)
+        cfg = SimLossConfig(
+            supervised=True,
+            sup_emitter_weight=sup_weight,
+            sup_lp_weight=sup_weight,
+            sup_var_only=sup_var_only,
+        )
+        SimLoss(cfg, F_HR)(o, x, batch).total.backward()
+        return ev.grad, lv.grad, em.grad
+
+    ev, lv, em = grads(True, 0.0)  # raw NLL only: nothing reaches the variances
+    assert ev is None or float(ev.abs().max()) == 0.0
+    assert lv is None or float(lv.abs().max()) == 0.0
+    assert float(em.abs().max()) > 0
+    ev0, lv0, _ = grads(False, 0.0)  # the default: the raw NLL trains them too
+    assert float(ev0.abs().max()) > 0 and float(lv0.abs().max()) > 0
+    ev1, _, _ = grads(True, 1.0)  # with the supervised NLL: exactly its gradient
+    expect = torch.autograd.grad(
+        gaussian_nll(
+            batch["emitter_gt"],
+            tiny_net()(x).emitter.detach(),
+            (v := tiny_net()(x).emitter_var.detach().requires_grad_(True)),
+            1e-6,
+        ),
+        v,
+    )[0]
+    assert torch.allclose(ev1, expect, rtol=1e-4, atol=1e-12)

@@ -34,6 +34,7 @@ NARROWED = {
         "period_lr": {"minimum"},
         "psf_sigma_lr": {"minimum"},
         "high_noise_factor": {"minimum"},
+        "line_width_hr": {"minimum"},
     },
 }
 #: fields whose tooltip is the widget's own text, not the field's help (which names

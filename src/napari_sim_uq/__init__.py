@@ -28,6 +28,7 @@ _API = {
     "generate_sim": "napari_sim_uq.api",
     "train_sim": "napari_sim_uq.api",
     "evaluate_sim": "napari_sim_uq.api",
+    "calibrate_sim": "napari_sim_uq.api",
     "example_model_path": "napari_sim_uq.api",
     "reconstruct_2d": "napari_sim_uq.api",
     "anomaly_map": "napari_sim_uq.api",

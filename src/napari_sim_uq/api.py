@@ -39,6 +39,7 @@ __all__ = [
     "SimSource",
     "add_or_replace_layers",
     "anomaly_map",
+    "calibrate_sim",
     "evaluate_sim",
     "example_2d_model_path",
     "example_model_path",
@@ -197,6 +198,8 @@ def reconstruction_layer_data(rec: Any, source: SimSource, *, device: str | None
         params["device"] = device
     out = []
     for spec in SIM_OUTPUTS:
+        if spec.key not in rec.arrays:  # the std parts exist with MC dropout only
+            continue
         key, data = spec.key, rec.arrays[spec.key]
         scale, translate, labels = placement(
             spec, sc_lr, tr_lr, hr_factor=rec.hr_factor, **(lead if rec.time_series else {})
@@ -265,6 +268,22 @@ def add_or_replace_layers(viewer: Any, layer_data: list[tuple]) -> list:
     return layers
 
 
+def remove_stale_outputs(viewer: Any, source_name: str, layer_data: list[tuple]) -> list[str]:
+    """Remove the layers of an earlier SIM reconstruction of ``source_name`` that the new
+    one does not make (the emitter std parts of an MC-dropout run, when the new run has no
+    MC samples), so that no layer from another run is left looking current. Returns the
+    names removed."""
+    new = {kw["name"] for _data, kw, _kind in layer_data}
+    stale = [
+        name
+        for spec in SIM_OUTPUTS
+        if (name := f"{source_name} {spec.suffix}") not in new and name in viewer.layers
+    ]
+    for name in stale:
+        viewer.layers.remove(viewer.layers[name])
+    return stale
+
+
 # --------------------------------------------------------------------------- console API
 
 
@@ -308,6 +327,7 @@ def reconstruct_sim(
     layer_data = reconstruction_layer_data(rec, source, device=device)
     if viewer is None:
         return layer_data
+    remove_stale_outputs(viewer, source.name, layer_data)
     return add_or_replace_layers(viewer, layer_data)
 
 
@@ -360,6 +380,23 @@ def evaluate_sim(
     from napari_sim_uq.tasks.sim.evaluate import evaluate_sim_job
 
     return run(evaluate_sim_job(resolve_checkpoint(checkpoint), data_dir, split, out_dir, **kw))
+
+
+def calibrate_sim(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "val",
+    **kw,
+) -> dict:
+    """Recalibrate a checkpoint on ``data_dir/split`` (as ``sim-uq calibrate``): sigma
+    scales, the emitter sigma map (``method="map-intensity"`` by default; ``"map"``,
+    ``"scale"``) and the self-check reference are stored in the checkpoint. Other keywords
+    (``mc_samples``, ``tile``, ``device``, ``max_samples``, ``quantities``, ``out``,
+    ``n_bins``) go to :func:`~napari_sim_uq.tasks.sim.evaluate.calibrate_sim_job`."""
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.evaluate import calibrate_sim_job
+
+    return run(calibrate_sim_job(checkpoint, data_dir, split, **kw))
 
 
 # --------------------------------------------------------------------------- 2D task

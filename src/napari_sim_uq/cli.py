@@ -370,13 +370,16 @@ def _reconstruct(args: argparse.Namespace) -> int:
             f"{path}: wrote {len(written)} files to {args.out_dir}/ "
             f"(mean emitter std {float(rec.arrays['emitter_std'].mean()):.4g})"
         )
+        check = rec.metadata.get("self_check") or {}
+        if check.get("message"):
+            print(f"{path}: {check['message']}")
     return 0
 
 
 # --------------------------------------------------------------------------- evaluate, calibrate
 
 
-def _eval_common_args(p: argparse.ArgumentParser, split: str) -> None:
+def _eval_common_args(p: argparse.ArgumentParser, split: str, several: bool = False) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a trained model (best.pt)")
     p.add_argument(
         "--data-dir",
@@ -384,7 +387,16 @@ def _eval_common_args(p: argparse.ArgumentParser, split: str) -> None:
         required=True,
         help="dataset folder with <split>/ raw stacks and <split>_gt/ ground truth",
     )
-    p.add_argument("--split", default=split, help="split folder to use (default: %(default)s)")
+    if several:
+        p.add_argument(
+            "--split",
+            nargs="+",
+            default=[split],
+            help="split folder(s) to evaluate, each reported on its own (e.g. test "
+            "test_shifted; with several, results go to OUT_DIR/<split>/) (default: test)",
+        )
+    else:
+        p.add_argument("--split", default=split, help="split folder to use (default: %(default)s)")
     p.add_argument(
         "--mc-samples",
         type=int,
@@ -400,7 +412,7 @@ def _eval_common_args(p: argparse.ArgumentParser, split: str) -> None:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    _eval_common_args(p, "test")
+    _eval_common_args(p, "test", several=True)
     p.add_argument(
         "--out-dir",
         type=Path,
@@ -424,25 +436,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     from napari_sim_uq.core.events import run_with_progress
     from napari_sim_uq.tasks.sim.evaluate import evaluate_sim_job
 
-    doc = run_with_progress(
-        evaluate_sim_job(
-            args.checkpoint,
-            args.data_dir,
-            args.split,
-            args.out_dir,
-            mc_samples=args.mc_samples,
-            tile=args.tile,
-            device=args.device,
-            max_samples=args.max_samples,
-            overwrite=args.overwrite,
-        ),
-        disable=args.quiet,
-    )
+    splits = list(dict.fromkeys(args.split))
+    for split in splits:
+        out = args.out_dir if len(splits) == 1 else args.out_dir / split
+        doc = run_with_progress(
+            evaluate_sim_job(
+                args.checkpoint,
+                args.data_dir,
+                split,
+                out,
+                mc_samples=args.mc_samples,
+                tile=args.tile,
+                device=args.device,
+                max_samples=args.max_samples,
+                overwrite=args.overwrite,
+            ),
+            disable=args.quiet,
+        )
+        _print_evaluation(doc)
+    return 0
+
+
+def _print_evaluation(doc: dict) -> None:
     iq, cal = doc["image_quality"], doc["calibration"]
     scales = ", ".join(f"{k} {v:.4g}" for k, v in doc["sigma_scale"]["applied"].items())
+    emap = (cal.get("emitter") or {}).get("sigma_map_applied")
     print(
         f"{doc['split']}: {doc['n_samples']} stacks, mc_samples={doc['mc_samples']}, "
-        f"sigma scale: {scales}"
+        f"sigma scale: {scales}" + (f"; emitter sigma map: {emap}" if emap else "")
     )
     print(f"{'':<10} {'PSNR dB':>8} {'SSIM':>6} {'ZMS':>8} {'cov95':>6} {'Spearman':>8}")
     for name in ("emitter", "widefield", "lp", "raw"):
@@ -455,10 +476,32 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{_fmt(c.get('zms'), '.3g'):>8} {_fmt(c.get('cov95')):>6} "
             f"{_fmt(c.get('spearman')):>8}"
         )
+    em = cal.get("emitter") or {}
+    if em.get("by_std_decile"):
+        print("emitter " + _conditional_line(em))
+    sc = doc.get("self_check") or {}
+    if sc.get("n_stacks"):
+        lo, hi = sc["range"]
+        print(
+            f"raw-domain self-check: {sc['n_flagged']} of {sc['n_stacks']} stacks flagged "
+            f"(raw ZMS outside [{lo:.3g}, {hi:.3g}] or residual correlation > "
+            f"{sc['rho_max']:.3g}; median raw ZMS {_fmt(sc['raw_zms_median'], '.3g')})"
+        )
     for note in doc["notes"]:
         print(f"note: {note}")
     print(f"metrics: {doc['files']['metrics']}")
-    return 0
+
+
+def _conditional_line(table: dict) -> str:
+    """ZMS range over std deciles and per intensity class, one line."""
+    dec = [r["zms"] for r in table["by_std_decile"] if r.get("zms") is not None]
+    by = table.get("by_intensity") or {}
+    classes = ", ".join(
+        f"{k} {_fmt((by.get(k) or {}).get('zms'), '.3g')}"
+        for k in ("background", "structure", "dim", "mid", "bright")
+        if k in by
+    )
+    return f"ZMS per std decile {min(dec):.3g}..{max(dec):.3g}; per intensity: {classes}"
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
@@ -474,12 +517,22 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated subset of emitter,lp,raw (default: all the data allow)",
     )
+    p.add_argument(
+        "--method",
+        choices=("scale", "map", "map-intensity"),
+        default="map-intensity",
+        help="scale: one sigma scale per quantity; map: plus a monotone map of the emitter "
+        "std per std quantile; map-intensity: one such map per class of the predicted "
+        "emitter intensity (default: %(default)s)",
+    )
+    p.add_argument("--n-bins", type=int, default=10, help="std bins per map (default: %(default)s)")
 
 
 @command(
     "calibrate",
-    "fit the sigma scale s = sqrt(mean(r^2/sigma^2)) per quantity on held-out data and "
-    "store it in the checkpoint",
+    "fit the sigma scale s = sqrt(mean(r^2/sigma^2)) per quantity on held-out data, and "
+    "a monotone emitter sigma map per predicted-intensity class, and store them in the "
+    "checkpoint",
     _calibrate_args,
 )
 def _calibrate(args: argparse.Namespace) -> int:
@@ -500,6 +553,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             max_samples=args.max_samples,
             quantities=quantities,
             out=args.out,
+            method=args.method,
+            n_bins=args.n_bins,
         ),
         disable=args.quiet,
     )
@@ -515,9 +570,14 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{q:<8} {old:>8.4g} {s:>8.4g} {_fmt(b['zms'], '.4g'):>10} "
             f"{_fmt(a['zms'], '.4g'):>9} {_fmt(b['cov95']):>12} {_fmt(a['cov95']):>11}"
         )
+    cond = res.get("emitter_conditional") or {}
+    for name, label in (("scale_only", "scale only"), ("map", "with the map")):
+        if cond.get(name):
+            print(f"emitter, {label} (in-sample): " + _conditional_line(cond[name]))
     for note in res["notes"]:
         print(f"note: {note}")
-    print(f"sigma scale stored in {res['written']}")
+    stored = "sigma scale" + (" and emitter sigma map" if res.get("sigma_map") else "")
+    print(f"{stored} stored in {res['written']}")
     return 0
 
 
@@ -544,6 +604,13 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
         "--n-calib", type=int, default=d.n_calib, help="held-out stacks for the sigma scale"
     )
     p.add_argument("--n-test", type=int, default=d.n_test, help="held-out test stacks")
+    p.add_argument(
+        "--n-shifted",
+        type=int,
+        default=d.n_shifted,
+        help="held-out stacks made with other optics (Airy PSF, thin structures) to show "
+        "the uncertainty off the training distribution; 0 = none",
+    )
     p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
     p.add_argument("--hr-factor", type=int, default=d.hr_factor)
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
@@ -571,6 +638,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_val=args.n_val,
         n_calib=args.n_calib,
         n_test=args.n_test,
+        n_shifted=args.n_shifted,
         lr_size=args.size,
         hr_factor=args.hr_factor,
         mc_samples=args.mc_samples,
@@ -584,6 +652,20 @@ def _demo(args: argparse.Namespace) -> int:
         f"demo finished in {t['total_s'] / 60:.1f} min on {res['device']} "
         f"({res['epochs_trained']} epochs of training)"
     )
+    for key in ("test", "test_shifted"):
+        dg = res.get(key)
+        if not dg:
+            continue
+        lo_hi = dg["emitter_zms_by_std_decile"] or [None, None]
+        by = dg["emitter_zms_by_intensity"] or {}
+        print(
+            f"  {key + ':':<14} emitter PSNR {_fmt(dg['emitter_psnr'], '.2f')} dB (widefield "
+            f"{_fmt(dg['widefield_psnr'], '.2f')}), ZMS {_fmt(dg['emitter_zms'], '.3g')} "
+            f"(std deciles {_fmt(lo_hi[0], '.3g')}..{_fmt(lo_hi[1], '.3g')}; background "
+            f"{_fmt(by.get('background'), '.3g')}, structure {_fmt(by.get('structure'), '.3g')}), "
+            f"cov95 {_fmt(dg['emitter_cov95'])}, Spearman {_fmt(dg['emitter_spearman'], '.2f')}; "
+            f"self-check flags {_fmt(dg['self_check_fraction_flagged'], '.0%')} of the stacks"
+        )
     print(f"  summary figure   {res['summary']}")
     print(f"  test metrics     {res['evaluation']}")
     print(f"  reconstruction   {Path(res['reconstruction'][0]).parent}/")

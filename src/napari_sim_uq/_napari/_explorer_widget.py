@@ -467,13 +467,28 @@ class UncertaintyExplorerWidget(QWidget):
     def _calibration_text(cal: dict | None) -> str:
         if cal is None:
             return ""
-        return (
+        text = (
             f"calibration on {cal['n']:,} pixels: ZMS {cal['zms']:.3g} (ideal 1), "
             f"fitted sigma scale s = √ZMS = {cal['sigma_scale']:.3g}; "
             f"Spearman ρ(σ, |r|) {cal['spearman']:.3f}; coverage ±1σ "
             f"{100 * cal['cov68']:.1f} % (ideal 68.3 %), ±2σ {100 * cal['cov95']:.1f} % "
             "(ideal 95.4 %)"
         )
+        cond = cal.get("conditional")
+        if cond:
+            dec = [r["zms"] for r in cond["by_std_decile"] if r["zms"] is not None]
+            by = cond["by_intensity"]
+
+            def z(name: str) -> str:
+                v = (by.get(name) or {}).get("zms")
+                return "–" if v is None else f"{v:.3g}"
+
+            text += (
+                f"\nconditional ZMS: per std decile {min(dec):.3g} to {max(dec):.3g}; "
+                f"background {z('background')}, structure {z('structure')} "
+                f"(dim {z('dim')}, mid {z('mid')}, bright {z('bright')})"
+            )
+        return text
 
     @staticmethod
     def _scale_text(std) -> str:

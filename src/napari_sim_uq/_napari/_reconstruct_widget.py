@@ -40,6 +40,7 @@ from napari_sim_uq._napari._widgets import (
 )
 from napari_sim_uq.api import (
     reconstruction_layer_data,
+    remove_stale_outputs,
     resolve_checkpoint,
     sim_source,
 )
@@ -182,11 +183,19 @@ class ReconstructSimWidget(JobWidget):
 
         context = rec.metadata.get("context") or {}
         caveats = [context[k] for k in ("message", "tile_message") if context.get(k)]
+        # the raw-domain self-check (no ground truth needed): a model that does not explain
+        # the raw frames is flagged first
+        check = rec.metadata.get("self_check") or {}
+        if check and not check.get("ok", True):
+            caveats.insert(0, check["message"])
+        zms = check.get("raw_zms")
 
         def added(layers):
             self.last_layers = layers
             set_progress(self.progress, 1, 1)
             msg = f"done: {len(layers)} layers for '{source.name}'"
+            if zms is not None:
+                msg += f" (self-check: raw ZMS {zms:.2f})"
             if caveats:  # a small field or tile: the result lacks context (uq.inference)
                 self.status.setText(f"{msg}; warning: {caveats[0]}")
                 for text in caveats:
@@ -195,6 +204,8 @@ class ReconstructSimWidget(JobWidget):
             self.status.setText(msg)
             show_info(msg)
 
+        # std parts of an earlier MC run that this run does not make would look current
+        remove_stale_outputs(self.viewer, source.name, layer_data)
         self.adder.start(layer_data, added, self._on_error, self._on_finished)
 
     def _on_error(self, err: BaseException) -> None:

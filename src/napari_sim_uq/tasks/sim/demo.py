@@ -4,16 +4,20 @@
 dict) runs, into one output folder:
 
 1. ``data/``: a small synthetic dataset with ground truth (train, val, test and calib splits,
-   :func:`~napari_sim_uq.tasks.sim.synth.generate_dataset`);
+   :func:`~napari_sim_uq.tasks.sim.synth.generate_dataset`), and ``test_shifted``, stacks
+   made differently (Airy PSF, sub-pixel thin structures,
+   :func:`~napari_sim_uq.tasks.sim.synth.shifted_config`) to show what happens off the
+   training distribution;
 2. ``checkpoints/``: supervised training (:func:`~napari_sim_uq.tasks.sim.train.
    train_sim_job`) for at most ``epochs`` epochs or ``train_minutes`` minutes, whichever
    comes first (it stops between epochs, keeping the best checkpoint);
-3. sigma-scale calibration of ``checkpoints/best.pt`` on the ``calib`` split, held out from
-   training and model selection and larger than ``val``, because ZMS is sensitive to the
-   tails (:func:`~napari_sim_uq.tasks.sim.evaluate.calibrate_sim_job`);
+3. calibration of ``checkpoints/best.pt`` on the ``calib`` split, held out from training
+   and model selection (sigma scales and the emitter's per-intensity-class sigma map,
+   :func:`~napari_sim_uq.tasks.sim.evaluate.calibrate_sim_job`);
 4. ``evaluation/``: metrics on the held-out test split
-   (:func:`~napari_sim_uq.tasks.sim.evaluate.evaluate_sim_job`): ``metrics.json`` and
-   calibration curves;
+   (:func:`~napari_sim_uq.tasks.sim.evaluate.evaluate_sim_job`): ``metrics.json`` with the
+   calibration per std decile and intensity class, and calibration curves; the same for
+   the shifted split in ``evaluation/test_shifted/``;
 5. ``reconstruction/``: the reconstruction of the first test stack, as TIFFs
    (:func:`~napari_sim_uq.tasks.sim.reconstruct.write_reconstruction`);
 6. ``summary.png``: raw frame, widefield, emitter, emitter std, true error and the
@@ -35,6 +39,9 @@ import numpy as np
 from napari_sim_uq.core.config import JsonConfig
 from napari_sim_uq.core.errors import InputError
 
+#: The demo's domain-shift split (:func:`~napari_sim_uq.tasks.sim.synth.shifted_config`).
+SHIFTED_SPLIT = "test_shifted"
+
 #: What the demo writes into its output folder (``overwrite`` replaces only these).
 DEMO_ITEMS = ("data", "checkpoints", "evaluation", "reconstruction", "summary.png", "demo.json")
 
@@ -48,8 +55,10 @@ class DemoConfig(JsonConfig):
     out_dir: str = "sim-uq-demo"
     n_train: int = 128
     n_val: int = 16  # model selection during training
-    n_calib: int = 48  # held-out stacks for the sigma scale (ZMS is tail-sensitive)
-    n_test: int = 16
+    n_calib: int = 64  # held-out stacks for the sigma scale and map (ZMS is tail-sensitive)
+    n_test: int = 64
+    # held-out stacks made differently (Airy PSF, sub-pixel thin structures): domain shift
+    n_shifted: int = 64
     lr_size: int = 48  # raw frames are lr_size x lr_size pixels
     hr_factor: int = 2
     epochs: int = 50
@@ -69,13 +78,15 @@ class DemoConfig(JsonConfig):
             "n_val",
             "n_calib",
             "n_test",
+            "n_shifted",
             "epochs",
             "batch_size",
             "base_channels",
         ):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
+            least = 0 if name == "n_shifted" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise InputError(f"{name} must be an integer >= {least}, got {v!r}")
         if isinstance(self.lr_size, bool) or not isinstance(self.lr_size, int):
             raise InputError(f"lr_size must be an integer, got {self.lr_size!r}")
         smallest = max(8, 2 ** (self.depth + 1))
@@ -114,7 +125,12 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     from napari_sim_uq.core.io.tiff_io import read_image
     from napari_sim_uq.tasks.sim.evaluate import calibrate_sim_job, evaluate_sim_job
     from napari_sim_uq.tasks.sim.reconstruct import reconstruct_sim_job, write_reconstruction
-    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_splits
+    from napari_sim_uq.tasks.sim.synth import (
+        SPLIT_SEED_STRIDE,
+        SynthConfig,
+        generate_splits,
+        shifted_config,
+    )
     from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
 
     cfg = DemoConfig.coerce(cfg)
@@ -132,6 +148,14 @@ def demo_job(cfg: DemoConfig | dict | None = None):
     # one "generate" stage counting over all splits (split i: seed + SPLIT_SEED_STRIDE * i)
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "calib": cfg.n_calib}
     yield from generate_splits(data, counts, synth, seed=cfg.seed)
+    if cfg.n_shifted:
+        # its own seed range (after the four splits above), other optics and structures
+        yield from generate_splits(
+            data,
+            {SHIFTED_SPLIT: cfg.n_shifted},
+            shifted_config(synth),
+            seed=cfg.seed + SPLIT_SEED_STRIDE * len(counts),
+        )
     timings["generate_s"] = time.perf_counter() - t0
 
     # 2. training, stopped between epochs when the time budget would be exceeded
@@ -198,6 +222,16 @@ def demo_job(cfg: DemoConfig | dict | None = None):
         mc_samples=cfg.mc_samples,
         device=device,
     )
+    shifted = None
+    if cfg.n_shifted:
+        shifted = yield from evaluate_sim_job(
+            best,
+            data,
+            split=SHIFTED_SPLIT,
+            out_dir=out / "evaluation" / SHIFTED_SPLIT,
+            mc_samples=cfg.mc_samples,
+            device=device,
+        )
     timings["evaluate_s"] = time.perf_counter() - t0
 
     # 5. reconstruction of one held-out stack
@@ -224,6 +258,7 @@ def demo_job(cfg: DemoConfig | dict | None = None):
         emitter_std=rec.arrays["emitter_std"],
         gt=np.asarray(gt, np.float32),
         metrics=metrics,
+        shifted=shifted,
         title=f"napari-sim-uq demo: {test_stack.name} (held out)",
     )
     yield Event("summary", 1, 1, {}, str(summary))
@@ -234,6 +269,11 @@ def demo_job(cfg: DemoConfig | dict | None = None):
         "data": str(data),
         "checkpoint": str(best),
         "evaluation": str(out / "evaluation" / "metrics.json"),
+        "evaluation_shifted": None
+        if shifted is None
+        else str(out / "evaluation" / SHIFTED_SPLIT / "metrics.json"),
+        "test": _digest(metrics),
+        "test_shifted": None if shifted is None else _digest(shifted),
         "reconstruction": [str(p) for p in written],
         "summary": str(summary),
         "epochs_trained": epochs_done if stopped_early else train_result["epochs_done"],
@@ -264,6 +304,7 @@ def save_summary_figure(
     emitter_std: np.ndarray,
     gt: np.ndarray,
     metrics: dict | None = None,
+    shifted: dict | None = None,
     title: str = "",
 ) -> Path:
     """One page: raw frame, widefield (mean of the frames), emitter, emitter std, true error
@@ -295,14 +336,39 @@ def save_summary_figure(
     z = zms(err, emitter_std)
     c95 = coverage(err, emitter_std, 0.95)
     ax.set_title(f"calibration: ZMS {z:.2f}, 95% coverage {c95:.2f}", fontsize=10)
-    if metrics:
-        fig.text(0.01, 0.005, _metrics_line(metrics), fontsize=9, family="monospace")
+    lines = [_metrics_line(metrics)] if metrics else []
+    if shifted:
+        lines.append(_metrics_line(shifted, "shifted split (Airy PSF, thin structures)"))
+    if lines:
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=9, family="monospace")
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
 
 
-def _metrics_line(metrics: dict) -> str:
+def _digest(doc: dict) -> dict:
+    """The numbers of an evaluation that the demo reports (demo.json)."""
+    em = doc["calibration"].get("emitter") or {}
+    raw = doc["calibration"].get("raw") or {}
+    iq = doc.get("image_quality") or {}
+    dec = [r["zms"] for r in em.get("by_std_decile") or [] if r.get("zms") is not None]
+    by = em.get("by_intensity") or {}
+    return {
+        "split": doc["split"],
+        "n_samples": doc["n_samples"],
+        "emitter_psnr": (iq.get("emitter") or {}).get("psnr"),
+        "widefield_psnr": (iq.get("widefield") or {}).get("psnr"),
+        "emitter_zms": em.get("zms"),
+        "emitter_cov95": em.get("cov95"),
+        "emitter_spearman": em.get("spearman"),
+        "emitter_zms_by_std_decile": [min(dec), max(dec)] if dec else None,
+        "emitter_zms_by_intensity": {k: (v or {}).get("zms") for k, v in by.items()},
+        "raw_zms": raw.get("zms"),
+        "self_check_fraction_flagged": (doc.get("self_check") or {}).get("fraction_flagged"),
+    }
+
+
+def _metrics_line(metrics: dict, label: str = "test set") -> str:
     """A one-line digest of ``metrics.json`` for the figure (keys as written by evaluate)."""
     parts = []
 
@@ -316,7 +382,7 @@ def _metrics_line(metrics: dict) -> str:
 
     pe, pw = get("image_quality", "emitter", "psnr"), get("image_quality", "widefield", "psnr")
     if pe is not None and pw is not None:
-        parts.append(f"test set: emitter PSNR {pe:.2f} dB (widefield {pw:.2f} dB)")
+        parts.append(f"{label}: emitter PSNR {pe:.2f} dB (widefield {pw:.2f} dB)")
     for q in ("emitter", "raw"):
         z, c = get("calibration", q, "zms"), get("calibration", q, "cov95")
         if z is not None and c is not None:

@@ -68,6 +68,7 @@ from napari_sim_uq.core.events import Event, relay
 from napari_sim_uq.core.io.results import jsonable
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "MAX_POOLED_PIXELS",
     "QUANTITIES",
     "calibrate_sim_job",
@@ -77,6 +78,9 @@ __all__ = [
 
 #: Quantities whose calibration is evaluated and whose sigma scale can be fitted.
 QUANTITIES = ("emitter", "lp", "raw")
+#: ``calibrate_sim_job`` methods: one scale per quantity; plus a per-quantile emitter
+#: sigma map; plus one such map per class of the predicted emitter intensity.
+CALIBRATION_METHODS = ("scale", "map", "map-intensity")
 #: Pixels per quantity kept for the rank/bin-based calibration metrics (see module doc).
 MAX_POOLED_PIXELS = 2_000_000
 METRICS_FILE = "metrics.json"
@@ -160,12 +164,23 @@ class _Pool:
         self.cov = {k: [0, 0] for k in self.scales}
         self._r: list[np.ndarray] = []
         self._s: list[np.ndarray] = []
+        self._extra: dict[str, list[np.ndarray]] = {}
 
-    def add(self, target: Any, pred: Any, sigma: Any, stack_index: int) -> float | None:
-        """Add one stack; returns its unscaled ZMS (None if no valid pixel)."""
+    def add(
+        self,
+        target: Any,
+        pred: Any,
+        sigma: Any,
+        stack_index: int,
+        extra: dict[str, Any] | None = None,
+    ) -> float | None:
+        """Add one stack; returns its unscaled ZMS (None if no valid pixel). ``extra``:
+        per-pixel arrays (the shape of ``target``) kept in the subset next to ``(r, sigma)``
+        (e.g. the true relative intensity for the conditional tables)."""
         t = np.asarray(target, dtype=np.float64).ravel()
         m = np.asarray(pred, dtype=np.float64).ravel()
         s = np.asarray(sigma, dtype=np.float64).ravel()
+        ex = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in (extra or {}).items()}
         ok = np.isfinite(t) & np.isfinite(m) & np.isfinite(s) & (s > 0)
         n_ok = int(ok.sum())
         self.n_excluded += t.size - n_ok
@@ -173,6 +188,7 @@ class _Pool:
             return None
         if n_ok < t.size:
             t, m, s = t[ok], m[ok], s[ok]
+            ex = {k: v[ok] for k, v in ex.items()}
         r = t - m
         r2 = r * r
         z2 = r2 / (s * s)
@@ -189,9 +205,19 @@ class _Pool:
             rng = np.random.default_rng([self.index, int(stack_index)])
             idx = np.sort(rng.choice(n_ok, size=self.cap, replace=False))
             r, s = r[idx], s[idx]
+            ex = {k: v[idx] for k, v in ex.items()}
         self._r.append(r)
         self._s.append(s)
+        for k, v in ex.items():
+            self._extra.setdefault(k, []).append(v)
         return float(z2.mean())
+
+    def extra(self, key: str) -> np.ndarray | None:
+        """The subset's values of one ``extra`` array (aligned with :meth:`subset`)."""
+        parts = self._extra.get(key)
+        if not parts or len(parts) != len(self._r):
+            return None
+        return np.concatenate(parts)
 
     @property
     def zms_unscaled(self) -> float:
@@ -243,6 +269,16 @@ class _Pool:
         out["miscalibration_area"] = inter["miscalibration_area"]
         out["ause"] = M.ause(r_sub, sig)["ause"]
         out["subset_pixels"] = int(r_sub.size)
+        inten = self.extra("intensity")
+        if inten is not None:
+            from napari_sim_uq.core.uq.calibrate import conditional_calibration
+            from napari_sim_uq.tasks.sim.calibration import SIM_INTENSITY_CLASSES
+
+            cond = conditional_calibration(
+                r_sub, sig, inten, intensity_classes=SIM_INTENSITY_CLASSES
+            )
+            out["by_std_decile"] = cond["by_std_decile"]
+            out["by_intensity"] = cond["by_intensity"]
         out["curve"] = {
             "mean_variance": curve["mean_variance"],
             "mse": curve["mse"],
@@ -294,38 +330,6 @@ def _split_files(data_dir: Any, split: str) -> tuple[Path, bool]:
     return folder, (root / f"{split}_gt").is_dir()
 
 
-def _camera_noise(ck: Any, hr_factor: int) -> tuple[float, float, float, dict]:
-    """``(alpha, beta, var_floor, description)`` of the raw predictive variance."""
-    import torch
-
-    from napari_sim_uq.tasks.sim.loss import SimLoss, SimLossConfig
-
-    loss_cfg = ck.config.get("loss") or {}
-    cfg = SimLossConfig.from_dict(dict(loss_cfg))
-    floor = float(cfg.var_floor)
-    state = (ck.extra or {}).get("loss_state")
-    desc: dict[str, Any] = {"var_floor": floor, "model": cfg.camera_noise}
-    if cfg.camera_noise == "none":
-        desc["note"] = "the checkpoint was trained without a camera-noise term"
-        return 0.0, 0.0, floor, desc
-    if not isinstance(state, dict) or not state:
-        desc["model"] = "absent"
-        desc["note"] = "no loss state (camera noise) in the checkpoint: camera term left out"
-        return 0.0, 0.0, floor, desc
-    loss = SimLoss(cfg, hr_factor)
-    try:
-        loss.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(
-            f"checkpoint '{ck.path}': its stored loss state does not fit its loss "
-            f"configuration ({str(err).splitlines()[0]})"
-        ) from None
-    with torch.no_grad():
-        alpha, beta = float(loss.camera.alpha), float(loss.camera.beta)
-    desc.update(alpha=alpha, beta=beta)
-    return alpha, beta, floor, desc
-
-
 def _collect(
     model: Any,
     ck: Any,
@@ -340,11 +344,25 @@ def _collect(
     quantities: Sequence[str],
     scale_sets: dict[str, dict[str, float]],
     image_quality: bool,
+    sigma_maps: dict | None = None,
+    raw_scale: float = 1.0,
+    self_check_reference: dict | None = None,
 ) -> Generator[Event, None, _SplitResult]:
     """Run the model (all sigma scales 1) over the stacks of ``split``; pool residuals and
-    sigmas per quantity, and per-stack image-quality metrics when asked and possible."""
+    sigmas per quantity, and per-stack image-quality metrics when asked and possible.
+
+    With ``sigma_maps`` (the checkpoint's, :mod:`.calibration`) and an emitter pool, a
+    second pool ``"emitter_calibrated"`` holds the emitter residuals with the std the user
+    gets (the scale of ``scale_sets["checkpoint"]``, then the map). Every stack gets the
+    raw-domain self-check with the raw std times ``raw_scale``."""
     from collections import Counter
 
+    from napari_sim_uq.tasks.sim.calibration import (
+        apply_sigma_maps,
+        camera_noise,
+        raw_self_check,
+        relative_intensity,
+    )
     from napari_sim_uq.tasks.sim.dataset import SimStackDataset
     from napari_sim_uq.tasks.sim.predict import predict_sim
 
@@ -363,7 +381,7 @@ def _collect(
         cache=False,
     )
     n_items = len(ds) if max_samples is None else min(len(ds), max_samples)
-    alpha, beta, floor, camera = _camera_noise(ck, f)
+    alpha, beta, floor, camera = camera_noise(ck, f)
     cap = max(1, -(-MAX_POOLED_PIXELS // n_items))
     pools: dict[str, _Pool] = {}
     unavailable: dict[str, str] = {}
@@ -373,6 +391,10 @@ def _collect(
         else:
             scales = {name: float(s.get(q, 1.0)) for name, s in scale_sets.items()}
             pools[q] = _Pool(QUANTITIES.index(q), scales, cap)
+    emitter_scale = float(scale_sets.get("checkpoint", {}).get("emitter", 1.0))
+    calibrated = bool(sigma_maps) and "emitter" in pools and "emitter" in (sigma_maps or {})
+    if calibrated:
+        pools["emitter_calibrated"] = _Pool(QUANTITIES.index("emitter"), {"checkpoint": 1.0}, cap)
     per_sample: list[dict] = []
     names: list[str] = []
     items_per_file = Counter(ds.item_source(j)[0] for j in range(len(ds)))
@@ -393,20 +415,42 @@ def _collect(
         rec = pred.rec.astype(np.float64)
         rec_var = 0.0 if pred.rec_std is None else pred.rec_std.astype(np.float64) ** 2
         sigmas["raw"] = np.sqrt(rec_var + alpha * np.maximum(rec, 0.0) + beta + floor)
+        row["self_check"] = raw_self_check(x, rec, raw_scale * sigmas["raw"], self_check_reference)
+        if pred.emitter_std is not None:  # the model's own std (no calibration)
+            row["emitter_std_mean"] = {
+                part: None if v is None else float(np.mean(v))
+                for part, v in (
+                    ("total", sigmas["emitter"]),
+                    ("aleatoric", pred.emitter_aleatoric_std),
+                    ("epistemic", pred.emitter_epistemic_std),
+                )
+            }
+        extras: dict[str, dict] = {}
         targets = {"raw": (x, rec)}
         if want_gt:
-            targets["emitter"] = (item["emitter_gt"].numpy()[0], pred.emitter)
+            e_gt = item["emitter_gt"].numpy()[0]
+            targets["emitter"] = (e_gt, pred.emitter)
             targets["lp"] = (item["lp_gt"].numpy(), pred.lp)
+            extras["emitter"] = {
+                "intensity": relative_intensity(e_gt),
+                "covariate": relative_intensity(pred.emitter),
+            }
+            if calibrated and pred.emitter_std is not None:
+                pred.emitter_std = pred.emitter_std * np.float32(emitter_scale)
+                apply_sigma_maps(pred, sigma_maps)
+                sigmas["emitter_calibrated"] = pred.emitter_std
+                targets["emitter_calibrated"] = targets["emitter"]
+                extras["emitter_calibrated"] = extras["emitter"]
         zms_row = {}
         for q, pool in list(pools.items()):
-            if sigmas[q] is None:
+            if sigmas.get(q) is None:
                 unavailable[q] = (
                     f"the model predicts no {q} uncertainty (not in uq_targets and mc_samples=0)"
                 )
                 del pools[q]
                 continue
             tgt, mu = targets[q]
-            zms_row[q] = pool.add(tgt, mu, sigmas[q], i)
+            zms_row[q] = pool.add(tgt, mu, sigmas[q], i, extras.get(q))
         row["zms_unscaled"] = zms_row
         # ---- image quality (ground-truth units)
         if want_gt and image_quality:
@@ -467,6 +511,26 @@ def _unit_scales() -> dict[str, float]:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _self_check_summary(rows: list[dict]) -> dict:
+    """Fraction of stacks the raw-domain self-check flags, and its ZMS range."""
+    checks = [r["self_check"] for r in rows if r.get("self_check")]
+    zms = [c["raw_zms"] for c in checks if c["raw_zms"] is not None]
+    flagged = [r["name"] for r in rows if r.get("self_check") and not r["self_check"]["ok"]]
+    first = checks[0] if checks else {}
+    return {
+        "range": first.get("range"),
+        "rho_max": first.get("rho_max"),
+        "reference": first.get("reference"),
+        "n_stacks": len(checks),
+        "n_flagged": len(flagged),
+        "fraction_flagged": len(flagged) / len(checks) if checks else None,
+        "raw_zms_median": float(np.median(zms)) if zms else None,
+        "raw_zms_min": float(np.min(zms)) if zms else None,
+        "raw_zms_max": float(np.max(zms)) if zms else None,
+        "flagged": flagged,
+    }
+
+
 def evaluate_sim_job(
     checkpoint: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -501,8 +565,15 @@ def evaluate_sim_job(
             raise FileExistsError(
                 f"not overwriting existing results: {', '.join(existing)} (use --overwrite)"
             )
+    from napari_sim_uq.tasks.sim.calibration import (
+        stored_self_check_reference,
+        stored_sigma_maps,
+    )
+
     model, ck, dev, mc, max_n = _prepare(checkpoint, device, mc_samples, tile, max_samples)
     applied = {q: float((ck.sigma_scale or {}).get(q, 1.0)) for q in QUANTITIES}
+    maps = stored_sigma_maps(ck)
+    reference = stored_self_check_reference(ck)
     res = yield from _collect(
         model,
         ck,
@@ -516,20 +587,34 @@ def evaluate_sim_job(
         quantities=QUANTITIES,
         scale_sets={"checkpoint": applied, "unscaled": _unit_scales()},
         image_quality=True,
+        sigma_maps=maps,
+        raw_scale=applied["raw"],
+        self_check_reference=reference,
     )
 
     calibration: dict[str, Any] = {}
     curves = {}
+    moments = ("zms", "calib_ratio", "cov68", "cov95", "nll", "mean_variance")
     for q in QUANTITIES:
         pool = res.pools.get(q)
         if pool is None:
             calibration[q] = {"available": False, "reason": res.unavailable.get(q, "")}
             continue
-        rep = pool.report(applied[q], "checkpoint")
+        cal_pool = res.pools.get(f"{q}_calibrated")
+        if cal_pool is not None:  # scale, then the stored sigma map
+            rep = cal_pool.report(1.0, "checkpoint")
+            rep["sigma_scale_applied"] = applied[q]
+            rep["sigma_map_applied"] = maps[q].to_dict()["kind"]
+            scale_only = pool.report(applied[q], "checkpoint")
+            rep["scale_only"] = {
+                k: scale_only.get(k)
+                for k in (*moments, "spearman", "by_std_decile", "by_intensity")
+            }
+        else:
+            rep = pool.report(applied[q], "checkpoint")
+            rep["sigma_map_applied"] = None
         unscaled = pool.report(1.0, "unscaled", full=False)
-        rep["unscaled"] = {
-            k: unscaled[k] for k in ("zms", "calib_ratio", "cov68", "cov95", "nll", "mean_variance")
-        }
+        rep["unscaled"] = {k: unscaled[k] for k in moments}
         rep["available"] = True
         curves[q] = rep["curve"]
         calibration[q] = rep
@@ -548,6 +633,11 @@ def evaluate_sim_job(
             None if pe is None or pw is None else pe - pw
         )
 
+    self_check = _self_check_summary(res.per_sample)
+    std_parts = {
+        part: _mean_of([r.get("emitter_std_mean") or {} for r in res.per_sample], part)
+        for part in ("total", "aleatoric", "epistemic")
+    }
     notes = []
     if not res.has_gt:
         notes.append(
@@ -597,6 +687,8 @@ def evaluate_sim_job(
         "notes": notes,
         "image_quality": image_quality,
         "calibration": calibration,
+        "self_check": self_check,
+        "emitter_std_mean": std_parts,
         "per_sample": res.per_sample,
     }
     if targets is not None:
@@ -606,7 +698,14 @@ def evaluate_sim_job(
         files = {"metrics": str(targets["metrics"])}
         if curves:
             titles = [f"{q} (s = {applied[q]:.3g})" for q in curves]
-            save_calibration_curves(curves, targets["curves"], titles=titles)
+            em = calibration.get("emitter") or {}
+            save_calibration_curves(
+                curves,
+                targets["curves"],
+                titles=titles,
+                conditional=em if em.get("by_std_decile") else None,
+                conditional_title=f"emitter ZMS per std decile / intensity ({split})",
+            )
             files["calibration_curves"] = str(targets["curves"])
         doc["files"] = files
         text = json.dumps(jsonable(doc), indent=2, allow_nan=False)
@@ -621,6 +720,40 @@ def evaluate_sim_job(
 # --------------------------------------------------------------------------- calibrate
 
 
+def _fit_maps(pool: Any, scale: float | None, method: str, n_bins: int) -> tuple[dict, dict]:
+    """The emitter sigma map of ``method`` fitted on the pool's subset (``{}`` for
+    ``"scale"`` or without an emitter pool), and the in-sample conditional tables."""
+    from napari_sim_uq.core.uq.calibrate import SigmaMap, conditional_calibration
+    from napari_sim_uq.tasks.sim.calibration import (
+        SIM_INTENSITY_CLASSES,
+        fit_emitter_map,
+    )
+
+    if pool is None or scale is None:
+        return {}, {}
+    r, s = pool.subset()
+    sig = scale * s
+    inten, cov = pool.extra("intensity"), pool.extra("covariate")
+
+    def table(sigma: np.ndarray) -> dict:
+        if inten is None:
+            return {}
+        c = conditional_calibration(r, sigma, inten, intensity_classes=SIM_INTENSITY_CLASSES)
+        return {k: c[k] for k in ("pooled", "by_std_decile", "by_intensity")}
+
+    tables = {"scale_only": table(sig)}
+    if method == "scale":
+        return {}, tables
+    if method == "map":
+        smap = SigmaMap.fit(r, sig, n_bins)
+        after = smap(sig)
+    else:
+        smap = fit_emitter_map(r, sig, cov, n_bins)
+        after = smap(sig, cov)
+    tables["map"] = table(after)
+    return {"emitter": smap}, tables
+
+
 def calibrate_sim_job(
     checkpoint: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -632,9 +765,16 @@ def calibrate_sim_job(
     max_samples: int | None = None,
     quantities: Sequence[str] | None = None,
     out: str | os.PathLike | None = None,
+    method: str = "map-intensity",
+    n_bins: int = 10,
 ) -> Generator[Event, None, dict]:
     """Job: fit ``s = sqrt(mean(r^2 / sigma^2))`` per quantity on ``data_dir/split`` and
-    store it in the checkpoint.
+    store it in the checkpoint; for the emitter (``method`` other than ``"scale"``) also a
+    monotone map of the scaled std (:mod:`.calibration`): ``"map"`` one per-quantile map
+    (:class:`~napari_sim_uq.core.uq.calibrate.SigmaMap`, ``n_bins`` bins of sigma),
+    ``"map-intensity"`` (default) one per class of the predicted emitter's relative
+    intensity (:func:`~napari_sim_uq.tasks.sim.calibration.fit_emitter_map`). ``"scale"``
+    removes a stored map.
 
     ``sigma`` is the model's own sigma (the checkpoint's current scales are not applied),
     so calibrating twice gives the same scales. ``quantities``: any of ``"emitter"``,
@@ -646,9 +786,16 @@ def calibrate_sim_job(
     new checkpoint file ``out`` (never replacing an existing file).
 
     Returns ``{"checkpoint", "written", "split", "n_samples", "fitted", "sigma_scale",
-    "previous_sigma_scale", "before", "after", "unscaled", "n_pixels", "notes"}``; ``before``
-    / ``after`` hold ZMS, cov68 and cov95 with the previous / new scales.
+    "previous_sigma_scale", "method", "sigma_map", "before", "after", "unscaled",
+    "emitter_conditional", "n_pixels", "notes"}``; ``before`` / ``after`` hold ZMS, cov68
+    and cov95 with the previous / new scales (``after``: scale only), and
+    ``emitter_conditional`` the emitter's tables per std decile and intensity class
+    (in-sample, on the calibration split) with the scale only and with the map.
     """
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 2:
+        raise InputError(f"n_bins must be an integer >= 2, got {n_bins!r}")
     if quantities is None:
         requested, explicit = list(QUANTITIES), False
     else:
@@ -691,6 +838,7 @@ def calibrate_sim_job(
         quantities=requested,
         scale_sets={"before": before_scales, "unscaled": _unit_scales()},
         image_quality=False,
+        raw_scale=1.0,
     )
     if explicit:
         missing = [q for q in requested if q not in res.pools]
@@ -713,22 +861,36 @@ def calibrate_sim_job(
             )
         fitted[q] = s
     new_scales = {**previous, **fitted}
-    if out is None:
-        from napari_sim_uq.core.io.checkpoint import update_sigma_scale
-
-        update_sigma_scale(target, new_scales)
+    maps, conditional = _fit_maps(res.pools.get("emitter"), fitted.get("emitter"), method, n_bins)
+    if not maps and method != "scale":
+        notes_map = ["no emitter sigma map: the emitter was not calibrated (no ground truth)"]
     else:
-        ck.with_sigma_scale(new_scales).save(target, overwrite=False)
+        notes_map = []
+    from napari_sim_uq.core.io.checkpoint import update_calibration
+    from napari_sim_uq.tasks.sim.calibration import self_check_reference
+
+    reference = self_check_reference(
+        [r["self_check"] for r in res.per_sample], float(new_scales.get("raw", 1.0))
+    )
+    update_calibration(
+        checkpoint,
+        new_scales,
+        {q: m.to_dict() for q, m in maps.items()},
+        out=None if out is None else target,
+        extra={"self_check": reference},
+    )
 
     def short(rep: dict) -> dict:
         return {k: rep[k] for k in ("zms", "cov68", "cov95", "nll")}
+
+    res.pools.pop("emitter_calibrated", None)
 
     before = {
         q: short(p.report(before_scales[q], "before", full=False)) for q, p in res.pools.items()
     }
     after = {q: short(p.report(fitted[q], None, full=False)) for q, p in res.pools.items()}
     unscaled = {q: short(p.report(1.0, "unscaled", full=False)) for q, p in res.pools.items()}
-    notes = [f"{q} not fitted: {w}" for q, w in res.unavailable.items()]
+    notes = [f"{q} not fitted: {w}" for q, w in res.unavailable.items()] + notes_map
     return jsonable(
         {
             "checkpoint": str(checkpoint),
@@ -740,6 +902,10 @@ def calibrate_sim_job(
             "fitted": fitted,
             "sigma_scale": new_scales,
             "previous_sigma_scale": previous,
+            "method": method,
+            "sigma_map": {q: m.to_dict() for q, m in maps.items()},
+            "self_check_reference": reference,
+            "emitter_conditional": conditional,
             "before": before,
             "after": after,
             "unscaled": unscaled,

@@ -53,6 +53,12 @@ the NLL was used; ``sup_<name>_mse`` is always logged and is the contribution wh
 no ``sup_<name>_nll``. ``supervised=True`` with neither key in the batch raises
 :class:`InputError` (a missing ground truth is a setup mistake, not silently skipped).
 
+``sup_var_only`` (issue 15): with ground truth, the raw-frame NLL sees the emitter and
+pattern variances detached, so only the supervised NLL against the ground truth trains them.
+Otherwise the raw NLL pushes every misfit of the camera-noise model (a per-stack read-noise
+map that the scalar ``beta`` cannot represent) into ``Var(e)`` as well, which inflates the
+emitter std on the dark background.
+
 Auxiliary term: ``mean |x - y|`` (``"l1"``) or ``1 - MS-SSIM(y, x)`` (``"ms-ssim"``,
 :func:`napari_sim_uq.core.uq.metrics.ms_ssim`, every frame a channel, data range
 ``max(x) - min(x)`` of the batch). Five scales with an 11-pixel window need at least 176
@@ -153,6 +159,13 @@ class SimLossConfig(JsonConfig):
         flag="--uq-aux-rec-mode",
     )
     supervised: bool = False  # add NLL terms against emitter / light-pattern ground truth
+    sup_var_only: bool = option(
+        False,
+        help="supervised training: the emitter and pattern variances learn from the "
+        "ground-truth NLL only (held fixed in the raw-frame NLL, so camera-noise misfit does "
+        "not leak into them)",
+        flag="--uq-sup-var-only",
+    )
     sup_emitter_weight: float = 1.0
     sup_lp_weight: float = 1.0
     raw_weight: float = 1.0  # weight of the raw-frame NLL
@@ -331,14 +344,21 @@ class SimLoss(nn.Module):
             elif out.psf_var is not None:
                 var_psf, psf_sum_to_one = out.psf_var, True
         background = 0.0 if out.background is None else out.background
+        var_e, var_l = out.emitter_var, out.lp_var
+        if cfg.supervised and cfg.sup_var_only and batch is not None:
+            # the supervised NLL alone trains these variances (module docstring)
+            if var_e is not None and "emitter_gt" in batch:
+                var_e = var_e.detach()
+            if var_l is not None and "lp_gt" in batch:
+                var_l = var_l.detach()
         y_mean, y_var_model = forward_mean_and_variance(
             out.emitter,
             out.lp,
             out.psf,
             self.hr_factor,
             background,
-            var_emitter=out.emitter_var,
-            var_patterns=out.lp_var,
+            var_emitter=var_e,
+            var_patterns=var_l,
             var_psf=var_psf,
             psf_var_weight=cfg.psf_var_weight,
             psf_sum_to_one=psf_sum_to_one,

@@ -33,6 +33,10 @@ SIM_OUTPUTS = (
     OutputSpec("psf", "PSF", "inferno", "own"),
     OutputSpec("psf_std", "PSF std", "magma", "own"),
     OutputSpec("rec_std", "reconstruction std", "magma", "raw", frame_axis=True),
+    # with MC dropout only: the two parts of the emitter std (total^2 = aleatoric^2 +
+    # epistemic^2); absent arrays make no file and no layer
+    OutputSpec("emitter_aleatoric_std", "emitter aleatoric std", "magma", "hr"),
+    OutputSpec("emitter_epistemic_std", "emitter epistemic std", "magma", "hr"),
 )
 OUTPUTS = tuple(o.key for o in SIM_OUTPUTS)
 
@@ -92,6 +96,14 @@ def reconstruct_sim_job(
     from napari_sim_uq.core.data.normalization import Normalization
     from napari_sim_uq.core.devices import resolve_device
     from napari_sim_uq.core.io.tiff_io import ImageRecord, read_image
+    from napari_sim_uq.tasks.sim.calibration import (
+        apply_sigma_maps,
+        camera_noise,
+        raw_predictive_std,
+        raw_self_check,
+        stored_self_check_reference,
+        stored_sigma_maps,
+    )
     from napari_sim_uq.tasks.sim.dataset import frames_from_array
     from napari_sim_uq.tasks.sim.predict import predict_sim
 
@@ -113,8 +125,12 @@ def reconstruct_sim_job(
     mode = norm_cfg.get("mode", "percentile")
     gt_norm = norm_cfg.get("gt_norm", "raw")
     sigma_scale = {k: float(v) for k, v in (ck.sigma_scale or {}).items()}
+    maps = stored_sigma_maps(ck)
+    reference = stored_self_check_reference(ck)
+    camera = camera_noise(ck, int(model.hr_factor))
     context = model_context(ck, model)
     per_t: list[dict[str, np.ndarray]] = []
+    checks: list[dict] = []
     n_t = frames.shape[0]
     for t in range(n_t):
         norm = Normalization(mode=mode).fit(frames[t], what=what)
@@ -132,11 +148,27 @@ def reconstruct_sim_job(
             warn_small_input=warn_small_input,
         )
         pred = yield from relay(job, f"time point {t + 1}/{n_t}: ")
+        apply_sigma_maps(pred, maps)
+        # raw-domain self-check (no ground truth): the model's raw std was already scaled
+        # by sigma_scale["raw"] inside rec_std; the camera part is scaled here
+        raw_std = sigma_scale.get("raw", 1.0) * raw_predictive_std(
+            pred.rec,
+            None if pred.rec_std is None else pred.rec_std / sigma_scale.get("raw", 1.0),
+            camera[:3],
+        )
+        checks.append(raw_self_check(x, pred.rec, raw_std, reference))
         # back to the input's intensity units: the emitter lives in the raw data's scale
         # (gt_norm "raw"), patterns and PSF are unitless, rec is a raw-frame prediction
         e_scale = norm.scale if gt_norm == "raw" else 1.0
+        parts = {}
+        if mc_samples and pred.emitter_epistemic_std is not None:
+            parts = {
+                "emitter_aleatoric_std": _std(pred.emitter_aleatoric_std, pred.emitter) * e_scale,
+                "emitter_epistemic_std": pred.emitter_epistemic_std * e_scale,
+            }
         per_t.append(
             {
+                **parts,
                 "emitter": pred.emitter * e_scale,
                 "emitter_std": _std(pred.emitter_std, pred.emitter) * e_scale,
                 "lp": pred.lp,
@@ -166,6 +198,8 @@ def reconstruct_sim_job(
             for k in ("tile", "overlap", "blend_margin", "n_tiles", "tiling_exact")
         },
         "sigma_scale": sigma_scale,
+        "sigma_map": {q: m.to_dict()["kind"] for q, m in maps.items()},
+        "self_check": _combine_checks(checks),
         # small fields (uq.inference, "Small inputs"): limited is True when the field was
         # smaller than the context the model was trained with
         "context": pred.meta["context"],
@@ -179,6 +213,20 @@ def reconstruct_sim_job(
         else "sqrt(aleatoric variance)",
     }
     return SimReconstruction(arrays, model.hr_factor, n_t > 1 and layout.kind == "sim_t", meta)
+
+
+def _combine_checks(checks: list[dict]) -> dict:
+    """One self-check for all time points: the worst one's message, every ZMS."""
+    if len(checks) == 1:
+        return checks[0]
+    bad = [c for c in checks if not c["ok"]]
+    worst = max(checks, key=lambda c: abs(np.log(c["raw_zms"])) if c["raw_zms"] else np.inf)
+    return {
+        **worst,
+        "ok": not bad,
+        "per_time_point": [c["raw_zms"] for c in checks],
+        "message": (f"{len(bad)} of {len(checks)} time points: " if bad else "") + worst["message"],
+    }
 
 
 def _std(std, like):
@@ -200,7 +248,8 @@ def write_reconstruction(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder '{out_dir}' is a file")
-    targets = {k: out_dir / f"{name}_{k}.tif" for k in OUTPUTS}
+    keys = [k for k in OUTPUTS if k in rec.arrays]
+    targets = {k: out_dir / f"{name}_{k}.tif" for k in keys}
     targets["json"] = out_dir / f"{name}_uq.json"
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
@@ -211,6 +260,8 @@ def write_reconstruction(
     written = []
     md = {"sim_uq": {"reconstruction": rec.metadata}}
     for spec in SIM_OUTPUTS:
+        if spec.key not in rec.arrays:
+            continue
         arr = rec.arrays[spec.key]
         scale, translate, labels = placement(
             spec,
@@ -236,13 +287,13 @@ def write_reconstruction(
         )
     summary = {
         **rec.metadata,
-        "outputs": {k: str(targets[k].name) for k in OUTPUTS},
+        "outputs": {k: str(targets[k].name) for k in keys},
         "summary": {
             k: {
                 "mean": float(np.mean(rec.arrays[k])),
                 "p95": float(np.percentile(rec.arrays[k], 95)),
             }
-            for k in OUTPUTS
+            for k in keys
             if k.endswith("std")
         },
     }
