@@ -38,7 +38,7 @@ OLD_TRAIN_FLAGS = {
     "--uq-var-floor", "--uq-psf-var-weight", "--uq-aux-rec-weight", "--uq-aux-rec-mode",
     "--beta-nll", "--camera-init", "--debug-every-epochs", "--debug-samples", "--quiet",
     # added since (issue 15)
-    "--uq-sup-var-only",
+    "--uq-sup-var-only", "--uq-structure-weight",
 }  # fmt: skip
 OLD_TRAIN_GROUPS = {
     "model": {
@@ -47,7 +47,7 @@ OLD_TRAIN_GROUPS = {
     },
     "loss": {
         "--uq-var-floor", "--uq-psf-var-weight", "--uq-aux-rec-weight", "--uq-aux-rec-mode",
-        "--beta-nll", "--camera-init", "--uq-sup-var-only",
+        "--beta-nll", "--camera-init", "--uq-sup-var-only", "--uq-structure-weight",
     },
     "debug output": {"--debug-every-epochs", "--debug-samples"},
 }  # fmt: skip

@@ -430,3 +430,23 @@ def test_sup_var_only_keeps_the_raw_nll_out_of_the_supervised_variances(sample, 
         v,
     )[0]
     assert torch.allclose(ev1, expect, rtol=1e-4, atol=1e-12)
+
+
+def test_structure_weight_reweights_the_emitter_nll(sample, norm, net_out):
+    """``sup_structure_weight`` a: the emitter NLL is the mean of ``w * nll`` with w = 1 + a
+    on pixels above 1 % of the ground truth's bright level, normalised to mean 1."""
+    x, scale = norm
+    batch = _gt(sample, scale)
+    gt = batch["emitter_gt"].double()
+    nll = gaussian_nll(gt, net_out.emitter.double(), net_out.emitter_var.double(), 1e-6, 0, "none")
+    structure = (gt > 0.01 * torch.quantile(gt.flatten(), 0.999)).double()
+    assert 0.01 < float(structure.mean()) < 0.9
+    for a in (0.0, 4.0):
+        w = 1.0 + a * structure
+        w = w / w.mean()
+        want = float((w * nll).mean())
+        cfg = SimLossConfig(supervised=True, sup_structure_weight=a)
+        got = SimLoss(cfg, F_HR)(net_out, x, batch).terms["sup_emitter_nll"]
+        assert got == pytest.approx(want, rel=1e-4)
+    with pytest.raises(InputError, match="sup_structure_weight"):
+        SimLossConfig(sup_structure_weight=-1.0)

@@ -159,6 +159,14 @@ class SimLossConfig(JsonConfig):
         flag="--uq-aux-rec-mode",
     )
     supervised: bool = False  # add NLL terms against emitter / light-pattern ground truth
+    sup_structure_weight: float = option(
+        0.0,
+        help="supervised training: extra weight of the structure pixels (true emitter above "
+        "1 %% of its bright level) in the emitter NLL, w = 1 + this, weights normalised to "
+        "mean 1 per image; 0 = plain NLL",
+        minimum=0.0,
+        flag="--uq-structure-weight",
+    )
     sup_var_only: bool = option(
         False,
         help="supervised training: the emitter and pattern variances learn from the "
@@ -197,6 +205,7 @@ class SimLossConfig(JsonConfig):
         if not isinstance(self.supervised, bool):
             raise InputError(f"supervised must be true or false, got {self.supervised!r}")
         real_param("sup_emitter_weight", self.sup_emitter_weight, minimum=0.0)
+        real_param("sup_structure_weight", self.sup_structure_weight, minimum=0.0)
         real_param("sup_lp_weight", self.sup_lp_weight, minimum=0.0)
         real_param("raw_weight", self.raw_weight, minimum=0.0)
         sup = self.supervised and (self.sup_emitter_weight > 0 or self.sup_lp_weight > 0)
@@ -210,6 +219,18 @@ class SimLossConfig(JsonConfig):
 # --------------------------------------------------------------------------------------
 # the loss
 # --------------------------------------------------------------------------------------
+
+
+def _structure_weights(gt: torch.Tensor, extra: float) -> torch.Tensor:
+    """Per-pixel weights ``1 + extra`` on structure pixels (``gt`` above 1 % of its 99.9th
+    percentile, per image) and 1 elsewhere, normalised to mean 1 per image (detached)."""
+    with torch.no_grad():
+        flat = gt.flatten(1).float()
+        q = torch.quantile(flat, 0.999, dim=1).clamp_min(1e-12)
+        structure = (flat > 0.01 * q[:, None]).to(gt.dtype)
+        w = 1.0 + extra * structure
+        w = w / w.mean(dim=1, keepdim=True)
+    return w.reshape(gt.shape)
 
 
 @dataclass
@@ -398,6 +419,12 @@ class SimLoss(nn.Module):
                 if var is None:
                     losses[f"sup_{name}_mse"] = mse
                     weights[f"sup_{name}_mse"] = wt
+                elif name == "emitter" and cfg.sup_structure_weight > 0:
+                    nll = gaussian_nll(gt, mean, var, cfg.var_floor, cfg.beta_nll, "none")
+                    w = _structure_weights(gt, cfg.sup_structure_weight)
+                    losses[f"sup_{name}_nll"] = (w * nll).mean()
+                    weights[f"sup_{name}_nll"] = wt
+                    logs[f"sup_{name}_mse"] = mse
                 else:
                     losses[f"sup_{name}_nll"] = gaussian_nll(
                         gt, mean, var, cfg.var_floor, cfg.beta_nll
