@@ -13,7 +13,7 @@ from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import run
 from napari_sim_uq.core.io.checkpoint import load_checkpoint
 from napari_sim_uq.core.io.tiff_io import read_image
-from napari_sim_uq.tasks.sim.demo import DemoConfig, demo_job
+from napari_sim_uq.tasks.sim.demo import STRUCTURE_WEIGHT, DemoConfig, demo_job
 
 TINY = dict(
     n_train=4,
@@ -71,6 +71,9 @@ def test_demo_calibrates_the_checkpoint_on_held_out_data(demo):
     ck = load_checkpoint(out / "checkpoints" / "best.pt")
     scale = ck.sigma_scale
     assert scale["raw"] != 1.0 and scale["emitter"] != 1.0
+    # trained with the structure weight, calibrated with the emitter sigma map
+    assert ck.config["loss"]["sup_structure_weight"] == STRUCTURE_WEIGHT > 0
+    assert set(ck.extra["sigma_map"]) == {"emitter"}
     # the reconstruction applies it: its uq.json records the same scale
     uq = json.loads((out / "reconstruction" / "sample_00000_uq.json").read_text())
     assert uq["sigma_scale"]["emitter"] == pytest.approx(scale["emitter"])
@@ -97,6 +100,8 @@ def test_demo_refuses_to_replace_an_earlier_demo(demo, tmp_path):
         ({"lr_size": 4}, "lr_size"),
         ({"train_minutes": 0}, "train_minutes"),
         ({"mc_samples": -1}, "mc_samples"),
+        ({"structure_weight": -1.0}, "structure_weight"),
+        ({"n_shifted": -1}, "n_shifted"),
     ],
 )
 def test_demo_bad_options(kw, match, tmp_path):

@@ -611,6 +611,13 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
         help="held-out stacks made with other optics (Airy PSF, thin structures) to show "
         "the uncertainty off the training distribution; 0 = none",
     )
+    p.add_argument(
+        "--structure-weight",
+        type=float,
+        default=d.structure_weight,
+        help="extra weight of structure pixels in the supervised emitter NLL "
+        "(default: %(default)s; 0 = plain NLL)",
+    )
     p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
     p.add_argument("--hr-factor", type=int, default=d.hr_factor)
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
@@ -639,6 +646,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_calib=args.n_calib,
         n_test=args.n_test,
         n_shifted=args.n_shifted,
+        structure_weight=args.structure_weight,
         lr_size=args.size,
         hr_factor=args.hr_factor,
         mc_samples=args.mc_samples,
