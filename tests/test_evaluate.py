@@ -413,3 +413,17 @@ def test_cli_evaluates_several_splits(setup, tmp_path, capsys):
         )
         assert f"{split}: 3 stacks" in out
     assert out.count("raw-domain self-check") == 2
+
+
+def test_reconstruct_without_a_usable_camera_state_skips_only_the_self_check(setup, tmp_path):
+    import dataclasses
+
+    a = _copy_ckpt(setup, tmp_path, "a.pt")
+    ck = load_checkpoint(a)
+    extra = {**ck.extra, "loss_state": {"camera.nonsense": torch.zeros(3)}}
+    dataclasses.replace(ck, extra=extra).save(a, overwrite=True)
+    stack = sorted((setup["data"] / "test").glob("*.tif"))[0]
+    rec = run(reconstruct_sim_job(stack, a, device="cpu"))
+    assert rec.arrays["emitter"].shape == (32, 32)
+    check = rec.metadata["self_check"]
+    assert check["raw_zms"] is None and "not available" in check["message"]
