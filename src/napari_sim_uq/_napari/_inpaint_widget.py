@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout
+from qtpy.QtWidgets import QComboBox
 
 from napari_sim_uq._napari._reconstruct2d_widget import Image2DJobWidget
 from napari_sim_uq._napari._widgets import (
@@ -35,11 +34,9 @@ from napari_sim_uq._napari._widgets import (
     MissingRegionChoice,
     PreparedJobMixin,
     browse_checkpoint,
+    build_job_dock,
     checkpoint_field,
-    progress_bar,
-    run_buttons,
     signature_defaults,
-    status_label,
     watch_layers,
 )
 from napari_sim_uq.api import image2d_source, inpaint_2d, inpaint_2d_job, resolve_mae_checkpoint
@@ -193,38 +190,28 @@ class InpaintWidget(PreparedJobMixin, Image2DJobWidget):
             ),
         )
 
-        self.run_btn, self.stop_btn, buttons = run_buttons(self.run_text, self.run, self.stop)
-        self.stop_btn.setToolTip("stop at the next progress step; no layer is changed")
-        self.progress = progress_bar()
-        self.status = status_label()
-        self.result_label = QLabel(NO_RESULT)
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.result_label.setToolTip(
-            "the mean std of the missing pixels (image units); with 'random tokens' the "
-            "PSNR of the hidden pixels (normalised units) next to biharmonic inpainting of "
-            "the same pixels; the leave-out check: observed pixels that some passes hid, "
-            "predicted against their known values: their RMS error over the passes' RMS "
-            "spread is this image's error ratio, which multiplies its std"
+        build_job_dock(
+            self,
+            [
+                ("image layer", self.layer_combo),
+                ("missing region", self.mask_combo),
+                ("token ratio", self.ratio_spin),
+                ("passes", self.samples_spin),
+                ("drop visible", self.drop_spin),
+                ("seed", self.seed_spin),
+                ("checkpoint", checkpoint_row),
+                ("device", self.device_combo),
+            ],
+            advanced=self.advanced,
+            result_text=NO_RESULT,
+            result_tip=(
+                "the mean std of the missing pixels (image units); with 'random tokens' the "
+                "PSNR of the hidden pixels (normalised units) next to biharmonic inpainting of "
+                "the same pixels; the leave-out check: observed pixels that some passes hid, "
+                "predicted against their known values: their RMS error over the passes' RMS "
+                "spread is this image's error ratio, which multiplies its std"
+            ),
         )
-
-        self.form = form = QFormLayout()
-        form.addRow("image layer", self.layer_combo)
-        form.addRow("missing region", self.mask_combo)
-        form.addRow("token ratio", self.ratio_spin)
-        form.addRow("passes", self.samples_spin)
-        form.addRow("drop visible", self.drop_spin)
-        form.addRow("seed", self.seed_spin)
-        form.addRow("checkpoint", checkpoint_row)
-        form.addRow("device", self.device_combo)
-        self.box = box = QVBoxLayout(self)
-        box.addLayout(form)
-        box.addWidget(self.advanced)
-        box.addLayout(buttons)
-        box.addWidget(self.progress)
-        box.addWidget(self.status)
-        box.addWidget(self.result_label)
-        box.addStretch(1)
 
         self.mask_combo.currentTextChanged.connect(self._update_ratio)
         watch_layers(self.viewer, self._refresh_layers)

@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections import Counter
 
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout
+from qtpy.QtWidgets import QComboBox
 
 from napari_sim_uq._napari._reconstruct2d_widget import Image2DJobWidget
 from napari_sim_uq._napari._widgets import (
@@ -36,11 +35,9 @@ from napari_sim_uq._napari._widgets import (
     MissingRegionChoice,
     PreparedJobMixin,
     browse_checkpoint,
+    build_job_dock,
     checkpoint_field,
-    progress_bar,
-    run_buttons,
     signature_defaults,
-    status_label,
     watch_layers,
 )
 from napari_sim_uq.api import (
@@ -199,38 +196,28 @@ class PosteriorWidget(PreparedJobMixin, Image2DJobWidget):
             ),
         )
 
-        self.run_btn, self.stop_btn, buttons = run_buttons(self.run_text, self.run, self.stop)
-        self.stop_btn.setToolTip("stop at the next progress step; no layer is changed")
-        self.progress = progress_bar()
-        self.status = status_label()
-        self.result_label = QLabel(NO_RESULT)
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.result_label.setToolTip(
-            "the posterior modes found (weights: their share of the posterior mass), the "
-            "noise std used, and the chi^2 per observed pixel at the MAP (about 1 when the "
-            "model and the noise level fit the data; much larger: the image is unlike the "
-            "training images or the noise is underestimated)"
+        build_job_dock(
+            self,
+            [
+                ("image layer", self.layer_combo),
+                ("missing region", self.mask_combo),
+                ("noise std", self.noise_auto),
+                ("", self.noise_spin),
+                ("samples", self.samples_spin),
+                ("starts", self.starts_spin),
+                ("seed", self.seed_spin),
+                ("checkpoint", checkpoint_row),
+                ("device", self.device_combo),
+            ],
+            advanced=self.advanced,
+            result_text=NO_RESULT,
+            result_tip=(
+                "the posterior modes found (weights: their share of the posterior mass), the "
+                "noise std used, and the chi^2 per observed pixel at the MAP (about 1 when the "
+                "model and the noise level fit the data; much larger: the image is unlike the "
+                "training images or the noise is underestimated)"
+            ),
         )
-
-        self.form = form = QFormLayout()
-        form.addRow("image layer", self.layer_combo)
-        form.addRow("missing region", self.mask_combo)
-        form.addRow("noise std", self.noise_auto)
-        form.addRow("", self.noise_spin)
-        form.addRow("samples", self.samples_spin)
-        form.addRow("starts", self.starts_spin)
-        form.addRow("seed", self.seed_spin)
-        form.addRow("checkpoint", checkpoint_row)
-        form.addRow("device", self.device_combo)
-        self.box = box = QVBoxLayout(self)
-        box.addLayout(form)
-        box.addWidget(self.advanced)
-        box.addLayout(buttons)
-        box.addWidget(self.progress)
-        box.addWidget(self.status)
-        box.addWidget(self.result_label)
-        box.addStretch(1)
 
         watch_layers(self.viewer, self._refresh_layers)
         self._refresh_layers()

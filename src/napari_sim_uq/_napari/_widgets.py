@@ -697,6 +697,47 @@ class MissingRegionChoice:
         return mask
 
 
+def build_job_dock(
+    widget: QWidget,
+    rows: list[tuple[str, Any]],
+    *,
+    advanced: QWidget | None = None,
+    result_text: str | None = None,
+    result_tip: str = "",
+    stop_tip: str = "stop at the next progress step; no layer is changed",
+) -> QVBoxLayout:
+    """The layout of a dock widget that runs one job: a form of ``rows`` (label, widget),
+    the ``advanced`` section, Run / Stop buttons, progress bar, status line and, with
+    ``result_text``, a selectable, word-wrapped result label. Sets ``widget.run_btn``,
+    ``stop_btn``, ``progress``, ``status``, ``result_label`` (``None`` without
+    ``result_text``), ``form`` and ``box`` (returned); Run and Stop call ``widget.run``
+    and ``widget.stop``."""
+    widget.run_btn, widget.stop_btn, buttons = run_buttons(widget.run_text, widget.run, widget.stop)
+    widget.stop_btn.setToolTip(stop_tip)
+    widget.progress = progress_bar()
+    widget.status = status_label()
+    widget.result_label = None
+    if result_text is not None:
+        widget.result_label = QLabel(result_text)
+        widget.result_label.setWordWrap(True)
+        widget.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        widget.result_label.setToolTip(result_tip)
+    widget.form = form = QFormLayout()
+    for label, field_widget in rows:
+        form.addRow(label, field_widget)
+    widget.box = box = QVBoxLayout(widget)
+    box.addLayout(form)
+    if advanced is not None:
+        box.addWidget(advanced)
+    box.addLayout(buttons)
+    box.addWidget(widget.progress)
+    box.addWidget(widget.status)
+    if widget.result_label is not None:
+        box.addWidget(widget.result_label)
+    box.addStretch(1)
+    return box
+
+
 def status_label(text: str = "ready", lines: int = 2) -> QLabel:
     """A word-wrapped status line at least ``lines`` lines high, so that messages of up
     to that many lines do not move what lies below it."""
