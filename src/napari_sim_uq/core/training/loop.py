@@ -116,22 +116,25 @@ class ImageTrainOptions(TrainOptions):
         choices=lambda: _norm_modes(),
     )
 
+    def patch_dataset(self, source: str, seed: int, degradation=None):
+        """Random ``patch`` crops of the images in ``source`` (``patches_per_image`` per
+        image, ``norm_mode``), degraded by ``degradation`` when given, drawn with ``seed``."""
+        from napari_sim_uq.core.data.images2d import PatchDataset
+
+        return PatchDataset(
+            source,
+            patch=self.patch,
+            patches_per_image=self.patches_per_image,
+            degradation=degradation,
+            seed=seed,
+            norm_mode=self.norm_mode,
+        )
+
     def clean_patch_datasets(self):
         """``(train, val)`` datasets of random clean ``patch`` crops (no degradation): the
         training images with ``seed``; the validation images (or, without ``val_dir``,
         other crops of the training images) with ``seed + 1``, fixed over the run."""
-        from napari_sim_uq.core.data.images2d import PatchDataset
-
-        def dataset(source: str, seed: int) -> PatchDataset:
-            return PatchDataset(
-                source,
-                patch=self.patch,
-                patches_per_image=self.patches_per_image,
-                seed=seed,
-                norm_mode=self.norm_mode,
-            )
-
-        return dataset(self.data_dir, self.seed), dataset(
+        return self.patch_dataset(self.data_dir, self.seed), self.patch_dataset(
             self.val_dir or self.data_dir, self.seed + 1
         )
 

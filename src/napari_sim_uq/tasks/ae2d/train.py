@@ -76,7 +76,6 @@ def train_2d_job(cfg: Train2DConfig):
 def _setup(cfg: Train2DConfig, device) -> TrainSetup:
 
     from napari_sim_uq.core.data.degrade import parse_degradations
-    from napari_sim_uq.core.data.images2d import PatchDataset
     from napari_sim_uq.tasks.ae2d.loss import AE2DLoss
     from napari_sim_uq.tasks.ae2d.net import AE2DConfig, build_model
 
@@ -89,19 +88,9 @@ def _setup(cfg: Train2DConfig, device) -> TrainSetup:
         )
     degradation = parse_degradations(cfg.degrade)
 
-    def dataset(source: str, seed: int) -> PatchDataset:
-        return PatchDataset(
-            source,
-            patch=cfg.patch,
-            patches_per_image=cfg.patches_per_image,
-            degradation=degradation,
-            seed=seed,
-            norm_mode=cfg.norm_mode,
-        )
-
-    train_ds = dataset(cfg.data_dir, cfg.seed)
+    train_ds = cfg.patch_dataset(cfg.data_dir, cfg.seed, degradation)
     # validation patches are fixed (the same every epoch: a comparable loss)
-    val_ds = dataset(cfg.val_dir, cfg.seed + 1) if cfg.val_dir else None
+    val_ds = cfg.patch_dataset(cfg.val_dir, cfg.seed + 1, degradation) if cfg.val_dir else None
     model = build_model(model_cfg).to(device)
     criterion = AE2DLoss(model_cfg, decoupled=cfg.variance_loss == "decoupled").to(device)
 
