@@ -427,3 +427,35 @@ def test_reconstruct_without_a_usable_camera_state_skips_only_the_self_check(set
     assert rec.arrays["emitter"].shape == (32, 32)
     check = rec.metadata["self_check"]
     assert check["raw_zms"] is None and "not available" in check["message"]
+
+
+def test_map_calibrated_with_mc_then_evaluated_without_an_emitter_std(setup, tmp_path):
+    """A model without an emitter variance head, calibrated with MC dropout (so an emitter
+    map is stored) and evaluated without: the emitter is reported unavailable once, with
+    the reason, and nothing else breaks."""
+    d = setup["data"]
+    tc = TrainConfig(
+        train_glob=str(d / "train" / "*.tif"),
+        ckpt_dir=str(tmp_path / "ck"),
+        epochs=1,
+        batch_size=3,
+        device="cpu",
+        max_steps=1,
+        model={
+            "base_channels": 4,
+            "depth": 1,
+            "psf_size": 5,
+            "hr_factor": F,
+            "uq_targets": ["lp", "psf"],
+        },
+    )
+    run(train_sim_job(tc))
+    ck = tmp_path / "ck" / "best.pt"
+    _calibrate(ck, d, mc_samples=2)
+    assert "emitter" in load_checkpoint(ck).extra["sigma_map"]
+    doc = _evaluate(ck, d, "test")
+    em = doc["calibration"]["emitter"]
+    assert em == {"available": False, "reason": em["reason"]} and "emitter" in em["reason"]
+    assert not any("emitter_calibrated" in n for n in doc["notes"])
+    assert sum(n.startswith("emitter:") for n in doc["notes"]) == 1
+    assert doc["calibration"]["raw"]["available"]

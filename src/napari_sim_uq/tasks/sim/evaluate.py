@@ -444,9 +444,11 @@ def _collect(
         zms_row = {}
         for q, pool in list(pools.items()):
             if sigmas.get(q) is None:
-                unavailable[q] = (
-                    f"the model predicts no {q} uncertainty (not in uq_targets and mc_samples=0)"
-                )
+                if q in QUANTITIES:  # the calibrated twin goes with its quantity
+                    unavailable[q] = (
+                        f"the model predicts no {q} uncertainty (not in uq_targets and "
+                        "mc_samples=0)"
+                    )
                 del pools[q]
                 continue
             tgt, mu = targets[q]
