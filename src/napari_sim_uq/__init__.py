@@ -29,6 +29,8 @@ _API = {
     "train_sim": "napari_sim_uq.api",
     "evaluate_sim": "napari_sim_uq.api",
     "calibrate_sim": "napari_sim_uq.api",
+    "wiener_sim": "napari_sim_uq.api",
+    "estimate_sim_patterns": "napari_sim_uq.api",
     "example_model_path": "napari_sim_uq.api",
     "reconstruct_2d": "napari_sim_uq.api",
     "anomaly_map": "napari_sim_uq.api",

@@ -40,6 +40,7 @@ __all__ = [
     "add_or_replace_layers",
     "anomaly_map",
     "calibrate_sim",
+    "estimate_sim_patterns",
     "evaluate_sim",
     "example_2d_model_path",
     "example_model_path",
@@ -67,6 +68,7 @@ __all__ = [
     "train_mae",
     "train_sim",
     "train_vae",
+    "wiener_sim",
     "write_training_images_2d",
 ]
 
@@ -1111,3 +1113,89 @@ def train_mae(data_dir_or_layers: Any, out_dir: str | os.PathLike, **options) ->
     from napari_sim_uq.core.events import run
 
     return run(train_2d_job_from(data_dir_or_layers, out_dir, task="mae2d", **options))
+
+
+# --------------------------------------------------------------------------- classical SIM
+
+
+def _sim_frames(source: SimSource, n_angles: int | None, n_phases: int | None):
+    a = int(n_angles or source.angles or 3)
+    p = int(n_phases or source.phases or 3)
+    data = np.asarray(source.data)
+    if data.ndim == 4 and data.shape[:2] == (a, p):
+        data = data.reshape(a * p, *data.shape[2:])
+    if data.ndim != 3 or data.shape[0] != a * p:
+        raise InputError(
+            f"{source.name}: expected one raw SIM stack of {a * p} frames ({a} angles x {p} "
+            f"phases), got shape {tuple(data.shape)}"
+        )
+    return data, a, p
+
+
+def estimate_sim_patterns(
+    layer_or_array: Any,
+    *,
+    n_angles: int | None = None,
+    n_phases: int | None = None,
+    **options,
+):
+    """Estimate the illumination (wave vectors, per-frame phases, modulation, PSF width)
+    of one raw SIM stack without a model; returns a
+    :class:`~napari_sim_uq.tasks.sim.classical.estimate.PatternEstimate` whose ``ok`` and
+    ``messages`` say which angles failed and why. Keywords as
+    :func:`~napari_sim_uq.tasks.sim.classical.estimate.estimate_patterns` (``psf_sigma``,
+    ``binning``, ``period_range``, ``min_confidence``)."""
+    from napari_sim_uq.tasks.sim.classical.estimate import estimate_patterns
+
+    source = sim_source(layer_or_array)
+    data, a, p = _sim_frames(source, n_angles, n_phases)
+    return estimate_patterns(data, a, p, **options)
+
+
+def wiener_sim(
+    layer_or_array: Any,
+    viewer: Any = None,
+    *,
+    hr_factor: int = 2,
+    name: str | None = None,
+    n_angles: int | None = None,
+    n_phases: int | None = None,
+    estimate: Any = None,
+    **options,
+):
+    """Classical Wiener SIM reconstruction of one raw stack (as ``sim-uq wiener``): the
+    illumination is estimated from the stack (or taken from ``estimate``), the bands are
+    separated and combined by a generalised Wiener filter. Returns an image layer tuple
+    ``"<source> Wiener SIM"`` on the HR grid (the estimate in its metadata), or adds it to
+    ``viewer``. Keywords: ``wiener``, ``otf_floor``, ``apodization_bend``, ``psf_sigma``,
+    ``binning``, ``period_range``, ... (:func:`~napari_sim_uq.tasks.sim.classical.wiener.
+    wiener_sim_array`). A stack whose pattern cannot be estimated raises an
+    :class:`InputError` that says why."""
+    from napari_sim_uq.core.io.outputs import hr_scale_translate
+    from napari_sim_uq.tasks.sim.classical.wiener import wiener_sim_array
+
+    source = sim_source(layer_or_array, name)
+    data, a, p = _sim_frames(source, n_angles, n_phases)
+    res = wiener_sim_array(data, estimate, hr_factor=hr_factor, n_angles=a, n_phases=p, **options)
+    sc, tr = hr_scale_translate(source.scale[-2:], source.translate[-2:], res.params["hr_factor"])
+    layer = (
+        res.image,
+        {
+            "name": f"{source.name} Wiener SIM",
+            "scale": sc,
+            "translate": tr,
+            "colormap": "gray",
+            "metadata": {
+                "sim_uq": {
+                    "output": "wiener",
+                    "source": source.name,
+                    "wiener": res.params,
+                    "patterns": res.estimate.to_dict(),
+                }
+            },
+        },
+        "image",
+    )
+    if viewer is not None:
+        return add_or_replace_layers(viewer, [layer])
+    return [layer]
