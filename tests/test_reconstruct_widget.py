@@ -136,3 +136,32 @@ def test_missing_checkpoint_and_no_layer(make_napari_viewer, tmp_path, errors):
     widget.run()
     assert "does not exist" in errors[-1]
     assert widget.worker is None and widget.run_btn.isEnabled()
+
+
+def test_wiener_baseline_and_pattern_check(make_napari_viewer, monkeypatch, errors):
+    """The Wiener option adds a classical reconstruction on the emitter's grid and the
+    spectrum/carrier layers whose carriers are the estimate of the console function."""
+    from napari_sim_uq import estimate_sim_patterns
+
+    monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "sim_stack")
+    widget = _dock(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.wiener_check.setChecked(True)
+    widget.run()
+    assert errors == []
+    wiener = viewer.layers["SIM sample Wiener SIM"]
+    emitter = viewer.layers["SIM sample emitter"]
+    assert wiener.data.shape == emitter.data.shape
+    np.testing.assert_allclose(wiener.scale, emitter.scale)
+    np.testing.assert_allclose(wiener.translate, emitter.translate)
+    est = estimate_sim_patterns(viewer.layers["SIM sample"])
+    carriers = viewer.layers["SIM sample carriers"]
+    assert carriers.data.shape == (6, 2) and not carriers.visible
+    # +k and -k of each angle sit symmetrically about the spectrum's centre bin
+    np.testing.assert_allclose(carriers.data[0::2] + carriers.data[1::2], np.full((3, 2), 96.0))
+    np.testing.assert_allclose(carriers.data[0::2, 1] - 48, est.wave_vectors[:, 0] * 96)
+    assert viewer.layers["SIM sample power spectrum"].data.shape == (96, 96)
+    meta = wiener.metadata["sim_uq"]["patterns"]
+    np.testing.assert_allclose(meta["periods_raw_px"], est.periods)

@@ -22,6 +22,7 @@ The napari widget (``_napari/_reconstruct_widget.py``) goes through the same hel
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "inpaint_2d_job",
     "layer_data_2d",
     "mask_from_layer",
+    "pattern_diagnostics_layers",
     "posterior_2d",
     "posterior_2d_job",
     "reconstruct_2d",
@@ -136,8 +138,11 @@ def _is_layer(obj: Any) -> bool:
 
 
 def sim_source(layer_or_array: Any, name: str | None = None) -> SimSource:
-    """A :class:`SimSource` from a napari Image layer, an array or a file path."""
+    """A :class:`SimSource` from a napari Image layer, an array, a file path or a
+    :class:`SimSource` (returned as it is, renamed when ``name`` is given)."""
     angles = phases = None
+    if isinstance(layer_or_array, SimSource):
+        return dataclasses.replace(layer_or_array, name=name or layer_or_array.name)
     if _is_layer(layer_or_array):
         layer = layer_or_array
         if getattr(layer, "multiscale", False):
@@ -242,18 +247,25 @@ def _is_napari_image(layer: Any) -> bool:
 
 
 def add_or_replace_layers(viewer: Any, layer_data: list[tuple]) -> list:
-    """Add image layer tuples to ``viewer``; a layer of the same name is updated in place.
+    """Add image (and points) layer tuples to ``viewer``; an image layer of the same name
+    is updated in place.
 
     An existing Image layer with the same number of dimensions gets the new data, scale,
     translate and metadata (its display settings other than contrast are kept); any other
-    layer of that name is removed and a new one added. Returns the layers, in order.
+    layer of that name is removed and a new one added. Points layers are always replaced.
+    Returns the layers, in order.
     """
     layers = []
     for data, kwargs, kind in layer_data:
-        if kind != "image":
-            raise InputError(f"internal: only image layers are supported, got {kind!r}")
+        if kind not in ("image", "points"):
+            raise InputError(f"internal: only image and points layers are supported, got {kind!r}")
         name = kwargs["name"]
         old = viewer.layers[name] if name in viewer.layers else None
+        if kind == "points":
+            if old is not None:
+                viewer.layers.remove(old)
+            layers.append(viewer.add_points(data, **kwargs))
+            continue
         if _is_napari_image(old) and old.ndim == np.ndim(data) and not old.rgb:
             old.data = data
             old.scale = kwargs["scale"]
@@ -375,7 +387,7 @@ def evaluate_sim(
     """Evaluate a checkpoint on ``data_dir/split`` (as ``sim-uq evaluate``); the metrics.
 
     ``checkpoint=None`` evaluates the bundled example model. Other keywords
-    (``mc_samples``, ``tile``, ``device``, ``max_samples``, ``overwrite``) go to
+    (``mc_samples``, ``tile``, ``device``, ``max_samples``, ``overwrite``, ``wiener``) go to
     :func:`~napari_sim_uq.tasks.sim.evaluate.evaluate_sim_job`.
     """
     from napari_sim_uq.core.events import run
@@ -1152,6 +1164,63 @@ def estimate_sim_patterns(
     return estimate_patterns(data, a, p, **options)
 
 
+def pattern_diagnostics_layers(source: SimSource, estimate: Any) -> list[tuple]:
+    """Layers to check an illumination estimate by eye, as in the reference SIM tools: the
+    log power spectrum of the raw frames (mean over frames, zero frequency in the centre)
+    and a Points layer with the estimated carriers ``+-k_a`` of every angle, labelled with
+    the angle, period, modulation and whether the estimate passed its checks. The
+    spectrum sits to the right of the raw frames (its own grid: one pixel per frequency
+    bin), hidden until the user shows it."""
+    data = np.asarray(source.data, dtype=np.float64)
+    frames = data.reshape(-1, *data.shape[-2:])
+    h, w = frames.shape[-2:]
+    power = np.abs(np.fft.fft2(frames - frames.mean(axis=(-2, -1), keepdims=True))) ** 2
+    spec = np.fft.fftshift(np.log10(power.mean(axis=0) + 1e-12)).astype(np.float32)
+    sc = tuple(float(v) for v in source.scale[-2:])
+    tr = (float(source.translate[-2]), float(source.translate[-1]) + (w + 4) * sc[1])
+    cy, cx = h // 2, w // 2  # the centre bin after fftshift
+    points, labels, ok = [], [], []
+    for a, k in enumerate(estimate.wave_vectors):
+        for sgn in (1, -1):
+            points.append((cy + sgn * k[1] * h, cx + sgn * k[0] * w))
+            labels.append(
+                f"angle {a}: period {estimate.periods[a]:.3f} px, m {estimate.modulation[a]:.2f}"
+                + ("" if estimate.ok[a] else " (failed)")
+            )
+            ok.append(bool(estimate.ok[a]))
+    meta = {"sim_uq": {"output": "pattern_diagnostics", "source": source.name}}
+    spectrum = (
+        spec,
+        {
+            "name": f"{source.name} power spectrum",
+            "scale": sc,
+            "translate": tr,
+            "colormap": "magma",
+            "visible": False,
+            "metadata": {**meta, "patterns": estimate.to_dict()},
+        },
+        "image",
+    )
+    carriers = (
+        np.asarray(points, np.float64).reshape(-1, 2),
+        {
+            "name": f"{source.name} carriers",
+            "scale": sc,
+            "translate": tr,
+            "size": max(3.0, 0.04 * min(h, w)),
+            "symbol": "ring",
+            "face_color": "transparent",
+            "border_color": ["cyan" if v else "red" for v in ok],
+            "properties": {"label": labels, "ok": ok},
+            "text": {"string": "{label}", "size": 8, "color": "white", "anchor": "upper_left"},
+            "visible": False,
+            "metadata": meta,
+        },
+        "points",
+    )
+    return [spectrum, carriers]
+
+
 def wiener_sim(
     layer_or_array: Any,
     viewer: Any = None,
@@ -1161,6 +1230,7 @@ def wiener_sim(
     n_angles: int | None = None,
     n_phases: int | None = None,
     estimate: Any = None,
+    diagnostics: bool = False,
     **options,
 ):
     """Classical Wiener SIM reconstruction of one raw stack (as ``sim-uq wiener``): the
@@ -1169,8 +1239,9 @@ def wiener_sim(
     ``"<source> Wiener SIM"`` on the HR grid (the estimate in its metadata), or adds it to
     ``viewer``. Keywords: ``wiener``, ``otf_floor``, ``apodization_bend``, ``psf_sigma``,
     ``binning``, ``period_range``, ... (:func:`~napari_sim_uq.tasks.sim.classical.wiener.
-    wiener_sim_array`). A stack whose pattern cannot be estimated raises an
-    :class:`InputError` that says why."""
+    wiener_sim_array`). ``diagnostics``: also the power-spectrum and carrier layers of
+    :func:`pattern_diagnostics_layers`. A stack whose pattern cannot be estimated raises
+    an :class:`InputError` that says why."""
     from napari_sim_uq.core.io.outputs import hr_scale_translate
     from napari_sim_uq.tasks.sim.classical.wiener import wiener_sim_array
 
@@ -1196,6 +1267,9 @@ def wiener_sim(
         },
         "image",
     )
+    layers = [layer]
+    if diagnostics:
+        layers += pattern_diagnostics_layers(source, res.estimate)
     if viewer is not None:
-        return add_or_replace_layers(viewer, [layer])
-    return [layer]
+        return add_or_replace_layers(viewer, layers)
+    return layers

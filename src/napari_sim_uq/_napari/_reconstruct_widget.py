@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -43,6 +44,7 @@ from napari_sim_uq.api import (
     remove_stale_outputs,
     resolve_checkpoint,
     sim_source,
+    wiener_sim,
 )
 from napari_sim_uq.core.devices import DEVICE_CHOICES
 from napari_sim_uq.core.errors import SimUqError
@@ -88,6 +90,12 @@ class ReconstructSimWidget(JobWidget):
         self.tile_spin.setToolTip("tile size in raw pixels to bound memory (0: whole image)")
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
+        self.wiener_check = QCheckBox("also classical Wiener SIM + pattern check")
+        self.wiener_check.setToolTip(
+            "estimate the illumination (wave vectors, phases, modulation) from the raw "
+            "frames and add a Wiener SIM reconstruction next to the model's, with the "
+            "power spectrum and the estimated carriers (hidden layers) to check the estimate"
+        )
 
         self.run_btn, self.stop_btn, buttons = run_buttons("Run", self.run, self.stop)
         self.progress = progress_bar()
@@ -99,6 +107,7 @@ class ReconstructSimWidget(JobWidget):
         form.addRow("MC samples", self.mc_spin)
         form.addRow("tile size", self.tile_spin)
         form.addRow("device", self.device_combo)
+        form.addRow("", self.wiener_check)
         box = QVBoxLayout(self)
         box.addLayout(form)
         box.addLayout(buttons)
@@ -162,23 +171,34 @@ class ReconstructSimWidget(JobWidget):
         self._set_running(True)
         self.status.setText(f"reconstructing '{source.name}' …")
         self._source_device = (source, device)
+        want_wiener = self.wiener_check.isChecked()
         self.runner.start(
-            lambda: reconstruct_sim_job(source.data, ckpt, **job_kw),
+            lambda: (
+                _with_wiener(reconstruct_sim_job(source.data, ckpt, **job_kw), source)
+                if want_wiener
+                else reconstruct_sim_job(source.data, ckpt, **job_kw)
+            ),
             torch_threads=default_torch_threads(),
         )
 
     # ------------------------------------------------------------------ GUI-thread slots
     # (stop and _on_event: JobWidget's defaults)
 
-    def _on_returned(self, rec) -> None:
-        self._show_result(rec, *self._source_device)
+    def _on_returned(self, result) -> None:
+        rec, extra = result if isinstance(result, tuple) else (result, None)
+        self._show_result(rec, *self._source_device, extra=extra)
 
-    def _show_result(self, rec, source, device) -> None:
+    def _show_result(self, rec, source, device, extra=None) -> None:
         try:
             layer_data = reconstruction_layer_data(rec, source, device=device)
         except Exception as err:  # shown, not raised
             self._on_error(err)
             return
+        wiener_note = None
+        if isinstance(extra, str):  # the Wiener baseline failed: say why, keep the rest
+            wiener_note = extra
+        elif extra:
+            layer_data = layer_data + extra
         self.status.setText(f"adding {len(layer_data)} layers …")
 
         context = rec.metadata.get("context") or {}
@@ -188,6 +208,8 @@ class ReconstructSimWidget(JobWidget):
         check = rec.metadata.get("self_check") or {}
         if check and not check.get("ok", True):
             caveats.insert(0, check["message"])
+        if wiener_note:
+            caveats.append(wiener_note)
         zms = check.get("raw_zms")
 
         def added(layers):
@@ -228,3 +250,21 @@ class ReconstructSimWidget(JobWidget):
         self.stop_btn.setEnabled(running)
         if running:
             set_waiting(self.progress, "reconstructing …")
+
+
+def _with_wiener(job, source):
+    """The reconstruction job, then the Wiener SIM baseline and the pattern diagnostics
+    of the same stack; returns ``(rec, layers)``, or ``(rec, message)`` when the
+    illumination cannot be estimated (the model's result is still shown)."""
+    from napari_sim_uq.core.events import Event
+
+    rec = yield from job
+    if rec.time_series:
+        return rec, "Wiener SIM is made for single stacks, not time series: skipped"
+    yield Event("wiener", 0, 1, message="Wiener SIM: estimating the illumination …")
+    try:
+        layers = wiener_sim(source, hr_factor=rec.hr_factor, diagnostics=True)
+    except SimUqError as err:
+        return rec, f"no Wiener SIM: {err}"
+    yield Event("wiener", 1, 1, message="Wiener SIM done")
+    return rec, layers

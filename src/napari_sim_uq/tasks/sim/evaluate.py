@@ -138,6 +138,51 @@ def _image_quality(pred: np.ndarray, gt: np.ndarray, *, per_frame_ssim: bool) ->
     return out
 
 
+def _wiener_row(raw: np.ndarray, model: Any, gt: np.ndarray) -> dict:
+    """Wiener SIM of one stack (illumination estimated from it) scored like the widefield
+    baseline (affine fit to the ground truth); ``{"failed": why}`` when the estimate
+    fails."""
+    from napari_sim_uq.tasks.sim.classical.estimate import estimate_patterns
+    from napari_sim_uq.tasks.sim.classical.wiener import wiener_sim_array
+
+    a_n, p_n = int(model.cfg.n_angles), int(model.cfg.n_phases)
+    try:
+        est = estimate_patterns(raw, a_n, p_n)
+    except InputError as err:
+        return {"failed": str(err)}
+    if not est.all_ok:
+        return {"failed": "; ".join(est.messages)}
+    img = wiener_sim_array(
+        raw, est, hr_factor=int(model.hr_factor), n_angles=a_n, n_phases=p_n
+    ).image.astype(np.float64)
+    a, b = _affine_fit(img, gt)
+    out = _image_quality(a * img + b, gt, per_frame_ssim=False)
+    out["affine_fit"] = [a, b]
+    out["periods_raw_px"] = est.periods.tolist()
+    return out
+
+
+def _wiener_summary(rows: list[dict]) -> dict:
+    """Means of the Wiener SIM row over the stacks where it ran, and the emitter and
+    widefield PSNR over the same stacks (a like-for-like comparison)."""
+    done = [r for r in rows if "wiener" in r and "failed" not in r["wiener"]]
+    failed = [r["name"] for r in rows if "failed" in (r.get("wiener") or {})]
+    out: dict[str, Any] = {
+        "wiener": {k: _mean_of([r["wiener"] for r in done], k) for k in ("psnr", "ssim", "nrmse")},
+        "wiener_n": len(done),
+        "wiener_failed": len(failed),
+        "wiener_failed_stacks": failed,
+    }
+    same = {key: _mean_of([r[key] for r in done], "psnr") for key in ("emitter", "widefield")}
+    pw, pn = same["widefield"], out["wiener"]["psnr"]
+    out["wiener_same_stacks"] = {
+        "emitter_psnr": same["emitter"],
+        "widefield_psnr": pw,
+        "wiener_psnr_gain_over_widefield_db": None if pw is None or pn is None else pn - pw,
+    }
+    return out
+
+
 def _mean_of(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
     return float(np.mean(vals)) if vals else None
@@ -347,6 +392,7 @@ def _collect(
     sigma_maps: dict | None = None,
     raw_scale: float = 1.0,
     self_check_reference: dict | None = None,
+    wiener: bool = False,
 ) -> Generator[Event, None, _SplitResult]:
     """Run the model (all sigma scales 1) over the stacks of ``split``; pool residuals and
     sigmas per quantity, and per-stack image-quality metrics when asked and possible.
@@ -470,6 +516,8 @@ def _collect(
             row["emitter"]["affine_fit"] = [a_em, b_em]
             row["widefield"] = _image_quality(a_wf * wf + b_wf, gt, per_frame_ssim=False)
             row["widefield"]["affine_fit"] = [a_wf, b_wf]
+            if wiener:
+                row["wiener"] = _wiener_row(raw, model, gt)
             lp_gt = item["lp_gt"].numpy().astype(np.float64)
             row["lp"] = _image_quality(pred.lp.astype(np.float64), lp_gt, per_frame_ssim=True)
         per_sample.append(row)
@@ -544,8 +592,14 @@ def evaluate_sim_job(
     device: str = "auto",
     max_samples: int | None = None,
     overwrite: bool = False,
+    wiener: bool = True,
 ) -> Generator[Event, None, dict]:
     """Job: evaluate ``checkpoint`` on the stacks of ``data_dir/split``.
+
+    ``wiener``: also reconstruct each stack with classical Wiener SIM (illumination
+    estimated from the stack, :mod:`~napari_sim_uq.tasks.sim.classical`) as a second
+    baseline next to widefield (``image_quality["wiener"]``; stacks whose estimate fails
+    are counted in ``wiener_failed`` and left out of its means).
 
     Returns the metrics document (a dict of plain JSON values; conventions in the module
     docstring and ``docs/metrics.md``). With ``out_dir`` it is also written to
@@ -592,6 +646,7 @@ def evaluate_sim_job(
         sigma_maps=maps,
         raw_scale=applied["raw"],
         self_check_reference=reference,
+        wiener=bool(wiener),
     )
 
     calibration: dict[str, Any] = {}
@@ -634,6 +689,8 @@ def evaluate_sim_job(
         image_quality["emitter_psnr_gain_over_widefield_db"] = (
             None if pe is None or pw is None else pe - pw
         )
+        if wiener:
+            image_quality.update(_wiener_summary(rows))
 
     self_check = _self_check_summary(res.per_sample)
     std_parts = {
@@ -681,6 +738,10 @@ def evaluate_sim_job(
             "(scipy.ndimage.zoom order=3, grid_mode=True, mode='nearest'), mapped by the "
             "least-squares affine fit a*wf+b against the ground truth of each stack; "
             "emitter psnr_affine/ssim_affine apply the same fit to the prediction",
+            "wiener": "classical generalised Wiener SIM with the illumination estimated "
+            "from each stack (napari_sim_uq.tasks.sim.classical), on the model's HR grid, "
+            "mapped by the same affine fit as widefield; stacks whose estimate fails are "
+            "left out (wiener_failed) and wiener_same_stacks compares on the others",
             "calibration": "pixels pooled over stacks in normalised model units; ZMS, calib "
             "ratio, NLL, cov68 (|r| <= sigma) and cov95 (|r| <= 2 sigma) over all pixels; "
             f"Spearman, UCE (20 equal-count bins), MACE, AUSE (normalised RMSE) over at most "

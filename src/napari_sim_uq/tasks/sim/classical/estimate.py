@@ -8,27 +8,30 @@ the code is this project's own):
 1. **Wave vector.** Bands are separated with the nominal phase steps ``2 pi p / P``:
    ``B0 = mean_p D_p`` holds ``O S``, ``B+ = mean_p D_p exp(-2 pi i p / P)`` holds
    ``c O S(k - k_a)``. Their cross-correlation ``CC(q) = sum_k conj(B0(k - q)) B+(k)`` peaks
-   at ``q = k_a``; it is the Fourier transform of ``conj(b0) b+`` in real space, so the
-   coarse peak comes from one FFT (2x zero-padded, within the searched band of ``|k|``) and
-   the sub-pixel peak from evaluating that transform at continuous ``q`` (a 3 x 3 pattern
-   search with halving steps). Both bands are first weighted by the fraction of the
-   widefield power that is signal (``1 - noise / power``, radially averaged), so that
-   frequencies beyond the OTF add no noise.
-2. **PSF width** (when not given). With the right Gaussian ``O_s``, ``T = B0(k - k_a) O_s(k)``
-   and ``Y = B+(k) O_s(k - k_a)`` are the same spectrum up to the factor ``c``; their
-   correlation coefficient (noise power removed) is maximal at the true width.
+   at ``q = k_a``. ``B0`` is weighted by a Wiener-like deconvolution and ``B+`` by the
+   OTF's shape (both from the radially averaged widefield power and the noise floor of
+   the spectrum's corners), the matched weights when ``B+`` is mostly noise; ``|CC|^2`` is
+   divided by its variance without a carrier (the *coherence*, exponential with mean 1
+   at every unrelated shift; computed at the FFT bins, via real-space products). The
+   five highest peaks in the searched band of ``|k|`` are candidates.
+2. **Verification and refinement.** With the right wave vector and Gaussian OTF ``O_s``,
+   ``T = B0(k - k_a) O_s(k)`` and ``Y = B+(k) O_s(k - k_a)`` are the same spectrum up to the
+   factor ``c``: their correlation coefficient ``rho`` (noise power removed) is near 1 for
+   the carrier and low for peaks that come from the sample's own structure. The candidate
+   with the highest ``rho`` wins (the PSF width, when not given, is the one that maximises
+   ``rho``); its wave vector is refined to a fraction of a bin by maximising ``rho``.
 3. **Phases and modulation, per frame.** ``z_p = sum_k conj(T) O(k - k_a) (D_p - X0)``
    with ``X0`` the separated unshifted band equals ``c_p G``, ``G = sum |T|^2`` less its
    noise power; ``phi_p = arg z_p``, ``m_p = 2 |z_p| / G``. ``X0`` is separated again with
    the estimated ``c_p`` and the step repeated (three times), which removes the leak of the
    phase-step errors into ``X0``.
 
-**Confidence** of an angle: the carrier peak's height over the highest other peak of
-``|CC|`` in the searched band, more than 3 bins from it. A peak not above ``min_confidence``
-(default 2), a modulation outside ``(0.02, 1.2)`` or a wave vector at the edge of the
-searched band marks the angle as failed, with a message saying why: small or sparse fields
-and weak modulation fail this way instead of returning a wrong carrier
-(:meth:`PatternEstimate.require_ok` raises it as an error).
+**Failures are flagged**, with a message per angle: ``rho`` outside
+``[min_confidence, 1.1]`` (default 0.75; above 1.1 the noise correction dominates), a
+coherence below the largest one expected without a carrier plus a margin, a modulation
+outside ``(0.02, 1.2)`` or a carrier at the edge of the searched band. Small or sparse
+fields and weak modulation fail this way instead of returning a wrong carrier
+(:meth:`PatternEstimate.require_ok` raises it as an error). ``confidence`` is ``rho``.
 
 **A dataset** of one instrument shares its wave vectors (only the phases drift):
 :func:`estimate_patterns_dataset` adds ``|CC_s(q)|^2`` over the stacks before the peak
@@ -74,6 +77,9 @@ _SIGMA_BRACKET = (0.25, 4.0)  # raw pixels searched for the PSF width
 _PHASE_ITERATIONS = 3
 _MIN_OVERLAP = 0.02  # of the largest band overlap, for a shift to be searched
 _N_CANDIDATES = 5  # coherence peaks verified per angle
+_COHERENCE_MARGIN = 6.0  # a carrier's coherence above the largest expected without one
+_MAX_CORRELATION = 1.1  # a noise-corrected band correlation above this is mostly noise
+_REFINE_ROUNDS = 3  # rounds of the phase refinement of the wave vector
 _MIN_SIGNAL = 0.05  # least fraction of a band's power that is signal, for its correlation
 
 
@@ -85,13 +91,14 @@ class PatternEstimate:
     phases: np.ndarray  # (A, P) radians at the frame's centre (phase_origin)
     modulation: np.ndarray  # (A,) mean over the angle's frames
     frame_modulation: np.ndarray  # (A, P)
-    confidence: np.ndarray  # (A,) carrier peak / highest other peak
+    confidence: np.ndarray  # (A,) band correlation at the carrier (1: perfect match)
     ok: np.ndarray  # (A,) bool
     psf_sigma: float  # raw pixels (given or estimated)
     psf_sigma_estimated: bool
     shape: tuple[int, int]
     binning: int | None = None
     messages: list[str] = field(default_factory=list)
+    coherence: np.ndarray | None = None  # (A,) carrier peak's coherence (see _candidates)
 
     @property
     def phase_origin(self) -> tuple[float, float]:
@@ -159,6 +166,7 @@ class PatternEstimate:
             "modulation": self.modulation.tolist(),
             "frame_modulation": self.frame_modulation.tolist(),
             "confidence": self.confidence.tolist(),
+            "coherence": None if self.coherence is None else self.coherence.tolist(),
             "ok": [bool(v) for v in self.ok],
             "psf_sigma_raw_px": float(self.psf_sigma),
             "psf_sigma_estimated": bool(self.psf_sigma_estimated),
@@ -216,6 +224,9 @@ class PatternEstimate:
                 shape=tuple(int(s) for s in d["shape"]),
                 binning=d.get("binning"),
                 messages=list(d.get("messages", [])),
+                coherence=None
+                if d.get("coherence") is None
+                else np.asarray(d["coherence"], np.float64),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not a pattern estimate: {exc}") from exc
@@ -313,6 +324,11 @@ class _Frames:
         a, p, h, w = x.shape
         self.n_angles, self.n_phases, self.shape = a, p, (h, w)
         win = apodized_window((h, w), taper)
+        # gradient of log(window): the shifted band sees the window displaced by an
+        # imaginary amount (see _window_phase)
+        logw = torch.log(win)
+        self.dlogw_x = torch.gradient(logw, dim=1)[0]
+        self.dlogw_y = torch.gradient(logw, dim=0)[0]
         # each frame's mean is removed before the window: the window's spectrum times a
         # large mean (background) would otherwise swamp B0's low frequencies
         frames = (x - x.mean(dim=(-2, -1), keepdim=True)) * win
@@ -336,6 +352,17 @@ class _Frames:
         # bins of the window's DC lobe: they hold the unmodulated background, excluded
         # where a band is compared with a shifted copy of itself (modulation estimate)
         self.dc_radius = 3.0 / min(h, w)
+        self._shifted: dict[tuple[int, float, float], torch.Tensor] = {}
+
+    def shifted_b0(self, a: int, k: torch.Tensor) -> torch.Tensor:
+        """``B0(q - k)`` of angle ``a`` (cached: the PSF-width search reuses it)."""
+        key = (a, float(k[0]), float(k[1]))
+        out = self._shifted.get(key)
+        if out is None:
+            if len(self._shifted) >= 64:
+                self._shifted.pop(next(iter(self._shifted)))
+            out = self._shifted[key] = _shift(self.B0[a], k, self.xs, self.ys)
+        return out
 
     def band_weights(self, a: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights of ``B0`` and ``B+`` for the carrier search of angle ``a``.
@@ -420,10 +447,15 @@ def _candidates(
     ys,
     shape: tuple[int, int],
     n: int = _N_CANDIDATES,
-) -> list[tuple[torch.Tensor, float, bool]]:
+) -> tuple[list[tuple[torch.Tensor, float, bool]], float]:
     """The ``n`` highest peaks (more than 3 bins apart) of the summed coherence of
     ``planes`` within the searched band, each refined to sub-bin precision:
-    ``(k, coherence, at_edge)``."""
+    ``(k, coherence, at_edge)``; and the least coherence a carrier must reach.
+
+    With no carrier the coherence of ``S`` stacks is a sum of ``S`` unit exponentials per
+    bin, whose largest value over the band's ``M`` bins stays below about
+    ``S + sqrt(2 S ln M) + ln M``; a carrier must exceed that by ``_COHERENCE_MARGIN``
+    (sample structure, not only noise, raises false peaks on small sparse fields)."""
     cc = None
     for q, qn in planes:
         m, kx, ky = _coarse_map(q, qn)
@@ -449,25 +481,100 @@ def _candidates(
         kabs = float(torch.linalg.norm(k))
         at_edge = kabs < k_range[0] + 0.5 * bin_ or kabs > k_range[1] - 0.5 * bin_
         out.append((k, value, at_edge))
-    return out
+    n_s, n_bins = len(planes), max(int(band.sum()), 2)
+    log_m = math.log(n_bins)
+    threshold = n_s + math.sqrt(2 * n_s * log_m) + log_m + _COHERENCE_MARGIN
+    return out, threshold
 
 
-def _verify(
-    frames: list[_Frames], a: int, cands, psf_sigma: float | None, binning
-) -> tuple[torch.Tensor, float, bool, float]:
-    """The candidate whose shifted band matches the unshifted one best: ``(k, rho,
-    at_edge, coherence)`` with ``rho`` the band correlation (:func:`_sigma_score`, at the
-    given PSF width or the best one)."""
+@dataclass
+class _Carrier:
+    k: torch.Tensor
+    rho: float  # band correlation at the carrier
+    coherence: float
+    threshold: float  # least coherence of a carrier (see _candidates)
+    at_edge: bool
+
+    def problems(self, min_confidence: float) -> list[str]:
+        why = []
+        if not (min_confidence <= self.rho <= _MAX_CORRELATION):
+            why.append(
+                f"the shifted band does not match the unshifted one (band correlation "
+                f"{self.rho:.2f}, expected {min_confidence:g}-{_MAX_CORRELATION:g})"
+            )
+        if self.coherence < self.threshold:
+            why.append(
+                f"the carrier peak is not above chance (coherence {self.coherence:.1f} < "
+                f"{self.threshold:.1f})"
+            )
+        if why:
+            why.append(
+                "the field is too small or too sparse, or the modulation too weak; estimate "
+                "it from a dataset of the same instrument (estimate_patterns_dataset) or "
+                "give the pattern parameters"
+            )
+        if self.at_edge:
+            why.append(
+                "the carrier lies at the edge of the searched band of periods: widen period_range"
+            )
+        return why
+
+
+def _verify(frames: list[_Frames], a: int, cands, threshold: float, psf_sigma, binning):
+    """The candidate whose shifted band matches the unshifted one best, its wave vector
+    refined by maximising that match, as a :class:`_Carrier` (``rho`` from
+    :func:`_sigma_score`, at the given PSF width or the best one)."""
     best = None
     for k, coh, edge in cands:
         items = [(fr, a, k) for fr in frames]
         sigma = psf_sigma if psf_sigma is not None else _estimate_sigma(items, binning)
         rho = _sigma_score(items, sigma, binning)
         if best is None or rho > best[1]:
-            best = (k, rho, edge, coh)
+            best = (k, rho, edge, coh, sigma)
     if best is None:  # nothing in the band at all (a flat stack)
-        return torch.zeros(2, dtype=torch.float64), 0.0, True, 0.0
-    return best
+        return _Carrier(torch.zeros(2, dtype=torch.float64), 0.0, 0.0, threshold, True)
+    k, rho, edge, coh, sigma = best
+    k = _refine_by_phase(frames, a, k, sigma, binning)
+    rho = _sigma_score([(fr, a, k) for fr in frames], sigma, binning)
+    return _Carrier(k, rho, coh, threshold, edge)
+
+
+def _window_phase(fr: _Frames, k: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``exp(i theta(r))`` that removes the window's phase from ``conj(t) y``.
+
+    Both bands are windowed in real space, where the OTF weights vary across the window's
+    spectral width: the relative weight of ``Y`` and ``T`` is ``exp(c . (q' - q))`` with
+    ``c = grad log O(q) - grad log O(q - k) = -4 pi^2 sigma^2 k`` (constant for a Gaussian
+    OTF), i.e. ``Y``'s window is ``w(r - i 2 pi sigma^2 k) ~ w (1 - i 2 pi sigma^2 k .
+    grad log w)``: a phase ``-2 pi sigma^2 k . grad log w(r)`` that is odd across the field
+    and would bias the wave vector outwards (0.6 % on 48-pixel fields)."""
+    theta = 2 * math.pi * sigma**2 * (k[0] * fr.dlogw_x + k[1] * fr.dlogw_y)
+    return torch.exp(1j * theta)
+
+
+def _refine_by_phase(frames, a, k, sigma, binning):
+    """Sub-bin wave vector from the phase of ``p(r) = conj(t(r)) y(r)``, with ``t``, ``y``
+    the real-space ``T`` and ``Y`` of :func:`_sigma_score` at the current ``k``.
+
+    At the true wave vector ``Y = c T``, so ``p = c |t|^2`` has one phase everywhere; an
+    error ``d`` of ``k`` compares the sample at shifted frequencies, i.e. multiplies ``y``
+    by ``exp(2 pi i d . r)``. The ``d`` that maximises ``|sum_r p(r) exp(-2 pi i d . r)|``
+    (summed over the stacks) is the correction; three rounds. Unlike the peak of ``|CC|``
+    this is not pulled by how the correlation's weights fall off with the shift (which
+    moved ``k`` outwards by ~0.25 bin on small fields)."""
+    fr0 = frames[0]
+    step = 0.5 / min(fr0.shape)
+    for _ in range(_REFINE_ROUNDS):
+        ps = []
+        for fr in frames:
+            o, o_s = _otf(fr, sigma, binning), _otf(fr, sigma, binning, k)
+            t = torch.fft.ifft2(fr.shifted_b0(a, k) * o)
+            y = torch.fft.ifft2(fr.Bp[a] * o_s)
+            ps.append(torch.conj(t) * y * _window_phase(fr, k, sigma))
+        d = _refine_peak(ps, torch.zeros(2, dtype=torch.float64), fr0.xs, fr0.ys, step)
+        k = k + d
+        step = max(2 * float(torch.linalg.norm(d)), 0.05 / min(fr0.shape))
+    return k
 
 
 def _otf(fr: _Frames, sigma: float, binning, k: torch.Tensor | None = None) -> torch.Tensor:
@@ -481,9 +588,11 @@ def _sigma_score(items: list[tuple[_Frames, int, torch.Tensor]], sigma: float, b
     num = den_t = den_y = 0.0
     for fr, a, k in items:
         o, o_s = _otf(fr, sigma, binning), _otf(fr, sigma, binning, k)
-        t = _shift(fr.B0[a], k, fr.xs, fr.ys) * o
+        t = fr.shifted_b0(a, k) * o
         y = fr.Bp[a] * o_s
-        num_a = torch.sum(torch.conj(t) * y)
+        # sum_q conj(T) Y = N sum_r conj(t) y, with the window's phase removed
+        prod = torch.conj(torch.fft.ifft2(t)) * torch.fft.ifft2(y) * _window_phase(fr, k, sigma)
+        num_a = torch.sum(prod) * t.numel()
         pt, py = float(torch.sum(t.abs() ** 2)), float(torch.sum(y.abs() ** 2))
         dt = pt - fr.noise_band * float(torch.sum(o**2))
         dy = py - fr.noise_band * float(torch.sum(o_s**2))
@@ -527,12 +636,16 @@ def _phases(fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning) -> torc
     # T(k) = X0(k - k_a) O(k) without X0's DC lobe (the unmodulated background)
     keep = (torch.sqrt((fr.kx - k[0]) ** 2 + (fr.ky - k[1]) ** 2) > fr.dc_radius).to(o.dtype)
     o = o * keep
+    win_phase = _window_phase(fr, k, sigma)
     for _ in range(_PHASE_ITERATIONS):
         t = _shift(x0, k, fr.xs, fr.ys) * o
         g = float(torch.sum(t.abs() ** 2) - noise_x0 * torch.sum(o**2))
         if g <= 0:
             return torch.full((p,), complex("nan"), dtype=torch.complex128)
-        z = torch.einsum("hw,phw->p", torch.conj(t) * o_s, D - x0[None])
+        # z_p = sum_q conj(T) O_s (D_p - X0), in real space with the window's phase removed
+        yp = torch.fft.ifft2(o_s * (D - x0[None]))
+        tw = torch.conj(torch.fft.ifft2(t)) * win_phase
+        z = torch.einsum("hw,phw->p", tw, yp) * t.numel()
         c = z / g
         mix = torch.stack((torch.ones_like(c), c, torch.conj(c)), dim=1)  # (P, 3)
         row0 = torch.linalg.pinv(mix)[0]  # (P,)
@@ -543,9 +656,7 @@ def _phases(fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning) -> torc
 
 def _finish(
     fr: _Frames,
-    ks: list[torch.Tensor],
-    confs: list[float],
-    edges: list[bool],
+    carriers: list[_Carrier],
     sigma: float,
     sigma_estimated: bool,
     binning,
@@ -556,34 +667,24 @@ def _finish(
     fmod = np.zeros((a_n, p_n))
     ok = np.ones(a_n, bool)
     messages = []
-    for a in range(a_n):
-        c = _phases(fr, a, ks[a], sigma, binning).numpy()
+    for a, car in enumerate(carriers):
+        c = _phases(fr, a, car.k, sigma, binning).numpy()
         phases[a] = np.angle(c)
         fmod[a] = 2 * np.abs(c)
         m = float(np.nanmean(fmod[a])) if np.isfinite(fmod[a]).any() else float("nan")
-        why = []
-        if confs[a] < min_confidence:
-            why.append(
-                f"the carrier peak is not distinct (confidence {confs[a]:.2f} < "
-                f"{min_confidence:g}): the field is too small or too sparse, or the "
-                "modulation too weak; estimate it from a dataset of the same instrument "
-                "(estimate_patterns_dataset) or give the pattern parameters"
-            )
-        if edges[a]:
-            why.append(
-                "the carrier lies at the edge of the searched band of periods: widen period_range"
-            )
+        why = car.problems(min_confidence)
         if not (0.02 < m < 1.2):
             why.append(f"implausible modulation depth {m:.3f} (expected 0-1)")
         if why:
             ok[a] = False
             messages.append(f"angle {a}: " + "; ".join(why))
     return PatternEstimate(
-        wave_vectors=torch.stack(ks).numpy(),
+        wave_vectors=torch.stack([c.k for c in carriers]).numpy(),
         phases=phases,
         modulation=np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in fmod]),
         frame_modulation=fmod,
-        confidence=np.asarray(confs, np.float64),
+        confidence=np.asarray([c.rho for c in carriers], np.float64),
+        coherence=np.asarray([c.coherence for c in carriers], np.float64),
         ok=ok,
         psf_sigma=float(sigma),
         psf_sigma_estimated=sigma_estimated,
@@ -632,18 +733,21 @@ def estimate_patterns(
     x = as_angle_phase_stack(raw, n_angles, n_phases)
     k_range = _k_range(period_range)
     fr = _Frames(x, taper)
-    ks, confs, edges = [], [], []
+    carriers = []
     for a in range(fr.n_angles):
-        cands = _candidates([_correlation_planes(fr, a)], k_range, fr.xs, fr.ys, fr.shape)
-        k, conf, edge, _ = _verify([fr], a, cands, psf_sigma, binning)
-        ks.append(k)
-        confs.append(conf)
-        edges.append(edge)
+        cands, thr = _candidates([_correlation_planes(fr, a)], k_range, fr.xs, fr.ys, fr.shape)
+        carriers.append(_verify([fr], a, cands, thr, psf_sigma, binning))
     estimated = psf_sigma is None
     if estimated:
-        items = [(fr, a, ks[a]) for a in range(fr.n_angles) if confs[a] >= min_confidence]
-        psf_sigma = _estimate_sigma(items or [(fr, a, ks[a]) for a in range(fr.n_angles)], binning)
-    return _finish(fr, ks, confs, edges, psf_sigma, estimated, binning, min_confidence)
+        psf_sigma = _pooled_sigma([fr], carriers, min_confidence, binning)
+    return _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence)
+
+
+def _pooled_sigma(frames, carriers, min_confidence, binning) -> float:
+    """PSF width from every stack and every angle whose carrier passed (all if none)."""
+    use = [a for a, c in enumerate(carriers) if not c.problems(min_confidence)]
+    use = use or list(range(len(carriers)))
+    return _estimate_sigma([(fr, a, carriers[a].k) for fr in frames for a in use], binning)
 
 
 def estimate_patterns_dataset(
@@ -672,30 +776,26 @@ def estimate_patterns_dataset(
             f"a dataset-level estimate needs frames of one shape; got {sorted(shapes)}"
         )
     fr0 = frames[0]
-    ks, confs, edges = [], [], []
+    carriers = []
     for a in range(int(n_angles)):
         planes = [_correlation_planes(fr, a) for fr in frames]
-        cands = _candidates(planes, k_range, fr0.xs, fr0.ys, fr0.shape)
-        k, conf, edge, _ = _verify(frames, a, cands, psf_sigma, binning)
-        ks.append(k)
-        confs.append(conf)
-        edges.append(edge)
+        cands, thr = _candidates(planes, k_range, fr0.xs, fr0.ys, fr0.shape)
+        carriers.append(_verify(frames, a, cands, thr, psf_sigma, binning))
     estimated = psf_sigma is None
     if estimated:
-        use = [a for a in range(int(n_angles)) if confs[a] >= min_confidence] or list(
-            range(int(n_angles))
-        )
-        items = [(fr, a, ks[a]) for fr in frames for a in use]
-        psf_sigma = _estimate_sigma(items, binning)
+        psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
     per_stack = [
-        _finish(fr, ks, confs, edges, psf_sigma, estimated, binning, min_confidence)
-        for fr in frames
+        _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence) for fr in frames
     ]
-    ok = np.array([c >= min_confidence and not e for c, e in zip(confs, edges, strict=True)])
-    messages = sorted({m for est in per_stack for m in est.messages})
+    ok = np.array([not c.problems(min_confidence) for c in carriers])
+    messages = [
+        f"angle {a}: " + "; ".join(c.problems(min_confidence))
+        for a, c in enumerate(carriers)
+        if not ok[a]
+    ]
     return DatasetPatternEstimate(
-        wave_vectors=torch.stack(ks).numpy(),
-        confidence=np.asarray(confs),
+        wave_vectors=torch.stack([c.k for c in carriers]).numpy(),
+        confidence=np.asarray([c.rho for c in carriers]),
         ok=ok,
         psf_sigma=float(psf_sigma),
         stacks=per_stack,
