@@ -57,9 +57,11 @@ OLD_GENERATE_FLAGS = {
     "--read-noise", "--noise-regions", "--noise-factor", "--workers", "--overwrite", "--quiet",
     # added since (issue 15: data made differently from the training data)
     "--psf-model", "--line-width",
+    # issue 16: one instrument per dataset
+    "--fixed-instrument", "--instrument-seed", "--match",
 }  # fmt: skip
 # options of `generate` that are not generator parameters
-GENERATE_OWN = {"out_dir", "n_samples", "seed", "split", "workers", "overwrite", "quiet"}
+GENERATE_OWN = {"out_dir", "n_samples", "seed", "split", "workers", "overwrite", "quiet", "match"}
 
 TRAIN_REQUIRED = ["train", "--train-glob", "D/train/*.tif", "--ckpt-dir", "ck"]
 GENERATE_REQUIRED = ["generate", "--out-dir", "D", "--n-samples", "2"]

@@ -129,3 +129,25 @@ def test_bad_settings_give_notifications(make_napari_viewer, errors):
     widget.preview()
     assert "modulation" in errors[-1]
     assert widget.worker is None and len(viewer.layers) == 0
+
+
+def test_match_fills_the_optics_of_a_loaded_stack(make_napari_viewer, qtbot, errors):
+    """ "Match" estimates the chosen stack's optics in a worker and sets them (one fixed
+    instrument), keeping the raw size and HR factor."""
+    from napari_sim_uq import match_sim_config
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "sim_stack")
+    widget = _dock(viewer)
+    _tiny(widget)
+    assert widget.match_combo.currentText() == "SIM sample"
+    widget.match_layer()
+    _wait(qtbot, widget)
+    assert errors == []
+    cfg = widget.config()
+    want, report = match_sim_config(viewer.layers["SIM sample"], lr_size=(16, 16))
+    assert cfg.fixed_instrument and cfg.lr_size == (16, 16)
+    assert cfg.period_lr == pytest.approx(want.period_lr, rel=1e-6)
+    assert cfg.psf_sigma_lr == pytest.approx(want.psf_sigma_lr, rel=1e-6)
+    assert cfg.photons == pytest.approx(want.photons, rel=1e-3)
+    assert "matched 'SIM sample'" in widget.status.text()

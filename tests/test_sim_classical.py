@@ -165,3 +165,36 @@ def test_wiener_cli_and_console(tmp_path):
     assert kw["name"] == "array Wiener SIM"
     assert kw["scale"] == pytest.approx((0.5, 0.5))
     assert len(kw["metadata"]["sim_uq"]["patterns"]["wave_vectors_cycles_per_raw_px"]) == 3
+
+
+def test_match_config_recovers_the_optics_of_a_generated_stack(tmp_path):
+    from napari_sim_uq import match_sim_config
+    from napari_sim_uq.cli import main
+    from napari_sim_uq.core.io.tiff_io import write_image
+
+    s = generate_sample(SynthConfig(lr_size=(128, 128), hr_factor=F), seed=33, index=0)
+    p = s.params
+    cfg, report = match_sim_config(s.raw, binning=F, lr_size=(32, 32))
+    assert cfg.fixed_instrument and cfg.lr_size == (32, 32) and cfg.hr_factor == 2
+    assert cfg.period_lr[0] == pytest.approx(p["period_lr"], rel=0.01)
+    assert cfg.psf_sigma_lr[0] == pytest.approx(p["psf_sigma_lr"], rel=0.1)
+    assert cfg.modulation[0] == pytest.approx(p["modulation"], abs=0.1)
+    # orientation modulo pi, from the generator's angle offset
+    d = np.angle(np.exp(2j * (cfg.angle_offset[0] - p["angle_offset"]))) / 2
+    assert abs(d) < np.radians(1)
+    assert report["photons"] == pytest.approx(p["photons"], rel=0.3)
+    assert report["background"] == pytest.approx(p["background"], rel=0.3)
+    assert cfg.photons[0] < p["photons"] < cfg.photons[1]
+    # generated data with it has the matched instrument
+    g = generate_sample(cfg, seed=1, index=0).params
+    assert g["period_lr"] == cfg.period_lr[0] and g["psf_sigma_lr"] == cfg.psf_sigma_lr[0]
+    # the command line writes the report next to the data
+    src = tmp_path / "mine.tif"
+    write_image(src, s.raw, name="mine")
+    out = tmp_path / "data"
+    argv = ["generate", "--match", str(src), "--out-dir", str(out), "--n-samples", "1"]
+    assert main([*argv, "--lr-size", "24", "--quiet"]) == 0
+    rep = json.loads((out / "match_report.json").read_text())
+    assert rep["periods_raw_px"][0] == pytest.approx(p["period_lr"], rel=0.01)
+    ds = json.loads((out / "dataset.json").read_text())["splits"]["train"]["config"]
+    assert ds["fixed_instrument"] and ds["lr_size"] == [24, 24]

@@ -336,3 +336,38 @@ def test_airy_psf_option_and_shifted_config():
         SynthConfig(psf_model="lorentz")
     sh = shifted_config(SynthConfig(lr_size=(24, 24), hr_factor=2))
     assert sh.psf_model == "airy" and sh.line_width_hr == 0.3 and sh.lr_size == (24, 24)
+
+
+def test_fixed_instrument_shares_the_optics_across_stacks_and_splits():
+    """One instrument per dataset: period, orientation, modulation and PSF width are the
+    same for every stack of every split; phases, photons and the sample are not."""
+    from napari_sim_uq.tasks.sim.synth import instrument_parameters
+
+    cfg = SynthConfig(lr_size=(16, 16), hr_factor=2, fixed_instrument=True, instrument_seed=3)
+    a = generate_sample(cfg, seed=0, index=0).params
+    b = generate_sample(cfg, seed=1000, index=5).params  # another split's seed
+    for key in ("period_lr", "modulation", "angle_offset", "psf_sigma_lr"):
+        assert a[key] == b[key]
+    assert a["photons"] != b["photons"]
+    assert not np.allclose(a["phases"], b["phases"])
+    period, mod, offset, sigma = instrument_parameters(cfg)
+    assert (a["period_lr"], a["modulation"], a["psf_sigma_lr"]) == (period, mod, sigma)
+    assert cfg.period_lr[0] <= period <= cfg.period_lr[1]
+    # another instrument seed, another instrument; off: drawn per stack
+    other = SynthConfig(lr_size=(16, 16), hr_factor=2, fixed_instrument=True, instrument_seed=4)
+    assert generate_sample(other, 0, 0).params["period_lr"] != a["period_lr"]
+    free = SynthConfig(lr_size=(16, 16), hr_factor=2)
+    assert (
+        generate_sample(free, 0, 0).params["period_lr"]
+        != generate_sample(free, 0, 1).params["period_lr"]
+    )
+    # the other draws of a stack do not depend on the mode
+    np.testing.assert_array_equal(
+        generate_sample(free, 0, 0).emitter, generate_sample(cfg, 0, 0).emitter
+    )
+
+
+def test_default_hr_factor_matches_the_models():
+    from napari_sim_uq.tasks.sim.net import SimNetConfig
+
+    assert SynthConfig().hr_factor == SimNetConfig().hr_factor == 2

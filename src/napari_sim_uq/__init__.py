@@ -31,6 +31,7 @@ _API = {
     "calibrate_sim": "napari_sim_uq.api",
     "wiener_sim": "napari_sim_uq.api",
     "estimate_sim_patterns": "napari_sim_uq.api",
+    "match_sim_config": "napari_sim_uq.api",
     "example_model_path": "napari_sim_uq.api",
     "reconstruct_2d": "napari_sim_uq.api",
     "anomaly_map": "napari_sim_uq.api",

@@ -53,6 +53,7 @@ __all__ = [
     "inpaint_2d_job",
     "layer_data_2d",
     "mask_from_layer",
+    "match_sim_config",
     "pattern_diagnostics_layers",
     "posterior_2d",
     "posterior_2d_job",
@@ -1142,6 +1143,27 @@ def _sim_frames(source: SimSource, n_angles: int | None, n_phases: int | None):
             f"phases), got shape {tuple(data.shape)}"
         )
     return data, a, p
+
+
+def match_sim_config(
+    layer_or_array: Any,
+    *,
+    n_angles: int | None = None,
+    n_phases: int | None = None,
+    **options,
+):
+    """Generator settings that make training data like this raw SIM stack (as
+    ``sim-uq generate --match``): ``(SynthConfig, report)`` with the estimated pattern
+    period, orientation and modulation, PSF width, background, read noise and photons
+    (one fixed instrument). Keywords: ``base`` (a SynthConfig whose other fields are kept),
+    ``lr_size``, ``hr_factor`` and the estimation options (:func:`~napari_sim_uq.tasks.
+    sim.classical.match.match_synth_config`); ``generate_sim(out, n, **cfg.to_dict())``
+    then writes the data."""
+    from napari_sim_uq.tasks.sim.classical.match import match_synth_config
+
+    source = sim_source(layer_or_array)
+    data, a, p = _sim_frames(source, n_angles, n_phases)
+    return match_synth_config(data, a, p, **options)
 
 
 def estimate_sim_patterns(

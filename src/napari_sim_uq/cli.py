@@ -125,6 +125,15 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-samples", type=int, required=True, help="number of samples")
     # the generator's parameters: flags, defaults, choices and ranges from SynthConfig
     add_config_arguments(p, SynthConfig)
+    p.add_argument(
+        "--match",
+        metavar="STACK",
+        default=None,
+        help="make data like this raw SIM stack: its pattern period, orientation and "
+        "modulation, PSF width, background, read noise and photons are estimated and replace "
+        "those options (one fixed instrument; --lr-size and --hr-factor are kept); the "
+        "estimates go to OUT_DIR/match_report.json",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument(
         "--split", default="train", help="folder prefix: train, val, test... (default: %(default)s)"
@@ -161,6 +170,8 @@ def _generate(args: argparse.Namespace) -> int:
     cfg = config_from_args(SynthConfig, args)
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
+    if args.match:
+        cfg = _matched_config(args.match, cfg, args.out_dir)
     t0 = time.perf_counter()
     result = run_with_progress(
         generate_dataset(
@@ -181,6 +192,37 @@ def _generate(args: argparse.Namespace) -> int:
         f"{result['dataset_json']}"
     )
     return 0
+
+
+def _matched_config(stack: str, cfg, out_dir: Path):
+    """``cfg`` with the optics and intensities of ``stack`` (``generate --match``)."""
+    import json
+
+    import numpy as np
+
+    from napari_sim_uq.core.io.tiff_io import atomic_write, read_image
+    from napari_sim_uq.tasks.sim.classical.match import match_synth_config
+
+    rec = read_image(stack)
+    a = rec.layout.angles or cfg.n_angles
+    p = rec.layout.phases or cfg.n_phases
+    matched, report = match_synth_config(
+        np.asarray(rec.data), a, p, base=cfg, lr_size=cfg.lr_size, hr_factor=cfg.hr_factor
+    )
+    print(
+        f"matched {stack}: period {report['periods_raw_px'][0]:.3f} raw px, modulation "
+        f"{np.mean(report['modulation']):.2f}, PSF sigma {report['psf_sigma_raw_px']:.2f} raw "
+        f"px, background {report['background']:.1f}, read noise {report['read_noise']:.2f}, "
+        f"photons {report['photons']:.0f}"
+    )
+    for note in report["notes"]:
+        print(f"note: {note}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"stack": str(stack), **report}, indent=2)
+    atomic_write(
+        out_dir / "match_report.json", lambda tmp: Path(tmp).write_text(text), overwrite=True
+    )
+    return matched
 
 
 # --------------------------------------------------------------------------- train

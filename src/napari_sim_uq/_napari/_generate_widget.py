@@ -17,6 +17,7 @@ from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QLineEdit,
@@ -30,12 +31,15 @@ from napari_sim_uq._napari._widgets import (
     Fields,
     JobWidget,
     error_message,
+    image_layers,
+    layer_named,
     progress_bar,
     row,
     run_buttons,
     set_progress,
     set_waiting,
     status_label,
+    watch_layers,
 )
 from napari_sim_uq.core.errors import InputError, SimUqError
 from napari_sim_uq.core.events import Event
@@ -100,6 +104,8 @@ ADVANCED_FIELDS = [
     ("PSF sigma (raw px)", "psf_sigma_lr",
      {"lo": 0.05, "hi": 20.0, "decimals": 2, "step": 0.05}),
     ("PSF model", "psf_model"),
+    ("fixed instrument", "fixed_instrument"),
+    ("instrument seed", "instrument_seed", {"hi": 2_000_000_000}),
     ("background", "background", {"hi": 1e6, "decimals": 1, "step": 1.0}),
     ("gain", "gain", {"lo": 0.001, "hi": 1e4, "tip": "camera counts per photon"}),
     ("noise map scale", "noise_map_scale_lr",
@@ -142,6 +148,20 @@ class GenerateSimWidget(JobWidget):
         main.addRow("", f.add_bool("job.overwrite", False, "replace existing splits", "overwrite"))
         self.advanced = Collapsible("Advanced")
         f.add_config_rows(self.advanced.form, ADVANCED_FIELDS, CONFIGS, _job_default)
+
+        # "match this stack": the optics and intensities of a loaded raw stack
+        self.match_combo = QComboBox()
+        self.match_combo.setToolTip("a raw SIM stack whose optics the training data should have")
+        self.match_btn = QPushButton("Match")
+        self.match_btn.setToolTip(
+            "estimate the pattern period, orientation and modulation, the PSF width, "
+            "background, read noise and photons of the chosen stack and set them here (one "
+            "fixed instrument); raw size and HR factor are kept"
+        )
+        self.match_btn.clicked.connect(self.match_layer)
+        main.addRow("match a stack", row(self.match_combo, self.match_btn))
+        watch_layers(self.viewer, self._refresh_match_layers)
+        self._refresh_match_layers()
 
         self.preview_index = QSpinBox()
         self.preview_index.setRange(0, 1_000_000)
@@ -188,6 +208,57 @@ class GenerateSimWidget(JobWidget):
             self.out_edit.setText(path)
 
     # ------------------------------------------------------------------ actions
+
+    def _refresh_match_layers(self, event=None) -> None:
+        current = self.match_combo.currentText()
+        names = [lay.name for lay in image_layers(self.viewer) if lay.ndim >= 3]
+        self.match_combo.blockSignals(True)
+        self.match_combo.clear()
+        self.match_combo.addItems(names)
+        if current in names:
+            self.match_combo.setCurrentText(current)
+        self.match_combo.blockSignals(False)
+
+    def match_layer(self) -> None:
+        """Estimate the chosen stack's optics in the background and fill the fields."""
+        self._launch(self._match_job)
+
+    def _match_job(self):
+        layer = layer_named(self.viewer, self.match_combo.currentText())
+        if layer is None:
+            raise InputError("choose a raw SIM stack layer to match first")
+        from napari_sim_uq.api import sim_source
+
+        source = sim_source(layer)
+        base = self.config()
+        self._mode = ("match", source.name)
+
+        def job():
+            from napari_sim_uq.api import match_sim_config
+
+            yield Event("match", 0, 1, message=f"estimating the optics of '{source.name}' …")
+            return match_sim_config(
+                source, base=base, lr_size=base.lr_size, hr_factor=base.hr_factor
+            )
+
+        return job, f"matching '{source.name}' …"
+
+    def _show_match(self, result, name: str) -> None:
+        cfg, report = result
+        keys = self.fields.set_values(
+            {k: v for k, v in cfg.to_dict().items() if k not in ("lr_size", "hr_factor")}
+        )
+        set_progress(self.progress, 1, 1)
+        msg = (
+            f"matched '{name}': period {report['periods_raw_px'][0]:.3f} px, modulation "
+            f"{sum(report['modulation']) / len(report['modulation']):.2f}, PSF sigma "
+            f"{report['psf_sigma_raw_px']:.2f} px, photons {report['photons']:.0f}, "
+            f"background {report['background']:.1f}, read noise {report['read_noise']:.2f} "
+            f"({len(keys)} settings; fixed instrument on)"
+        )
+        self.last_match = report
+        self.status.setText(msg)
+        show_info(msg)
 
     def preview(self) -> None:
         """Generate one sample in the background and show it as layers."""
@@ -250,6 +321,9 @@ class GenerateSimWidget(JobWidget):
         if kind == "preview":
             self._show_preview(result, what)
             return
+        if kind == "match":
+            self._show_match(result, what)
+            return
         self.last_result = result
         n = sum(r["n_samples"] for r in result.values())
         msg = f"wrote {n} samples ({', '.join(result)}) to {what}"
@@ -304,7 +378,7 @@ class GenerateSimWidget(JobWidget):
         show_error(message)
 
     def _set_running(self, running: bool) -> None:
-        for w in (self.preview_btn, self.write_btn, self.preview_index):
+        for w in (self.preview_btn, self.write_btn, self.preview_index, self.match_btn):
             w.setEnabled(not running)
         self.stop_btn.setEnabled(running)
         if running and self.progress.maximum() <= 1:

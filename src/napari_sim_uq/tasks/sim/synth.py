@@ -7,7 +7,9 @@ One sample is made in four steps:
    area-averaged down to the HR grid (``lr_size * hr_factor``), then scaled to the
    sample's photon level: the ground-truth emitter ``e``.
 2. **Optics**: A x P illumination patterns with a random angle offset, per-angle phase
-   offsets with jitter and a random modulation depth; a Gaussian PSF with a random sigma;
+   offsets with jitter and a random modulation depth; a Gaussian PSF with a random sigma
+   (with ``fixed_instrument``, period, orientation, modulation and PSF width are drawn once
+   for the dataset, :func:`instrument_parameters`, and only the phases vary per stack);
    the forward model ``y_i = down_f(B(h * (e . l_i))) + b`` (``napari_sim_uq.tasks.sim.physics``).
 3. **Noise level map**: a smooth random map of the camera read-noise sigma (lognormal
    field with a given range), optionally raised inside random high-noise regions (a mask).
@@ -68,9 +70,9 @@ class SynthConfig(JsonConfig):
         (80, 80), help="raw frame size in pixels", minimum=8, nargs="+", metavar=("H", "W")
     )
     hr_factor: int = option(
-        6,
-        help="HR grid is this many times finer (CPU cost grows ~f^2, f=2 or 3 for quick "
-        "experiments)",
+        2,
+        help="HR grid is this many times finer (the models' and the bundled model's "
+        "default is 2; CPU cost and disk use grow ~f^2; the reference set-up used 6)",
         minimum=1,
     )
     n_angles: int = option(3, help="pattern angles", minimum=1, flag="--angles")
@@ -130,6 +132,20 @@ class SynthConfig(JsonConfig):
         flag="--line-width",
     )
     fine_factor: int = 2
+    # instrument
+    fixed_instrument: bool = option(
+        False,
+        help="one instrument for the whole dataset: the pattern period, orientation and "
+        "modulation and the PSF width are drawn once (from --instrument-seed) within their "
+        "ranges, and only the phases (and the sample, photons, noise) vary per stack, as on "
+        "a real microscope",
+    )
+    instrument_seed: int = option(
+        0,
+        help="seed of the instrument drawn by --fixed-instrument (the same for every split "
+        "of the dataset)",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
         self.lr_size = _pair(self.lr_size)
@@ -175,6 +191,14 @@ class SynthConfig(JsonConfig):
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.psf_model not in PSF_MODELS:
             raise InputError(f"psf_model must be one of {list(PSF_MODELS)}, got {self.psf_model!r}")
+        if (
+            isinstance(self.instrument_seed, bool)
+            or not isinstance(self.instrument_seed, (int, np.integer))
+            or self.instrument_seed < 0
+        ):
+            raise InputError(
+                f"instrument_seed must be an integer >= 0, got {self.instrument_seed!r}"
+            )
         if self.phase_jitter < 0 or self.high_noise_regions < 0:
             raise InputError("phase_jitter and high_noise_regions must be >= 0")
 
@@ -306,6 +330,19 @@ def generator_psf(model: str, sigma_hr: float, hr_size: tuple[int, int], **kw):
     return physics.psf.airy_psf(1.0, wavelength, 1.0, size, **kw)
 
 
+def instrument_parameters(cfg: SynthConfig) -> tuple[float, float, float, float]:
+    """``(period_lr, modulation, angle_offset, psf_sigma_lr)`` of the instrument that
+    ``cfg.fixed_instrument`` uses for every stack: drawn within the ranges from
+    ``SeedSequence([instrument_seed, 7])``, independent of the dataset and split seeds."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.instrument_seed), 7]))
+    return (
+        float(rng.uniform(*cfg.period_lr)),
+        float(rng.uniform(*cfg.modulation)),
+        float(rng.uniform(*cfg.angle_offset)),
+        float(rng.uniform(*cfg.psf_sigma_lr)),
+    )
+
+
 def _rngs(seed: int, index: int, noise_seed: int | None):
     content = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     if noise_seed is None:
@@ -348,6 +385,8 @@ def generate_sample(
     modulation = rng.uniform(*cfg.modulation)
     angle_offset = rng.uniform(*cfg.angle_offset)
     psf_sigma_lr = rng.uniform(*cfg.psf_sigma_lr)
+    if cfg.fixed_instrument:  # drawn above all the same: the other draws stay as they were
+        period_lr, modulation, angle_offset, psf_sigma_lr = instrument_parameters(cfg)
     base_phase = rng.uniform(0, 2 * np.pi, size=A)
     phases = (
         (
