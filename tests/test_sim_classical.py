@@ -198,3 +198,29 @@ def test_match_config_recovers_the_optics_of_a_generated_stack(tmp_path):
     assert rep["periods_raw_px"][0] == pytest.approx(p["period_lr"], rel=0.01)
     ds = json.loads((out / "dataset.json").read_text())["splits"]["train"]["config"]
     assert ds["fixed_instrument"] and ds["lr_size"] == [24, 24]
+
+
+def test_evaluate_reports_the_wiener_baseline_and_parametric_patterns(tmp_path):
+    from napari_sim_uq import evaluate_sim
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.tasks.sim.synth import generate_dataset
+
+    cfg = SynthConfig(lr_size=(64, 64), hr_factor=F)
+    run(generate_dataset(tmp_path / "d", 2, cfg, seed=7, split="test", workers=1))
+    doc = evaluate_sim(None, tmp_path / "d", "test")
+    iq = doc["image_quality"]
+    assert iq["wiener_n"] + iq["wiener_failed"] == 2
+    rows = [r["wiener"] for r in doc["per_sample"]]
+    done = [r for r in rows if "failed" not in r]
+    assert done, rows  # seed 7's first 64 x 64 stacks are estimable (test above)
+    for r in done:
+        assert r["psnr"] is not None and len(r["periods_raw_px"]) == 3
+        assert r["lp_parametric"]["psnr"] > 18
+    same = iq["wiener_same_stacks"]
+    assert same["wiener_psnr_gain_over_widefield_db"] == pytest.approx(
+        iq["wiener"]["psnr"] - same["widefield_psnr"]
+    )
+    assert (
+        evaluate_sim(None, tmp_path / "d", "test", wiener=False)["image_quality"].get("wiener_n")
+        is None
+    )

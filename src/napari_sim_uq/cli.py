@@ -627,6 +627,13 @@ def _print_evaluation(doc: dict) -> None:
             f"stacks widefield {_fmt(same['widefield_psnr'], '.2f')}, emitter "
             f"{_fmt(same['emitter_psnr'], '.2f')} dB)"
         )
+        lpp = iq.get("lp_parametric") or {}
+        if lpp.get("psnr") is not None:
+            print(
+                f"{'lp (param)':<10} {_fmt(lpp['psnr'], '.2f'):>8} {_fmt(lpp.get('ssim')):>6} "
+                f"{_fmt(lpp.get('zms'), '.3g'):>8} {_fmt(lpp.get('cov95')):>6}   (light "
+                "patterns from the same estimates; std from the parameters' noise)"
+            )
     em = cal.get("emitter") or {}
     if em.get("by_std_decile"):
         print("emitter " + _conditional_line(em))

@@ -195,6 +195,7 @@ class ReconstructSimWidget(JobWidget):
             self._on_error(err)
             return
         wiener_note = None
+        with_wiener = bool(extra) and not isinstance(extra, str)
         if isinstance(extra, str):  # the Wiener baseline failed: say why, keep the rest
             wiener_note = extra
         elif extra:
@@ -218,6 +219,11 @@ class ReconstructSimWidget(JobWidget):
             msg = f"done: {len(layers)} layers for '{source.name}'"
             if zms is not None:
                 msg += f" (self-check: raw ZMS {zms:.2f})"
+            if with_wiener:
+                msg += (
+                    "; with Wiener SIM (pattern check: the hidden layers 'power spectrum' "
+                    "and 'carriers')"
+                )
             if caveats:  # a small field or tile: the result lacks context (uq.inference)
                 self.status.setText(f"{msg}; warning: {caveats[0]}")
                 for text in caveats:

@@ -99,6 +99,11 @@ class PatternEstimate:
     binning: int | None = None
     messages: list[str] = field(default_factory=list)
     coherence: np.ndarray | None = None  # (A,) carrier peak's coherence (see _candidates)
+    # noise std of the estimates (from the spectrum's noise floor; systematic errors not
+    # included): per frame phase (rad) and modulation, per angle each wave-vector component
+    phase_std: np.ndarray | None = None  # (A, P)
+    modulation_std: np.ndarray | None = None  # (A, P)
+    k_std: np.ndarray | None = None  # (A,) cycles per raw pixel
 
     @property
     def phase_origin(self) -> tuple[float, float]:
@@ -167,6 +172,9 @@ class PatternEstimate:
             "frame_modulation": self.frame_modulation.tolist(),
             "confidence": self.confidence.tolist(),
             "coherence": None if self.coherence is None else self.coherence.tolist(),
+            "phase_std_rad": None if self.phase_std is None else self.phase_std.tolist(),
+            "modulation_std": None if self.modulation_std is None else self.modulation_std.tolist(),
+            "k_std_cycles_per_raw_px": None if self.k_std is None else self.k_std.tolist(),
             "ok": [bool(v) for v in self.ok],
             "psf_sigma_raw_px": float(self.psf_sigma),
             "psf_sigma_estimated": bool(self.psf_sigma_estimated),
@@ -224,12 +232,17 @@ class PatternEstimate:
                 shape=tuple(int(s) for s in d["shape"]),
                 binning=d.get("binning"),
                 messages=list(d.get("messages", [])),
-                coherence=None
-                if d.get("coherence") is None
-                else np.asarray(d["coherence"], np.float64),
+                coherence=_opt_array(d.get("coherence")),
+                phase_std=_opt_array(d.get("phase_std_rad")),
+                modulation_std=_opt_array(d.get("modulation_std")),
+                k_std=_opt_array(d.get("k_std_cycles_per_raw_px")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not a pattern estimate: {exc}") from exc
+
+
+def _opt_array(v: Any) -> np.ndarray | None:
+    return None if v is None else np.asarray(v, np.float64)
 
 
 @dataclass
@@ -626,8 +639,16 @@ def _estimate_sigma(items, binning) -> float:
     return math.exp(0.5 * (lo + hi))
 
 
-def _phases(fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning) -> torch.Tensor:
-    """Per-frame ``c_p = (m/2) exp(i phi_p)`` of angle ``a`` (complex, (P,))."""
+def _phases(
+    fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning
+) -> tuple[torch.Tensor, float, float]:
+    """Per-frame ``c_p = (m/2) exp(i phi_p)`` of angle ``a`` (complex, (P,)), the noise
+    variance of each ``c_p`` (complex: both parts together) and the rms distance of the
+    signal from the frame's centre (raw pixels, weights ``|t(r)|^2``).
+
+    ``z_p`` sums the frame's noise with the weights ``conj(T) O_s``: its variance is
+    ``N sum |T O_s|^2`` for a white noise power ``N`` per bin, so ``Var(c_p) = N sum |T
+    O_s|^2 / G^2``."""
     p = fr.n_phases
     o, o_s = _otf(fr, sigma, binning), _otf(fr, sigma, binning, k)
     D = fr.D[a]
@@ -641,7 +662,7 @@ def _phases(fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning) -> torc
         t = _shift(x0, k, fr.xs, fr.ys) * o
         g = float(torch.sum(t.abs() ** 2) - noise_x0 * torch.sum(o**2))
         if g <= 0:
-            return torch.full((p,), complex("nan"), dtype=torch.complex128)
+            return torch.full((p,), complex("nan"), dtype=torch.complex128), math.nan, math.nan
         # z_p = sum_q conj(T) O_s (D_p - X0), in real space with the window's phase removed
         yp = torch.fft.ifft2(o_s * (D - x0[None]))
         tw = torch.conj(torch.fft.ifft2(t)) * win_phase
@@ -651,7 +672,11 @@ def _phases(fr: _Frames, a: int, k: torch.Tensor, sigma: float, binning) -> torc
         row0 = torch.linalg.pinv(mix)[0]  # (P,)
         x0 = torch.einsum("p,phw->hw", row0, D)
         noise_x0 = fr.noise_frame * float(torch.sum(row0.abs() ** 2))
-    return c
+    var_c = fr.noise_frame * float(torch.sum((t * o_s).abs() ** 2)) / g**2
+    w_r = torch.fft.ifft2(t).abs() ** 2
+    r2 = fr.xs[None, :] ** 2 + fr.ys[:, None] ** 2
+    r_rms = math.sqrt(float((w_r * r2).sum() / w_r.sum().clamp(min=1e-300)))
+    return c, var_c, r_rms
 
 
 def _finish(
@@ -661,16 +686,32 @@ def _finish(
     sigma_estimated: bool,
     binning,
     min_confidence: float,
+    n_stacks: int = 1,
 ) -> PatternEstimate:
     a_n, p_n = fr.n_angles, fr.n_phases
     phases = np.zeros((a_n, p_n))
     fmod = np.zeros((a_n, p_n))
+    phase_std = np.zeros((a_n, p_n))
+    mod_std = np.zeros((a_n, p_n))
+    k_std = np.zeros(a_n)
     ok = np.ones(a_n, bool)
     messages = []
     for a, car in enumerate(carriers):
-        c = _phases(fr, a, car.k, sigma, binning).numpy()
+        c, var_c, r_rms = _phases(fr, a, car.k, sigma, binning)
+        c = c.numpy()
         phases[a] = np.angle(c)
         fmod[a] = 2 * np.abs(c)
+        # complex noise of variance V: each part V / 2; phase std sqrt(V / 2) / |c|
+        half = math.sqrt(var_c / 2) if math.isfinite(var_c) else math.nan
+        phase_std[a] = half / np.maximum(np.abs(c), 1e-12)
+        mod_std[a] = 2 * half
+        # the wave vector comes from the phase slope across the field (all P frames and,
+        # for a dataset, all its stacks): per component ~ phase std / (2 pi r_rms)
+        k_std[a] = (
+            float(np.mean(phase_std[a]))
+            / math.sqrt(p_n * n_stacks)
+            / (2 * math.pi * max(r_rms, 1.0))
+        )
         m = float(np.nanmean(fmod[a])) if np.isfinite(fmod[a]).any() else float("nan")
         why = car.problems(min_confidence)
         if not (0.02 < m < 1.2):
@@ -685,6 +726,9 @@ def _finish(
         frame_modulation=fmod,
         confidence=np.asarray([c.rho for c in carriers], np.float64),
         coherence=np.asarray([c.coherence for c in carriers], np.float64),
+        phase_std=phase_std,
+        modulation_std=mod_std,
+        k_std=k_std,
         ok=ok,
         psf_sigma=float(sigma),
         psf_sigma_estimated=sigma_estimated,
@@ -785,7 +829,8 @@ def estimate_patterns_dataset(
     if estimated:
         psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
     per_stack = [
-        _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence) for fr in frames
+        _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence, len(frames))
+        for fr in frames
     ]
     ok = np.array([not c.problems(min_confidence) for c in carriers])
     messages = [
