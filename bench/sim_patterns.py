@@ -90,12 +90,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="stacks per estimation set")
     ap.add_argument("--n-wiener", type=int, default=64, help="stacks for Wiener vs widefield")
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_patterns.json")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 stacks per set, 128 x 128 fields"
+    )
     args = ap.parse_args()
+    big = 256
+    if args.quick:
+        args.n, args.n_wiener, big = 3, 3, 128
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = {"machine": machine_info([torch.device("cpu")]), "hr_factor": F}
+    result = {
+        "benchmark": "sim_patterns",
+        "machine": machine_info([torch.device("cpu")]),
+        "hr_factor": F,
+        "large_field": big,
+    }
 
     t0 = time.perf_counter()
-    cfg256 = SynthConfig(lr_size=(256, 256), hr_factor=F)
+    cfg256 = SynthConfig(lr_size=(big, big), hr_factor=F)
     s256 = [generate_sample(cfg256, 11000, i) for i in range(args.n)]
     e256 = [estimate_patterns(s.raw, binning=F) for s in s256]
     result["per_stack_256"] = errors_table(s256, e256)

@@ -147,11 +147,11 @@ def test_layer_adder_paces_adds_and_releases_the_freeze(make_napari_viewer, qtbo
 
     # a failing add: the error callback, no exception into Qt, the freeze released
     errors = []
-    bad = [(np.zeros((8, 8)), {"name": "ok"}, "image"), (np.zeros(3), {"name": "x"}, "points")]
+    bad = [(np.zeros((8, 8)), {"name": "ok"}, "image"), (np.zeros(3), {"name": "x"}, "vectors")]
     ends.clear()
     adder.start(bad, lambda layers: None, errors.append, lambda: ends.append(bool(errors)))
     qtbot.waitUntil(lambda: bool(ends), timeout=5000)
-    assert "only image layers" in str(errors[0]) and guard.holds == 0
+    assert "only image and points layers" in str(errors[0]) and guard.holds == 0
     assert ends == [True]  # finished() follows error()
     assert LAYER_ADD_GAP_MS >= 10
 

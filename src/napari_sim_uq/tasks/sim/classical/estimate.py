@@ -78,7 +78,7 @@ _PHASE_ITERATIONS = 3
 _MIN_OVERLAP = 0.02  # of the largest band overlap, for a shift to be searched
 _N_CANDIDATES = 5  # coherence peaks verified per angle
 _COHERENCE_MARGIN = 6.0  # a carrier's coherence above the largest expected without one
-_MAX_CORRELATION = 1.1  # a noise-corrected band correlation above this is mostly noise
+_MAX_CORRELATION = 1.3  # a noise-corrected band correlation above this is mostly noise
 _REFINE_ROUNDS = 3  # rounds of the phase refinement of the wave vector
 _MIN_SIGNAL = 0.05  # least fraction of a band's power that is signal, for its correlation
 
