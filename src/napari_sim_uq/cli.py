@@ -832,6 +832,12 @@ def _demo(args: argparse.Namespace) -> int:
             f"cov95 {_fmt(dg['emitter_cov95'])}, Spearman {_fmt(dg['emitter_spearman'], '.2f')}; "
             f"self-check flags {_fmt(dg['self_check_fraction_flagged'], '.0%')} of the stacks"
         )
+        if dg.get("wiener_n"):
+            print(
+                f"  {'':<14} classical Wiener SIM {_fmt(dg['wiener_psnr'], '.2f')} dB on the "
+                f"{dg['wiener_n']} of {dg['n_samples']} stacks whose illumination could be "
+                f"estimated (widefield {_fmt(dg['wiener_widefield_psnr'], '.2f')} dB on them)"
+            )
     print(f"  summary figure   {res['summary']}")
     print(f"  test metrics     {res['evaluation']}")
     print(f"  reconstruction   {Path(res['reconstruction'][0]).parent}/")

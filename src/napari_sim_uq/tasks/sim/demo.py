@@ -241,6 +241,7 @@ def demo_job(cfg: DemoConfig | dict | None = None):
             out_dir=out / "evaluation" / SHIFTED_SPLIT,
             mc_samples=cfg.mc_samples,
             device=device,
+            wiener=False,  # the Wiener baseline is reported once, on the test split
         )
     timings["evaluate_s"] = time.perf_counter() - t0
 
@@ -377,6 +378,10 @@ def _digest(doc: dict) -> dict:
         "emitter_zms_by_intensity": {k: (v or {}).get("zms") for k, v in by.items()},
         "raw_zms": raw.get("zms"),
         "self_check_fraction_flagged": (doc.get("self_check") or {}).get("fraction_flagged"),
+        # classical Wiener SIM on the stacks whose illumination could be estimated
+        "wiener_psnr": (iq.get("wiener") or {}).get("psnr"),
+        "wiener_n": iq.get("wiener_n"),
+        "wiener_widefield_psnr": (iq.get("wiener_same_stacks") or {}).get("widefield_psnr"),
     }
 
 
