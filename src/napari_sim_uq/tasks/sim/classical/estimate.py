@@ -777,14 +777,36 @@ def estimate_patterns(
     x = as_angle_phase_stack(raw, n_angles, n_phases)
     k_range = _k_range(period_range)
     fr = _Frames(x, taper)
-    carriers = []
-    for a in range(fr.n_angles):
-        cands, thr = _candidates([_correlation_planes(fr, a)], k_range, fr.xs, fr.ys, fr.shape)
-        carriers.append(_verify([fr], a, cands, thr, psf_sigma, binning))
-    estimated = psf_sigma is None
-    if estimated:
-        psf_sigma = _pooled_sigma([fr], carriers, min_confidence, binning)
+    searched = [
+        _candidates([_correlation_planes(fr, a)], k_range, fr.xs, fr.ys, fr.shape)
+        for a in range(fr.n_angles)
+    ]
+    carriers, psf_sigma, estimated = _verify_angles(
+        [fr], searched, psf_sigma, binning, min_confidence
+    )
     return _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence)
+
+
+def _verify_angles(frames, searched, psf_sigma, binning, min_confidence):
+    """Verify every angle's candidates; then, with an estimated PSF width, verify the angles
+    that failed again with the width of those that passed (one PSF for all angles: a
+    single angle's width search can go astray on a weak carrier and reject it). Returns
+    ``(carriers, psf_sigma, estimated)``."""
+    carriers = [
+        _verify(frames, a, cands, thr, psf_sigma, binning)
+        for a, (cands, thr) in enumerate(searched)
+    ]
+    if psf_sigma is not None:
+        return carriers, psf_sigma, False
+    psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
+    good = [not c.problems(min_confidence) for c in carriers]
+    if any(good) and not all(good):
+        for a, (cands, thr) in enumerate(searched):
+            if not good[a]:
+                again = _verify(frames, a, cands, thr, psf_sigma, binning)
+                if not again.problems(min_confidence):
+                    carriers[a] = again
+    return carriers, psf_sigma, True
 
 
 def _pooled_sigma(frames, carriers, min_confidence, binning) -> float:
@@ -820,14 +842,15 @@ def estimate_patterns_dataset(
             f"a dataset-level estimate needs frames of one shape; got {sorted(shapes)}"
         )
     fr0 = frames[0]
-    carriers = []
-    for a in range(int(n_angles)):
-        planes = [_correlation_planes(fr, a) for fr in frames]
-        cands, thr = _candidates(planes, k_range, fr0.xs, fr0.ys, fr0.shape)
-        carriers.append(_verify(frames, a, cands, thr, psf_sigma, binning))
-    estimated = psf_sigma is None
-    if estimated:
-        psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
+    searched = [
+        _candidates(
+            [_correlation_planes(fr, a) for fr in frames], k_range, fr0.xs, fr0.ys, fr0.shape
+        )
+        for a in range(int(n_angles))
+    ]
+    carriers, psf_sigma, estimated = _verify_angles(
+        frames, searched, psf_sigma, binning, min_confidence
+    )
     per_stack = [
         _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence, len(frames))
         for fr in frames
