@@ -755,36 +755,19 @@ def _check_common(psf_sigma, binning, min_confidence, taper):
 
 
 def estimate_patterns(
-    raw: Any,
-    n_angles: int = 3,
-    n_phases: int = 3,
-    *,
-    psf_sigma: float | None = None,
-    binning: int | None = None,
-    period_range: tuple[float, float] | None = None,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    taper: float = 0.15,
+    raw: Any, n_angles: int = 3, n_phases: int = 3, **options: Any
 ) -> PatternEstimate:
     """Estimate wave vectors, per-frame phases and modulation from one raw stack.
 
-    ``raw``: ``(A*P, H, W)`` angle-major frames or ``(A, P, H, W)``. ``psf_sigma``: the
-    Gaussian PSF's std in raw pixels, estimated from the bands when ``None``. ``binning``:
+    ``raw``: ``(A*P, H, W)`` angle-major frames or ``(A, P, H, W)``. Options (as
+    :func:`estimate_patterns_dataset`, which this is for one stack): ``psf_sigma``, the
+    Gaussian PSF's std in raw pixels, estimated from the bands when ``None``; ``binning``,
     the pixel model (:mod:`~napari_sim_uq.tasks.sim.classical.otf`; the generator's
-    ``hr_factor`` for synthetic data). ``period_range``: the searched fringe periods in raw
-    pixels (default 2.1-8). Failed angles are flagged, not hidden (module docstring).
+    ``hr_factor`` for synthetic data); ``period_range``, the searched fringe periods in raw
+    pixels (default 2.1-8); ``min_confidence``; ``taper``. Failed angles are flagged, not
+    hidden (module docstring).
     """
-    _check_common(psf_sigma, binning, min_confidence, taper)
-    x = as_angle_phase_stack(raw, n_angles, n_phases)
-    k_range = _k_range(period_range)
-    fr = _Frames(x, taper)
-    searched = [
-        _candidates([_correlation_planes(fr, a)], k_range, fr.xs, fr.ys, fr.shape)
-        for a in range(fr.n_angles)
-    ]
-    carriers, psf_sigma, estimated = _verify_angles(
-        [fr], searched, psf_sigma, binning, min_confidence
-    )
-    return _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence)
+    return estimate_patterns_dataset([raw], n_angles, n_phases, **options).stacks[0]
 
 
 def _verify_angles(frames, searched, psf_sigma, binning, min_confidence):
