@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sim_uq._napari._reconstruct_widget import _no_threads
+from napari_sim_uq._napari._widgets import fill_combo
 from napari_sim_uq.core.errors import SimUqError
 from napari_sim_uq.core.plots import plot_calibration_curve
 from napari_sim_uq.core.uq import explore
@@ -195,17 +196,6 @@ class UncertaintyExplorerWidget(QWidget):
     def reference_layer(self):
         return self._layer(self.ref_combo)
 
-    @staticmethod
-    def _fill(combo: QComboBox, names: list[str], keep: str, fallback: str | None) -> None:
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems(names)
-        if keep in names:
-            combo.setCurrentText(keep)
-        elif fallback in names:
-            combo.setCurrentText(fallback)
-        combo.blockSignals(False)
-
     def _refresh_layers(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
             lay = getattr(event, "value", None)
@@ -217,12 +207,12 @@ class UncertaintyExplorerWidget(QWidget):
         # a vanished choice falls back to the automatic pairing or "(none)", never to an
         # arbitrary layer
         mean_old = self.mean_combo.currentText()
-        self._fill(self.mean_combo, [NONE, *names], mean_old, pairs[0][0] if pairs else None)
+        fill_combo(self.mean_combo, [NONE, *names], pairs[0][0] if pairs else None, mean_old)
         mean = self.mean_combo.currentText()
         std_guess = explore.find_std_layer(mean, images) if mean != NONE else None
-        self._fill(self.std_combo, [NONE, *names], self.std_combo.currentText(), std_guess)
+        fill_combo(self.std_combo, [NONE, *names], std_guess)
         ref_guess = explore.find_gt_layer(mean, images) if mean != NONE else None
-        self._fill(self.ref_combo, [NONE, *names], self.ref_combo.currentText(), ref_guess)
+        fill_combo(self.ref_combo, [NONE, *names], ref_guess)
         if mean != mean_old:
             self._on_mean_changed(mean)
         elif self._current_selection() != self._selection:

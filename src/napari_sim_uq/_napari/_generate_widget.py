@@ -31,6 +31,7 @@ from napari_sim_uq._napari._widgets import (
     Fields,
     JobWidget,
     error_message,
+    fill_combo,
     image_layers,
     layer_named,
     progress_bar,
@@ -210,14 +211,9 @@ class GenerateSimWidget(JobWidget):
     # ------------------------------------------------------------------ actions
 
     def _refresh_match_layers(self, event=None) -> None:
-        current = self.match_combo.currentText()
-        names = [lay.name for lay in image_layers(self.viewer) if lay.ndim >= 3]
-        self.match_combo.blockSignals(True)
-        self.match_combo.clear()
-        self.match_combo.addItems(names)
-        if current in names:
-            self.match_combo.setCurrentText(current)
-        self.match_combo.blockSignals(False)
+        fill_combo(
+            self.match_combo, [lay.name for lay in image_layers(self.viewer) if lay.ndim >= 3]
+        )
 
     def match_layer(self) -> None:
         """Estimate the chosen stack's optics in the background and fill the fields."""

@@ -36,6 +36,7 @@ from napari_sim_uq._napari._widgets import (
     browse_checkpoint,
     default_torch_threads,
     error_message,
+    fill_combo,
     image_layers,
     layer_named,
     progress_bar,
@@ -174,14 +175,7 @@ class Image2DJobWidget(JobWidget):
         return [lay for lay in layers if lay not in outputs] + outputs
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
-        names = [lay.name for lay in self._candidates()]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.layer_combo.blockSignals(False)
+        fill_combo(self.layer_combo, [lay.name for lay in self._candidates()])
 
     def selected_layer(self):
         return layer_named(self.viewer, self.layer_combo.currentText())

@@ -29,6 +29,7 @@ from napari_sim_uq._napari._widgets import (
     browse_checkpoint,
     default_torch_threads,
     error_message,
+    fill_combo,
     image_layers,
     layer_named,
     no_threads,
@@ -124,18 +125,10 @@ class ReconstructSimWidget(JobWidget):
         return image_layers(self.viewer)
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
         names = [lay.name for lay in self._image_layers()]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        else:  # prefer a stack (3D or more) over a 2D image
-            stacks = [lay.name for lay in self._image_layers() if lay.ndim >= 3]
-            if stacks:
-                self.layer_combo.setCurrentText(stacks[0])
-        self.layer_combo.blockSignals(False)
+        # prefer a stack (3D or more) over a 2D image
+        stacks = [lay.name for lay in self._image_layers() if lay.ndim >= 3]
+        fill_combo(self.layer_combo, names, stacks[0] if stacks else None)
 
     def selected_layer(self):
         return layer_named(self.viewer, self.layer_combo.currentText())

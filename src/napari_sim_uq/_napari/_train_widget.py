@@ -39,6 +39,7 @@ from napari_sim_uq._napari._widgets import (
     Collapsible,
     Fields,
     TrainingWidget,
+    fill_combo,
     image_layers,
     row,
     watch_layers,
@@ -284,9 +285,9 @@ class TrainSimWidget(TrainingWidget):
         layers = image_layers(self.viewer)
         stacks = [lay.name for lay in layers if lay.ndim >= 3]
         images2d = [lay.name for lay in layers if lay.ndim == 2]
-        _fill_combo(self.raw_layer_combo, stacks, stacks[0] if stacks else None)
+        fill_combo(self.raw_layer_combo, stacks, stacks[0] if stacks else None)
         gt_default = next((n for n in images2d if n.endswith("GT emitter")), NO_GT)
-        _fill_combo(self.gt_layer_combo, [NO_GT, *[lay.name for lay in layers]], gt_default)
+        fill_combo(self.gt_layer_combo, [NO_GT, *[lay.name for lay in layers]], gt_default)
 
     def _layer(self, combo: QComboBox):
         name = combo.currentText()
@@ -465,16 +466,3 @@ class TrainSimWidget(TrainingWidget):
             self.ckpt_browse,
             self.threads_spin,
         )
-
-
-def _fill_combo(combo: QComboBox, names: list[str], default: str | None) -> None:
-    """Replace the items, keeping the current choice when it is still there."""
-    current = combo.currentText()
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(names)
-    if current in names:
-        combo.setCurrentText(current)
-    elif default is not None and default in names:
-        combo.setCurrentText(default)
-    combo.blockSignals(False)

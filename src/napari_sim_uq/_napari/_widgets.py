@@ -584,6 +584,20 @@ def image_layers(viewer) -> list:
     return [lay for lay in viewer.layers if isinstance(lay, Image)]
 
 
+def fill_combo(combo, names: list[str], default: str | None = None, keep: str | None = None):
+    """Replace a combo box's items without emitting signals; the choice ``keep`` (default:
+    the current one) stays when it is still there, else ``default`` when given."""
+    keep = combo.currentText() if keep is None else keep
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    if keep in names:
+        combo.setCurrentText(keep)
+    elif default is not None and default in names:
+        combo.setCurrentText(default)
+    combo.blockSignals(False)
+
+
 def layer_named(viewer, name: str):
     """The viewer's layer called ``name``, or ``None`` (empty name or no such layer)."""
     return viewer.layers[name] if name and name in viewer.layers else None
