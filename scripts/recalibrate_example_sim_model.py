@@ -3,8 +3,9 @@
 The model was trained by ``sim-uq demo`` on 48 x 48 generated stacks (f = 2). This script
 generates a fresh calibration split with the demo's generator settings (64 stacks, a seed
 range no demo split uses) and runs ``sim-uq calibrate`` on it with the default method:
-sigma scales, the emitter's per-intensity-class sigma map and the raw-domain self-check
-reference are stored in the checkpoint (nothing else in the file changes).
+sigma scales, the emitter's per-intensity-class sigma map, the raw-domain self-check
+reference and the sigma scale of the estimated light patterns (classical pattern estimate)
+are stored in the checkpoint (nothing else in the file changes).
 
     python scripts/recalibrate_example_sim_model.py [--n 64] [--seed 90000]
 """
@@ -32,7 +33,14 @@ def main() -> None:
         cfg = SynthConfig(lr_size=(48, 48), hr_factor=2)
         run(generate_dataset(tmp, args.n, cfg, seed=args.seed, split="calib"))
         res = run(calibrate_sim_job(MODEL, tmp, "calib", device="cpu"))
-    shown = {k: res[k] for k in ("n_samples", "method", "sigma_scale", "self_check_reference")}
+    keys = (
+        "n_samples",
+        "method",
+        "sigma_scale",
+        "self_check_reference",
+        "pattern_estimate_sigma_scale",
+    )
+    shown = {k: res[k] for k in keys}
     shown["emitter_conditional"] = {
         name: {
             "by_std_decile_zms": [r["zms"] for r in table["by_std_decile"]],

@@ -165,3 +165,18 @@ def test_wiener_baseline_and_pattern_check(make_napari_viewer, monkeypatch, erro
     assert viewer.layers["SIM sample power spectrum"].data.shape == (96, 96)
     meta = wiener.metadata["sim_uq"]["patterns"]
     np.testing.assert_allclose(meta["periods_raw_px"], est.periods)
+    # the estimated light patterns, their std calibrated by the bundled model's stored scale
+    from napari_sim_uq import example_model_path
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks.sim.calibration import stored_pattern_estimate_scale
+    from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
+
+    scale = stored_pattern_estimate_scale(load_checkpoint(example_model_path()))
+    assert scale is not None
+    lp = viewer.layers["SIM sample light pattern (estimated)"]
+    lp_std = viewer.layers["SIM sample light pattern (estimated) std"]
+    mean, std = parametric_patterns(est, 2)
+    np.testing.assert_allclose(lp.data, mean, atol=1e-5)
+    np.testing.assert_allclose(lp_std.data, std * scale, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(lp.scale[1:], emitter.scale)
+    assert lp_std.metadata["sim_uq"]["std_sigma_scale"] == pytest.approx(scale)

@@ -224,3 +224,29 @@ def test_evaluate_reports_the_wiener_baseline_and_parametric_patterns(tmp_path):
         evaluate_sim(None, tmp_path / "d", "test", wiener=False)["image_quality"].get("wiener_n")
         is None
     )
+
+
+def test_calibrate_stores_the_pattern_estimate_scale_and_evaluate_applies_it(tmp_path):
+    import shutil
+
+    from napari_sim_uq import calibrate_sim, evaluate_sim, example_model_path
+    from napari_sim_uq.core.events import run
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks.sim.calibration import stored_pattern_estimate_scale
+    from napari_sim_uq.tasks.sim.synth import generate_dataset
+
+    cfg = SynthConfig(lr_size=(64, 64), hr_factor=F)
+    run(generate_dataset(tmp_path / "d", 3, cfg, seed=7, split="calib", workers=1))
+    ck = tmp_path / "model.pt"
+    shutil.copy(example_model_path(), ck)
+    res = calibrate_sim(ck, tmp_path / "d", "calib")
+    stored = res["pattern_estimate_sigma_scale"]
+    assert stored is not None and stored["n_stacks"] >= 2
+    scale = stored_pattern_estimate_scale(load_checkpoint(ck))
+    assert scale == pytest.approx(stored["sigma_scale"])
+    # the scale is sqrt of the mean ZMS of the estimable stacks: evaluating the same split
+    # with it gives a calibrated ZMS of 1 (equal pixel counts per stack)
+    doc = evaluate_sim(ck, tmp_path / "d", "calib")
+    lp = doc["image_quality"]["lp_parametric"]
+    assert lp["zms"] == pytest.approx(scale**2, rel=1e-6)
+    assert lp["zms_calibrated"] == pytest.approx(1.0, rel=1e-6)

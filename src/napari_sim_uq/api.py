@@ -42,6 +42,7 @@ __all__ = [
     "anomaly_map",
     "calibrate_sim",
     "estimate_sim_patterns",
+    "estimated_pattern_layers",
     "evaluate_sim",
     "example_2d_model_path",
     "example_model_path",
@@ -1243,6 +1244,39 @@ def pattern_diagnostics_layers(source: SimSource, estimate: Any) -> list[tuple]:
     return [spectrum, carriers]
 
 
+def estimated_pattern_layers(
+    source: SimSource, estimate: Any, hr_factor: int = 2, sigma_scale: float | None = None
+) -> list[tuple]:
+    """The parametric light patterns of an illumination estimate and their std as layers
+    ``"<source> light pattern (estimated)"`` / ``"... std"`` on the HR grid
+    (:func:`~napari_sim_uq.tasks.sim.classical.patterns.parametric_patterns`). The std
+    counts the parameters' noise only; ``sigma_scale`` (stored by ``sim-uq calibrate`` in
+    a SIM checkpoint) calibrates it, and the metadata says whether it was applied."""
+    from napari_sim_uq.core.io.outputs import hr_scale_translate
+    from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
+
+    mean, std = parametric_patterns(estimate, hr_factor)
+    if sigma_scale is not None:
+        std = std * np.float32(sigma_scale)
+    sc, tr = hr_scale_translate(source.scale[-2:], source.translate[-2:], hr_factor)
+    meta = {
+        "sim_uq": {
+            "output": "light_pattern_estimated",
+            "source": source.name,
+            "std_sigma_scale": sigma_scale,
+            "std_note": "parameter noise only"
+            + ("" if sigma_scale is None else ", times the scale fitted by sim-uq calibrate")
+            + (": not calibrated, too small" if sigma_scale is None else ""),
+        }
+    }
+    kw = {"scale": (1.0, *sc), "translate": (0.0, *tr), "visible": False, "metadata": meta}
+    name = f"{source.name} light pattern (estimated)"
+    return [
+        (mean, {"name": name, "colormap": "inferno", **kw}, "image"),
+        (std, {"name": f"{name} std", "colormap": "magma", **copy.deepcopy(kw)}, "image"),
+    ]
+
+
 def wiener_sim(
     layer_or_array: Any,
     viewer: Any = None,
@@ -1253,6 +1287,8 @@ def wiener_sim(
     n_phases: int | None = None,
     estimate: Any = None,
     diagnostics: bool = False,
+    patterns: bool = False,
+    pattern_sigma_scale: float | None = None,
     **options,
 ):
     """Classical Wiener SIM reconstruction of one raw stack (as ``sim-uq wiener``): the
@@ -1290,6 +1326,10 @@ def wiener_sim(
         "image",
     )
     layers = [layer]
+    if patterns:
+        layers += estimated_pattern_layers(
+            source, res.estimate, res.params["hr_factor"], pattern_sigma_scale
+        )
     if diagnostics:
         layers += pattern_diagnostics_layers(source, res.estimate)
     if viewer is not None:

@@ -167,7 +167,7 @@ class ReconstructSimWidget(JobWidget):
         want_wiener = self.wiener_check.isChecked()
         self.runner.start(
             lambda: (
-                _with_wiener(reconstruct_sim_job(source.data, ckpt, **job_kw), source)
+                _with_wiener(reconstruct_sim_job(source.data, ckpt, **job_kw), source, ckpt)
                 if want_wiener
                 else reconstruct_sim_job(source.data, ckpt, **job_kw)
             ),
@@ -251,18 +251,29 @@ class ReconstructSimWidget(JobWidget):
             set_waiting(self.progress, "reconstructing …")
 
 
-def _with_wiener(job, source):
-    """The reconstruction job, then the Wiener SIM baseline and the pattern diagnostics
-    of the same stack; returns ``(rec, layers)``, or ``(rec, message)`` when the
-    illumination cannot be estimated (the model's result is still shown)."""
+def _with_wiener(job, source, ckpt):
+    """The reconstruction job, then the Wiener SIM baseline, the estimated light patterns
+    (std calibrated by the checkpoint's stored scale, when ``sim-uq calibrate`` stored one)
+    and the pattern diagnostics of the same stack; returns ``(rec, layers)``, or
+    ``(rec, message)`` when the illumination cannot be estimated (the model's result is
+    still shown)."""
     from napari_sim_uq.core.events import Event
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks.sim.calibration import stored_pattern_estimate_scale
 
     rec = yield from job
     if rec.time_series:
         return rec, "Wiener SIM is made for single stacks, not time series: skipped"
     yield Event("wiener", 0, 1, message="Wiener SIM: estimating the illumination …")
+    scale = stored_pattern_estimate_scale(load_checkpoint(ckpt))
     try:
-        layers = wiener_sim(source, hr_factor=rec.hr_factor, diagnostics=True)
+        layers = wiener_sim(
+            source,
+            hr_factor=rec.hr_factor,
+            diagnostics=True,
+            patterns=True,
+            pattern_sigma_scale=scale,
+        )
     except SimUqError as err:
         return rec, f"no Wiener SIM: {err}"
     yield Event("wiener", 1, 1, message="Wiener SIM done")

@@ -322,3 +322,27 @@ def stored_self_check_reference(ck: Any) -> dict | None:
             f"checkpoint '{getattr(ck, 'path', '?')}': invalid stored self-check reference"
         )
     return dict(ref)
+
+
+#: checkpoint ``extra`` key of the sigma scale of the parametric light patterns that the
+#: classical pattern estimate gives (fitted by ``sim-uq calibrate`` on its split)
+PATTERN_ESTIMATE_SCALE_KEY = "pattern_estimate_sigma_scale"
+
+
+def stored_pattern_estimate_scale(ck: Any) -> float | None:
+    """The sigma scale of the estimated parametric light patterns stored by ``sim-uq
+    calibrate`` (``None``: not calibrated)."""
+    v = (getattr(ck, "extra", None) or {}).get(PATTERN_ESTIMATE_SCALE_KEY)
+    if v is None:
+        return None
+    try:
+        s = float(v["sigma_scale"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"checkpoint '{getattr(ck, 'path', '?')}': invalid stored pattern-estimate scale"
+        ) from None
+    if not (math.isfinite(s) and s > 0):
+        raise InputError(
+            f"checkpoint '{getattr(ck, 'path', '?')}': invalid stored pattern-estimate scale"
+        )
+    return s

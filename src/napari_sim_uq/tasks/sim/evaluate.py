@@ -66,6 +66,7 @@ import numpy as np
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event, relay
 from napari_sim_uq.core.io.results import jsonable
+from napari_sim_uq.tasks.sim.calibration import PATTERN_ESTIMATE_SCALE_KEY
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -139,7 +140,11 @@ def _image_quality(pred: np.ndarray, gt: np.ndarray, *, per_frame_ssim: bool) ->
 
 
 def _wiener_row(
-    raw: np.ndarray, model: Any, gt: np.ndarray, lp_gt: np.ndarray | None = None
+    raw: np.ndarray,
+    model: Any,
+    gt: np.ndarray,
+    lp_gt: np.ndarray | None = None,
+    lp_scale: float | None = None,
 ) -> dict:
     """Wiener SIM of one stack (illumination estimated from it) scored like the widefield
     baseline (affine fit to the ground truth), and the parametric light patterns of the
@@ -171,6 +176,9 @@ def _wiener_row(
             z2 = ((lp_gt - mu)[ok] / sd[ok]) ** 2
             lp["zms"] = float(np.mean(z2)) if z2.size else None
             lp["cov95"] = float(np.mean(z2 <= 1.96**2)) if z2.size else None
+            if lp_scale is not None and z2.size:  # the scale stored by `sim-uq calibrate`
+                lp["zms_calibrated"] = float(np.mean(z2)) / lp_scale**2
+                lp["cov95_calibrated"] = float(np.mean(z2 <= (1.96 * lp_scale) ** 2))
             out["lp_parametric"] = lp
     return out
 
@@ -184,7 +192,8 @@ def _wiener_summary(rows: list[dict]) -> dict:
     out: dict[str, Any] = {
         "wiener": {k: _mean_of([r["wiener"] for r in done], k) for k in ("psnr", "ssim", "nrmse")},
         "lp_parametric": {
-            k: _mean_of(lp_rows, k) for k in ("psnr", "ssim", "nrmse", "zms", "cov95")
+            k: _mean_of(lp_rows, k)
+            for k in ("psnr", "ssim", "nrmse", "zms", "cov95", "zms_calibrated", "cov95_calibrated")
         },
         "wiener_n": len(done),
         "wiener_failed": len(failed),
@@ -410,6 +419,7 @@ def _collect(
     raw_scale: float = 1.0,
     self_check_reference: dict | None = None,
     wiener: bool = False,
+    lp_scale: float | None = None,
 ) -> Generator[Event, None, _SplitResult]:
     """Run the model (all sigma scales 1) over the stacks of ``split``; pool residuals and
     sigmas per quantity, and per-stack image-quality metrics when asked and possible.
@@ -535,7 +545,7 @@ def _collect(
             row["widefield"]["affine_fit"] = [a_wf, b_wf]
             if wiener:
                 lp_gt = item["lp_gt"].numpy().astype(np.float64)
-                row["wiener"] = _wiener_row(raw, model, gt, lp_gt)
+                row["wiener"] = _wiener_row(raw, model, gt, lp_gt, lp_scale)
             lp_gt = item["lp_gt"].numpy().astype(np.float64)
             row["lp"] = _image_quality(pred.lp.astype(np.float64), lp_gt, per_frame_ssim=True)
         per_sample.append(row)
@@ -640,6 +650,7 @@ def evaluate_sim_job(
                 f"not overwriting existing results: {', '.join(existing)} (use --overwrite)"
             )
     from napari_sim_uq.tasks.sim.calibration import (
+        stored_pattern_estimate_scale,
         stored_self_check_reference,
         stored_sigma_maps,
     )
@@ -648,6 +659,7 @@ def evaluate_sim_job(
     applied = {q: float((ck.sigma_scale or {}).get(q, 1.0)) for q in QUANTITIES}
     maps = stored_sigma_maps(ck)
     reference = stored_self_check_reference(ck)
+    lp_scale = stored_pattern_estimate_scale(ck)
     res = yield from _collect(
         model,
         ck,
@@ -665,6 +677,7 @@ def evaluate_sim_job(
         raw_scale=applied["raw"],
         self_check_reference=reference,
         wiener=bool(wiener),
+        lp_scale=lp_scale,
     )
 
     calibration: dict[str, Any] = {}
@@ -851,6 +864,7 @@ def calibrate_sim_job(
     out: str | os.PathLike | None = None,
     method: str = "map-intensity",
     n_bins: int = 10,
+    pattern_estimate: bool = True,
 ) -> Generator[Event, None, dict]:
     """Job: fit ``s = sqrt(mean(r^2 / sigma^2))`` per quantity on ``data_dir/split`` and
     store it in the checkpoint; for the emitter (``method`` other than ``"scale"``) also a
@@ -859,6 +873,12 @@ def calibrate_sim_job(
     ``"map-intensity"`` (default) one per class of the predicted emitter's relative
     intensity (:func:`~napari_sim_uq.tasks.sim.calibration.fit_emitter_map`). ``"scale"``
     removes a stored map.
+
+    ``pattern_estimate`` (with ground truth): also estimate the illumination of every
+    stack (:mod:`~napari_sim_uq.tasks.sim.classical`) and store the sigma scale of the
+    parametric light patterns' std over the stacks where the estimate passes
+    (``extra["pattern_estimate_sigma_scale"]``, used by ``evaluate`` and the Reconstruct
+    widget's Wiener option); it needs at least 2 such stacks.
 
     ``sigma`` is the model's own sigma (the checkpoint's current scales are not applied),
     so calibrating twice gives the same scales. ``quantities``: any of ``"emitter"``,
@@ -921,8 +941,9 @@ def calibrate_sim_job(
         max_samples=max_n,
         quantities=requested,
         scale_sets={"before": before_scales, "unscaled": _unit_scales()},
-        image_quality=False,
+        image_quality=pattern_estimate,
         raw_scale=1.0,
+        wiener=pattern_estimate,
     )
     if explicit:
         missing = [q for q in requested if q not in res.pools]
@@ -956,12 +977,27 @@ def calibrate_sim_job(
     reference = self_check_reference(
         [r["self_check"] for r in res.per_sample], float(new_scales.get("raw", 1.0))
     )
+    lp_zms = [
+        r["wiener"]["lp_parametric"]["zms"]
+        for r in res.per_sample
+        if (((r.get("wiener") or {}).get("lp_parametric") or {}).get("zms") is not None)
+    ]
+    pattern_scale = (
+        {"sigma_scale": math.sqrt(float(np.mean(lp_zms))), "n_stacks": len(lp_zms)}
+        if len(lp_zms) >= 2
+        else None
+    )
+    if pattern_estimate and pattern_scale is None:
+        notes_map.append(
+            "no pattern-estimate scale: fewer than 2 stacks with an estimable illumination "
+            "and ground-truth patterns"
+        )
     update_calibration(
         checkpoint,
         new_scales,
         {q: m.to_dict() for q, m in maps.items()},
         out=None if out is None else target,
-        extra={"self_check": reference},
+        extra={"self_check": reference, PATTERN_ESTIMATE_SCALE_KEY: pattern_scale},
     )
 
     def short(rep: dict) -> dict:
@@ -989,6 +1025,7 @@ def calibrate_sim_job(
             "method": method,
             "sigma_map": {q: m.to_dict() for q, m in maps.items()},
             "self_check_reference": reference,
+            "pattern_estimate_sigma_scale": pattern_scale,
             "emitter_conditional": conditional,
             "before": before,
             "after": after,
