@@ -250,3 +250,11 @@ def test_calibrate_stores_the_pattern_estimate_scale_and_evaluate_applies_it(tmp
     lp = doc["image_quality"]["lp_parametric"]
     assert lp["zms"] == pytest.approx(scale**2, rel=1e-6)
     assert lp["zms_calibrated"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_flat_or_empty_stacks_get_a_clear_error():
+    for v in (np.zeros((9, 32, 32)), np.full((9, 32, 32), 7.0)):
+        with pytest.raises(InputError, match="constant"):
+            estimate_patterns(v)
+    with pytest.raises(InputError, match="9 frames"):
+        estimate_patterns(np.zeros((0, 32, 32)))

@@ -79,6 +79,11 @@ _MIN_OVERLAP = 0.02  # of the largest band overlap, for a shift to be searched
 _N_CANDIDATES = 5  # coherence peaks verified per angle
 _COHERENCE_MARGIN = 6.0  # a carrier's coherence above the largest expected without one
 _MAX_CORRELATION = 1.3  # a noise-corrected band correlation above this is mostly noise
+#: frames larger than this (pixels per side) search the carrier on their central crop
+SEARCH_SIZE = 256
+_SHIFT_CACHE_BYTES = 256 * 2**20  # shifted bands kept for the PSF-width search
+_PERIOD_SPREAD = 0.015  # an angle's period may differ this much from the others' median
+_MODULATION_RATIO = 0.5  # an angle's modulation must reach this fraction of the others'
 _REFINE_ROUNDS = 3  # rounds of the phase refinement of the wave vector
 _MIN_SIGNAL = 0.05  # least fraction of a band's power that is signal, for its correlation
 
@@ -303,6 +308,18 @@ def as_angle_phase_stack(raw: Any, n_angles: int, n_phases: int) -> torch.Tensor
     return x
 
 
+def _require_structure(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(A, P, H, W)`` unless a frame is constant (nothing to estimate from)."""
+    flat = x.flatten(-2).std(dim=-1) == 0
+    if bool(flat.any()):
+        a, p = (int(v) for v in torch.nonzero(flat)[0])
+        raise InputError(
+            f"frame {a * x.shape[1] + p} of the raw stack is constant: there is no structure "
+            "to estimate a pattern from"
+        )
+    return x
+
+
 def _k_range(period_range: tuple[float, float] | None) -> tuple[float, float]:
     if period_range is None:
         return DEFAULT_K_RANGE
@@ -372,7 +389,9 @@ class _Frames:
         key = (a, float(k[0]), float(k[1]))
         out = self._shifted.get(key)
         if out is None:
-            if len(self._shifted) >= 64:
+            # at most 64 entries and ~256 MB (large frames)
+            cap = max(4, min(64, _SHIFT_CACHE_BYTES // (16 * self.B0[a].numel())))
+            while len(self._shifted) >= cap:
                 self._shifted.pop(next(iter(self._shifted)))
             out = self._shifted[key] = _shift(self.B0[a], k, self.xs, self.ys)
         return out
@@ -609,7 +628,7 @@ def _sigma_score(items: list[tuple[_Frames, int, torch.Tensor]], sigma: float, b
         pt, py = float(torch.sum(t.abs() ** 2)), float(torch.sum(y.abs() ** 2))
         dt = pt - fr.noise_band * float(torch.sum(o**2))
         dy = py - fr.noise_band * float(torch.sum(o_s**2))
-        if dt < _MIN_SIGNAL * pt or dy < _MIN_SIGNAL * py:
+        if dt <= 0 or dy <= 0 or dt < _MIN_SIGNAL * pt or dy < _MIN_SIGNAL * py:
             # (almost) all noise: the noise-corrected ratio would be meaningless
             den_t += 1.0
             den_y += 1.0
@@ -712,17 +731,44 @@ def _finish(
             / math.sqrt(p_n * n_stacks)
             / (2 * math.pi * max(r_rms, 1.0))
         )
-        m = float(np.nanmean(fmod[a])) if np.isfinite(fmod[a]).any() else float("nan")
+    periods = 1.0 / np.maximum(
+        np.linalg.norm(torch.stack([c.k for c in carriers]).numpy(), axis=1), 1e-12
+    )
+    mods = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in fmod])
+    base = []
+    for a, car in enumerate(carriers):
         why = car.problems(min_confidence)
-        if not (0.02 < m < 1.2):
-            why.append(f"implausible modulation depth {m:.3f} (expected 0-1)")
+        if not (0.02 < float(mods[a]) < 1.2):
+            why.append(f"implausible modulation depth {float(mods[a]):.3f} (expected 0-1)")
+        base.append(why)
+    passed = [a for a in range(a_n) if not base[a]]
+    for a in range(a_n):
+        why = base[a]
+        m = float(mods[a])
+        others = [b for b in passed if b != a]
+        if not why and others:
+            # the angles of one instrument share their period and (roughly) modulation:
+            # compared with the other angles that passed their own checks
+            p_ref = float(np.median(periods[others]))
+            m_ref = float(np.median(mods[others]))
+            if abs(periods[a] / p_ref - 1) > _PERIOD_SPREAD:
+                why.append(
+                    f"its period {periods[a]:.3f} px differs by "
+                    f"{100 * abs(periods[a] / p_ref - 1):.1f} % from the other angles' "
+                    f"({p_ref:.3f} px): likely a wrong carrier"
+                )
+            if m < _MODULATION_RATIO * m_ref:
+                why.append(
+                    f"its modulation {m:.2f} is below {_MODULATION_RATIO:g} x the other "
+                    f"angles' ({m_ref:.2f}): likely a wrong carrier"
+                )
         if why:
             ok[a] = False
             messages.append(f"angle {a}: " + "; ".join(why))
     return PatternEstimate(
         wave_vectors=torch.stack([c.k for c in carriers]).numpy(),
         phases=phases,
-        modulation=np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in fmod]),
+        modulation=mods,
         frame_modulation=fmod,
         confidence=np.asarray([c.rho for c in carriers], np.float64),
         coherence=np.asarray([c.coherence for c in carriers], np.float64),
@@ -773,23 +819,79 @@ def estimate_patterns(
 def _verify_angles(frames, searched, psf_sigma, binning, min_confidence):
     """Verify every angle's candidates; then, with an estimated PSF width, verify the angles
     that failed again with the width of those that passed (one PSF for all angles: a
-    single angle's width search can go astray on a weak carrier and reject it). Returns
-    ``(carriers, psf_sigma, estimated)``."""
+    single angle's width search can go astray on a weak carrier and reject it); then look
+    for the carriers still missing where the angles that passed predict them
+    (:func:`_recover_from_other_angles`). Returns ``(carriers, psf_sigma, estimated)``."""
     carriers = [
         _verify(frames, a, cands, thr, psf_sigma, binning)
         for a, (cands, thr) in enumerate(searched)
     ]
-    if psf_sigma is not None:
-        return carriers, psf_sigma, False
-    psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
-    good = [not c.problems(min_confidence) for c in carriers]
-    if any(good) and not all(good):
-        for a, (cands, thr) in enumerate(searched):
-            if not good[a]:
-                again = _verify(frames, a, cands, thr, psf_sigma, binning)
-                if not again.problems(min_confidence):
-                    carriers[a] = again
-    return carriers, psf_sigma, True
+    estimated = psf_sigma is None
+    if estimated:
+        psf_sigma = _pooled_sigma(frames, carriers, min_confidence, binning)
+        good = [not c.problems(min_confidence) for c in carriers]
+        if any(good) and not all(good):
+            for a, (cands, thr) in enumerate(searched):
+                if not good[a]:
+                    again = _verify(frames, a, cands, thr, psf_sigma, binning)
+                    if not again.problems(min_confidence):
+                        carriers[a] = again
+    carriers = _recover_from_other_angles(
+        frames, carriers, [thr for _, thr in searched], psf_sigma, binning, min_confidence
+    )
+    return carriers, psf_sigma, estimated
+
+
+def _recover_from_other_angles(frames, carriers, thresholds, sigma, binning, min_confidence):
+    """A failed angle's carrier near where the passed ones put it.
+
+    The ``A`` orientations of an instrument are ``pi / A`` apart and share the period, so
+    every passed carrier ``k_b`` predicts ``+-R(+-pi (a - b) / A) k_b`` for angle ``a`` (both
+    senses of rotation, both signs). At each prediction the coherence map's highest bin
+    within 2 bins is refined (:func:`_refine_by_phase`) and verified like a searched
+    candidate (band correlation, coherence threshold); the best one that passes replaces
+    the failed carrier. Real instruments' angles are not exactly ``pi / A`` apart: the
+    2-bin window and the refinement allow about a degree on 256-pixel fields."""
+    n = len(carriers)
+    good = [b for b, c in enumerate(carriers) if not c.problems(min_confidence)]
+    if not good or len(good) == n:
+        return carriers
+    fr0 = frames[0]
+    bin_ = 1.0 / min(fr0.shape)
+    for a in range(n):
+        if a in good:
+            continue
+        cc = None
+        for fr in frames:
+            m, kx, ky = _coarse_map(*_correlation_planes(fr, a))
+            cc = m if cc is None else cc + m
+        best = None
+        for b in good:
+            kb = carriers[b].k
+            for rot in (1.0, -1.0):
+                t = rot * math.pi * (a - b) / n
+                kr = torch.stack(
+                    (
+                        math.cos(t) * kb[0] - math.sin(t) * kb[1],
+                        math.sin(t) * kb[0] + math.cos(t) * kb[1],
+                    )
+                )
+                for k0 in (kr, -kr):
+                    near = torch.sqrt((kx - k0[0]) ** 2 + (ky - k0[1]) ** 2) <= 2 * bin_
+                    local = torch.where(near, cc, torch.zeros_like(cc))
+                    j = int(torch.argmax(local))
+                    coh = float(local.flatten()[j])
+                    if coh <= 0:
+                        continue
+                    k1 = torch.stack((kx.flatten()[j], ky.flatten()[j]))
+                    k = _refine_by_phase(frames, a, k1, sigma, binning)
+                    rho = _sigma_score([(fr, a, k) for fr in frames], sigma, binning)
+                    car = _Carrier(k, rho, coh, thresholds[a], False)
+                    if not car.problems(min_confidence) and (best is None or rho > best.rho):
+                        best = car
+        if best is not None:
+            carriers[a] = best
+    return carriers
 
 
 def _pooled_sigma(frames, carriers, min_confidence, binning) -> float:
@@ -815,7 +917,7 @@ def estimate_patterns_dataset(
     shape."""
     _check_common(psf_sigma, binning, min_confidence, taper)
     k_range = _k_range(period_range)
-    xs_ = [as_angle_phase_stack(s, n_angles, n_phases) for s in stacks]
+    xs_ = [_require_structure(as_angle_phase_stack(s, n_angles, n_phases)) for s in stacks]
     frames = [_Frames(x, taper) for x in xs_]
     if not frames:
         raise InputError("no stacks given to estimate the patterns from")
@@ -824,16 +926,30 @@ def estimate_patterns_dataset(
         raise InputError(
             f"a dataset-level estimate needs frames of one shape; got {sorted(shapes)}"
         )
-    fr0 = frames[0]
+    # large frames: carrier search, verification and PSF width on the central crop of
+    # SEARCH_SIZE pixels (the cost grows with the area; 256 x 256 already gives 0.03 %),
+    # then the wave vectors refined and the phases estimated on the whole frames
+    h, w = frames[0].shape
+    crop = None
+    if max(h, w) > SEARCH_SIZE:
+        ch, cw = min(h, SEARCH_SIZE), min(w, SEARCH_SIZE)
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        crop = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+    search = frames if crop is None else [_Frames(x[..., crop[0], crop[1]], taper) for x in xs_]
+    fr0 = search[0]
     searched = [
         _candidates(
-            [_correlation_planes(fr, a) for fr in frames], k_range, fr0.xs, fr0.ys, fr0.shape
+            [_correlation_planes(fr, a) for fr in search], k_range, fr0.xs, fr0.ys, fr0.shape
         )
         for a in range(int(n_angles))
     ]
     carriers, psf_sigma, estimated = _verify_angles(
-        frames, searched, psf_sigma, binning, min_confidence
+        search, searched, psf_sigma, binning, min_confidence
     )
+    if crop is not None:
+        for a, car in enumerate(carriers):
+            if not car.problems(min_confidence):
+                car.k = _refine_by_phase(frames, a, car.k, psf_sigma, binning)
     per_stack = [
         _finish(fr, carriers, psf_sigma, estimated, binning, min_confidence, len(frames))
         for fr in frames
