@@ -26,12 +26,21 @@ the code is this project's own):
    the estimated ``c_p`` and the step repeated (three times), which removes the leak of the
    phase-step errors into ``X0``.
 
+4. **Consistency and recovery.** The angles of one instrument share their period and
+   (roughly) their modulation: an angle whose period differs by more than 1.5 % from the
+   passed angles' or whose modulation is below half of theirs is flagged. A failed angle
+   is searched again where the passed ones predict it (orientations ``pi / A`` apart,
+   :func:`_recover_from_other_angles`). Frames larger than :data:`SEARCH_SIZE` search on
+   their central crop; the wave vectors are refined and the phases estimated on the whole
+   frames.
+
 **Failures are flagged**, with a message per angle: ``rho`` outside
-``[min_confidence, 1.1]`` (default 0.75; above 1.1 the noise correction dominates), a
+``[min_confidence, 1.3]`` (default 0.75; above 1.3 the noise correction dominates), a
 coherence below the largest one expected without a carrier plus a margin, a modulation
-outside ``(0.02, 1.2)`` or a carrier at the edge of the searched band. Small or sparse
-fields and weak modulation fail this way instead of returning a wrong carrier
-(:meth:`PatternEstimate.require_ok` raises it as an error). ``confidence`` is ``rho``.
+outside ``(0.02, 1.2)`` or inconsistent with the other angles, or a carrier at the edge of
+the searched band. Small or sparse fields and weak modulation fail this way instead of
+returning a wrong carrier (:meth:`PatternEstimate.require_ok` raises it as an error).
+``confidence`` is ``rho``.
 
 **A dataset** of one instrument shares its wave vectors (only the phases drift):
 :func:`estimate_patterns_dataset` adds ``|CC_s(q)|^2`` over the stacks before the peak
