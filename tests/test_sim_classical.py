@@ -258,3 +258,19 @@ def test_flat_or_empty_stacks_get_a_clear_error():
             estimate_patterns(v)
     with pytest.raises(InputError, match="9 frames"):
         estimate_patterns(np.zeros((0, 32, 32)))
+
+
+def test_window_phase_correction_removes_the_wave_vector_bias():
+    """Noise-free 48 x 48 stacks of one instrument, refinement started at the true wave
+    vector: with the window-phase correction it stays within 0.15 % (without it the
+    tapered window pulled it outwards by about 0.6 %)."""
+    from napari_sim_uq.tasks.sim.classical import estimate as E
+
+    cfg = SynthConfig(lr_size=(48, 48), hr_factor=F, fixed_instrument=True, phase_jitter=0.0)
+    samples = [generate_sample(cfg, 11700, i) for i in range(4)]
+    k_true = np.asarray(samples[0].params["wave_vectors"]) * F
+    sigma = samples[0].params["psf_sigma_lr"]
+    frames = [E._Frames(E.as_angle_phase_stack(s.clean, 3, 3), 0.15) for s in samples]
+    for a in range(3):
+        k = E._refine_by_phase(frames, a, torch.as_tensor(k_true[a]), sigma, F).numpy()
+        assert np.linalg.norm(k - k_true[a]) / np.linalg.norm(k_true[a]) < 0.0015
