@@ -552,7 +552,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         "--no-wiener",
         action="store_true",
         help="skip the classical Wiener SIM baseline (it estimates the illumination of "
-        "every stack: about 0.3 s per 48 x 48 stack)",
+        "every stack)",
     )
     p.add_argument(
         "--out-dir",
