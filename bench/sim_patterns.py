@@ -85,6 +85,63 @@ def oracle(s, shape) -> PatternEstimate:
     )
 
 
+#: classes of the true pattern value for the conditional calibration of the pattern std
+FRINGE_CLASSES = {
+    "dark fringe": (-math.inf, 0.7),
+    "slope": (0.7, 1.3),
+    "bright fringe": (1.3, math.inf),
+}
+
+
+def pattern_calibration(cfg, test_samples, n_calib: int) -> dict:
+    """Parametric light patterns of the per-stack estimates on ``test_samples``: PSNR, and
+    the calibration of their delta-method std, raw and after one sigma scale fitted on a
+    separate calibration set (seed 12500), pooled, per std decile and per fringe class
+    (:func:`~napari_sim_uq.core.uq.calibrate.conditional_calibration`)."""
+    from napari_sim_uq.core.uq.calibrate import conditional_calibration
+
+    def rows(samples):
+        out = []
+        for s in samples:
+            est = estimate_patterns(s.raw, binning=F)
+            if not est.all_ok:
+                continue
+            mu, sd = parametric_patterns(est, F)
+            gt = s.patterns.astype(np.float64)
+            out.append((M.psnr(mu, gt, float(gt.max() - gt.min())), gt - mu, sd, gt))
+        return out
+
+    calib = rows([generate_sample(cfg, 12500, i) for i in range(n_calib)])
+    scale2 = float(
+        np.mean(np.concatenate([(r / np.maximum(sd, 1e-9)).ravel() ** 2 for _, r, sd, _ in calib]))
+    )
+    test = rows(test_samples)
+    r = np.concatenate([r.ravel() for _, r, _, _ in test])
+    sd = np.concatenate([sd.ravel() for _, _, sd, _ in test])
+    gt = np.concatenate([g.ravel() for _, _, _, g in test])
+    z2 = (r / np.maximum(sd, 1e-9)) ** 2
+    zs2 = z2 / scale2
+    cond = conditional_calibration(
+        r, sd * math.sqrt(scale2), gt, mask=sd > 0, intensity_classes=FRINGE_CLASSES
+    )
+    return {
+        "n_test_stacks": len(test),
+        "n_calib_stacks": len(calib),
+        "psnr_mean": float(np.mean([p for p, _, _, _ in test])),
+        "psnr_min": float(np.min([p for p, _, _, _ in test])),
+        "zms_unscaled": float(np.mean(z2)),
+        "sigma_scale_from_calib": math.sqrt(scale2),
+        "zms_scaled": float(np.mean(zs2)),
+        "cov95_scaled": float(np.mean(zs2 <= 1.96**2)),
+        "spearman_sigma_abs_err": float(M.spearman(sd, np.abs(r))),
+        "scaled_zms_by_std_decile": [row["zms"] for row in cond["by_std_decile"]],
+        "scaled_by_fringe_class": {
+            k: {"n": v["n"], "zms": v["zms"], "cov95": v["cov95"]}
+            for k, v in cond["by_intensity"].items()
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=64, help="stacks per estimation set")
@@ -92,6 +149,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_patterns.json")
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: 3 stacks per set, 128 x 128 fields"
+    )
+    ap.add_argument(
+        "--patterns-only",
+        action="store_true",
+        help="only part 4 (the parametric patterns), merged into an existing --out JSON",
     )
     args = ap.parse_args()
     big = 256
@@ -106,6 +168,17 @@ def main() -> None:
     }
 
     t0 = time.perf_counter()
+    if args.patterns_only:
+        import json
+
+        cfg48 = SynthConfig(lr_size=(48, 48), hr_factor=F)
+        sw = [generate_sample(cfg48, 12000, i) for i in range(args.n_wiener)]
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result["parametric_patterns_48"] = pattern_calibration(cfg48, sw, args.n_wiener)
+        for k, v in result["parametric_patterns_48"].items():
+            print(f"{k:32s} {v}")
+        write_result(args.out, result)
+        return
     cfg256 = SynthConfig(lr_size=(big, big), hr_factor=F)
     s256 = [generate_sample(cfg256, 11000, i) for i in range(args.n)]
     e256 = [estimate_patterns(s.raw, binning=F) for s in s256]
@@ -168,38 +241,7 @@ def main() -> None:
     wiener["fixed_instrument_stacks_failed"] = fx_fail
     result["wiener_48"] = wiener
 
-    # parametric light patterns of the per-stack estimates: PSNR, and calibration of their
-    # delta-method std, raw and after one sigma scale fitted on a separate calib set
-    def pattern_rows(samples):
-        rows = []
-        for s in samples:
-            est = estimate_patterns(s.raw, binning=F)
-            if not est.all_ok:
-                continue
-            mu, sd = parametric_patterns(est, F)
-            gt = s.patterns.astype(np.float64)
-            rows.append((M.psnr(mu, gt, float(gt.max() - gt.min())), gt - mu, sd))
-        return rows
-
-    calib = pattern_rows([generate_sample(cfg48, 12500, i) for i in range(args.n_wiener)])
-    scale2 = float(
-        np.mean(np.concatenate([(r / np.maximum(sd, 1e-9)).ravel() ** 2 for _, r, sd in calib]))
-    )
-    test = pattern_rows(sw)
-    r = np.concatenate([r.ravel() for _, r, _ in test])
-    sd = np.concatenate([sd.ravel() for _, _, sd in test])
-    z2 = (r / np.maximum(sd, 1e-9)) ** 2
-    zs2 = z2 / scale2
-    result["parametric_patterns_48"] = {
-        "n_test_stacks": len(test),
-        "psnr_mean": float(np.mean([p for p, _, _ in test])),
-        "psnr_min": float(np.min([p for p, _, _ in test])),
-        "zms_unscaled": float(np.mean(z2)),
-        "sigma_scale_from_calib": math.sqrt(scale2),
-        "zms_scaled": float(np.mean(zs2)),
-        "cov95_scaled": float(np.mean(zs2 <= 1.96**2)),
-        "spearman_sigma_abs_err": float(M.spearman(sd, np.abs(r))),
-    }
+    result["parametric_patterns_48"] = pattern_calibration(cfg48, sw, args.n_wiener)
     result["seconds"] = time.perf_counter() - t0
 
     print(
