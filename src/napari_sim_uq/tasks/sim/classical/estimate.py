@@ -75,6 +75,7 @@ __all__ = [
     "PatternEstimate",
     "estimate_patterns",
     "estimate_patterns_dataset",
+    "estimate_phases",
     "pattern_errors",
 ]
 
@@ -118,6 +119,9 @@ class PatternEstimate:
     phase_std: np.ndarray | None = None  # (A, P)
     modulation_std: np.ndarray | None = None  # (A, P)
     k_std: np.ndarray | None = None  # (A,) cycles per raw pixel
+    # (A, P) frames whose phase could not be fitted: an "unknown fringe" of depth
+    # modulation_std at a uniformly unknown phase (tasks/sim/pattern_model._fill_unfitted)
+    unfitted: np.ndarray | None = None
 
     @property
     def phase_origin(self) -> tuple[float, float]:
@@ -189,6 +193,7 @@ class PatternEstimate:
             "phase_std_rad": None if self.phase_std is None else self.phase_std.tolist(),
             "modulation_std": None if self.modulation_std is None else self.modulation_std.tolist(),
             "k_std_cycles_per_raw_px": None if self.k_std is None else self.k_std.tolist(),
+            "unfitted": None if self.unfitted is None else self.unfitted.tolist(),
             "ok": [bool(v) for v in self.ok],
             "psf_sigma_raw_px": float(self.psf_sigma),
             "psf_sigma_estimated": bool(self.psf_sigma_estimated),
@@ -250,6 +255,7 @@ class PatternEstimate:
                 phase_std=_opt_array(d.get("phase_std_rad")),
                 modulation_std=_opt_array(d.get("modulation_std")),
                 k_std=_opt_array(d.get("k_std_cycles_per_raw_px")),
+                unfitted=None if d.get("unfitted") is None else np.asarray(d["unfitted"], bool),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not a pattern estimate: {exc}") from exc
@@ -823,6 +829,46 @@ def estimate_patterns(
     hidden (module docstring).
     """
     return estimate_patterns_dataset([raw], n_angles, n_phases, **options).stacks[0]
+
+
+def estimate_phases(
+    raw: Any,
+    wave_vectors: Any,
+    psf_sigma: float,
+    n_angles: int = 3,
+    n_phases: int = 3,
+    *,
+    binning: int | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    taper: float = 0.15,
+    n_stacks: int = 1,
+) -> PatternEstimate:
+    """Per-frame phases and modulation of one raw stack from an instrument whose wave
+    vectors (``(A, 2)`` cycles per raw pixel) and PSF width (raw pixels) are known, e.g.
+    from :func:`estimate_patterns_dataset` on its training data: step 3 of the module
+    docstring only (no carrier search, the wave vectors are not refined). ``confidence``
+    is the band correlation at the given wave vectors; an angle below ``min_confidence``
+    (a field too small or too sparse to fit its phases well) is flagged. ``n_stacks``: the
+    number of stacks the wave vectors were estimated from (for ``k_std``)."""
+    _check_common(psf_sigma, binning, min_confidence, taper)
+    if psf_sigma is None:
+        raise InputError("psf_sigma is required with known wave vectors")
+    x = _require_structure(as_angle_phase_stack(raw, n_angles, n_phases))
+    k = np.asarray(wave_vectors, np.float64)
+    if k.shape != (int(n_angles), 2) or not np.isfinite(k).all():
+        raise InputError(
+            f"wave_vectors must be {int(n_angles)} finite (k_x, k_y) pairs in cycles per raw "
+            f"pixel, got shape {k.shape}"
+        )
+    fr = _Frames(x, taper)
+    carriers = []
+    for a in range(int(n_angles)):
+        ka = torch.as_tensor(k[a])
+        rho = _sigma_score([(fr, a, ka)], float(psf_sigma), binning)
+        carriers.append(_Carrier(ka, rho, math.inf, 0.0, False))
+    return _finish(
+        fr, carriers, float(psf_sigma), False, binning, min_confidence, max(1, int(n_stacks))
+    )
 
 
 def _verify_angles(frames, searched, psf_sigma, binning, min_confidence):
