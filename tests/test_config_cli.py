@@ -39,11 +39,14 @@ OLD_TRAIN_FLAGS = {
     "--beta-nll", "--camera-init", "--debug-every-epochs", "--debug-samples", "--quiet",
     # added since (issue 15)
     "--uq-sup-var-only", "--uq-structure-weight",
+    # issue 16: the instrument's light patterns
+    "--patterns",
 }  # fmt: skip
 OLD_TRAIN_GROUPS = {
     "model": {
         "--hr-factor", "--base-channels", "--depth", "--dropout", "--psf-size", "--uq-targets",
         "--uq-logvar-init", "--uq-logvar-min", "--uq-logvar-max", "--uq-var-space",
+        "--patterns",
     },
     "loss": {
         "--uq-var-floor", "--uq-psf-var-weight", "--uq-aux-rec-weight", "--uq-aux-rec-mode",

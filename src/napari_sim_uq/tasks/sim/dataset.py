@@ -302,6 +302,8 @@ class SimStackDataset(Dataset):
         self._cache: dict[int, dict] = {}
         self._norms: dict[tuple[int, int], Normalization] = {}
         self._emitter_norms: dict[tuple[int, int], tuple[float, float]] = {}
+        self._patterns: list | None = None  # per item PatternEstimate (set_pattern_estimates)
+        self._pattern_f = 1
 
         self.files = resolve_files(pattern_or_paths)
         self._info = [self._probe(p) for p in self.files]
@@ -421,6 +423,30 @@ class SimStackDataset(Dataset):
     def item_shapes(self) -> list[tuple[int, int, int]]:
         """``(A*P, h, w)`` of the items of each file (after cropping)."""
         return [(i.n_frames, *(self.crop or i.hw)) for i in self._info]
+
+    @property
+    def full_shapes(self) -> list[tuple[int, int, int]]:
+        """``(A*P, H, W)`` of the whole frames of each item (no crop)."""
+        return [(i.n_frames, *i.hw) for i in self._info for _ in range(i.n_t)]
+
+    def raw_frames(self, index: int) -> np.ndarray:
+        """The whole raw frames ``(A*P, H, W)`` of item ``index`` as stored (float32, not
+        normalised, not cropped; a view of the cache: do not modify)."""
+        k, t = self._index[self._check_index(index)]
+        return self._load(k)["frames"][t]
+
+    def set_pattern_estimates(self, estimates: Sequence | None, hr_factor: int) -> None:
+        """Give every item its light patterns (one
+        :class:`~napari_sim_uq.tasks.sim.classical.estimate.PatternEstimate` per item, of
+        its whole frames, or ``None`` to remove them): items then carry ``"lp_est"`` and
+        ``"lp_est_var"`` ``(A*P, fh, fw)``, the parametric patterns and their variance on
+        the item's (cropped) HR grid (:mod:`napari_sim_uq.tasks.sim.pattern_model`)."""
+        if estimates is not None and len(estimates) != len(self):
+            raise InputError(
+                f"{len(estimates)} pattern estimates for a dataset of {len(self)} items"
+            )
+        self._patterns = None if estimates is None else list(estimates)
+        self._pattern_f = positive_int(hr_factor, "hr_factor", False)
 
     def check_batchable(self) -> None:
         """Raise :class:`InputError` unless all items have the same shape."""
@@ -581,6 +607,14 @@ class SimStackDataset(Dataset):
             "norm": _norm_tensors(norm.offset, norm.scale),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+        if self._patterns is not None:
+            from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
+
+            mean, std = parametric_patterns(
+                self._patterns[index], self._pattern_f, (h, w), (y0, x0)
+            )
+            item["lp_est"] = _tensor(mean)
+            item["lp_est_var"] = _tensor(np.square(std))
         if not self.supervised:
             return item
         f = self.hr_factor

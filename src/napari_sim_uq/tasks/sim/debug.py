@@ -131,6 +131,7 @@ def compute_debug_arrays(model, criterion, batch: dict, *, supervised: bool) -> 
     import torch
 
     from napari_sim_uq.core.nn.losses import gaussian_nll
+    from napari_sim_uq.tasks.sim.pattern_model import instrument_psf, use_estimated_patterns
 
     modes = (model.training, criterion.training)
     try:
@@ -142,6 +143,11 @@ def compute_debug_arrays(model, criterion, batch: dict, *, supervised: bool) -> 
             b = _to(batch, device)
             x = b["x"]
             out = model(x)
+            instrument = getattr(model, "instrument", None)
+            if instrument is not None and "lp_est" in b:
+                f = int(model.hr_factor)
+                psf = instrument_psf(instrument, out.psf.shape[-1], f, out.emitter)
+                out, b = use_estimated_patterns(out, b, psf, f)
             res = criterion(out, x, b)
             floor = float(criterion.cfg.var_floor)
             a: dict[str, Any] = {

@@ -146,28 +146,39 @@ def _wiener_row(
     lp_gt: np.ndarray | None = None,
     lp_scale: float | None = None,
 ) -> dict:
-    """Wiener SIM of one stack (illumination estimated from it) scored like the widefield
-    baseline (affine fit to the ground truth), and the parametric light patterns of the
-    estimate against ``lp_gt`` (PSNR, SSIM and the ZMS / cov95 of their delta-method std);
-    ``{"failed": why}`` when the estimate fails."""
+    """Wiener SIM of one stack scored like the widefield baseline (affine fit to the
+    ground truth), and the parametric light patterns of the estimate against ``lp_gt``
+    (PSNR, SSIM and the ZMS / cov95 of their delta-method std); ``{"failed": why}`` when
+    the estimate fails. The illumination is estimated from the stack alone, or, for a
+    model with an instrument (``patterns="estimated"``), with the instrument's wave
+    vectors and PSF width (the information the model has)."""
     from napari_sim_uq.tasks.sim.classical.estimate import estimate_patterns
     from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
     from napari_sim_uq.tasks.sim.classical.wiener import wiener_sim_array
+    from napari_sim_uq.tasks.sim.pattern_model import stack_patterns
 
     a_n, p_n = int(model.cfg.n_angles), int(model.cfg.n_phases)
+    instrument = getattr(model, "instrument", None)
     try:
-        est = estimate_patterns(raw, a_n, p_n)
+        if instrument is not None:
+            est = stack_patterns(instrument, raw)
+        else:
+            est = estimate_patterns(raw, a_n, p_n)
     except InputError as err:
         return {"failed": str(err)}
-    if not est.all_ok:
+    if instrument is None and not est.all_ok:
         return {"failed": "; ".join(est.messages)}
-    img = wiener_sim_array(
-        raw, est, hr_factor=int(model.hr_factor), n_angles=a_n, n_phases=p_n
-    ).image.astype(np.float64)
+    try:
+        img = wiener_sim_array(
+            raw, est, hr_factor=int(model.hr_factor), n_angles=a_n, n_phases=p_n
+        ).image.astype(np.float64)
+    except InputError as err:  # a flagged angle (the filter refuses it)
+        return {"failed": str(err)}
     a, b = _affine_fit(img, gt)
     out = _image_quality(a * img + b, gt, per_frame_ssim=False)
     out["affine_fit"] = [a, b]
     out["periods_raw_px"] = est.periods.tolist()
+    out["flagged_angles"] = int(np.sum(~np.asarray(est.ok)))
     if lp_gt is not None:
         mu, sd = parametric_patterns(est, int(model.hr_factor), tuple(raw.shape[-2:]))
         if mu.shape == lp_gt.shape:

@@ -200,6 +200,19 @@ class SimNetConfig(JsonConfig):
         flag="--uq-var-space",
     )
 
+    # where the light patterns of the forward model come from: the network's pattern head,
+    # or the instrument's parametric patterns estimated from the raw data (tasks/sim/
+    # pattern_model.py; the head is then ignored). Not a network hyper-parameter, but it
+    # decides what the outputs mean, so it travels with the model config.
+    patterns: str = option(
+        "network",
+        help="optics of the forward model: the network's pattern and PSF heads, or the "
+        "instrument's cosine patterns and Gaussian PSF estimated from the raw stacks, with a "
+        "least-squares background (needs stacks of one instrument; makes self-supervised "
+        "training identifiable)",
+        choices=("network", "estimated"),
+    )
+
     def __post_init__(self) -> None:
         targets = self.uq_targets
         if isinstance(targets, str):
@@ -243,6 +256,8 @@ class SimNetConfig(JsonConfig):
         check_dropout_and_logvar_range(self)
         if self.var_space not in VAR_SPACES:
             raise InputError(f"var_space must be one of {list(VAR_SPACES)}, got {self.var_space!r}")
+        if self.patterns not in ("network", "estimated"):
+            raise InputError(f"patterns must be 'network' or 'estimated', got {self.patterns!r}")
         if self.norm not in NORMS:
             raise InputError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         if not isinstance(self.predict_background, bool):

@@ -546,6 +546,7 @@ def predict_sim(
         context = _int_param("context", context, 1)
     if pad_mode not in PAD_MODES:
         raise InputError(f"pad_mode must be one of {list(PAD_MODES)}, got {pad_mode!r}")
+    patterns = _stack_patterns(model, x)
     x, context_info = _pad_to_context(x, context, pad_mode, MIN_SIM_FIELD, warn_small_input)
     try:
         dev = torch.device(device)
@@ -650,6 +651,10 @@ def predict_sim(
                         out = model(xb, check_input=False, pooled=pooled[ci])
                     else:
                         out = model(xb, check_input=False)
+                    if patterns is not None:
+                        out = _with_patterns(
+                            out, patterns, xb, f, box, plan, context_info, crop_lr, fov
+                        )
                     t1 = time.perf_counter()
                     need_var = any(
                         v is not None for v in (out.emitter_var, out.lp_var, out.psf_var)
@@ -774,11 +779,66 @@ def predict_sim(
             "device": str(dev),
             "hr_factor": f,
             "timings": timings,
+            "patterns_source": "network" if patterns is None else "estimated",
+            "pattern_estimate": None if patterns is None else patterns[1].to_dict(),
         }
         return SimPrediction(**res)
     finally:
         if modes is not None:
             modes.restore()
+
+
+def _stack_patterns(model: nn.Module, x: torch.Tensor):
+    """``(instrument, the stack's pattern estimate)`` for a model whose patterns come from
+    its instrument (:mod:`napari_sim_uq.tasks.sim.pattern_model`), else ``None``."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "patterns", "network") != "estimated":
+        return None
+    instrument = getattr(model, "instrument", None)
+    if instrument is None:
+        raise InputError(
+            "this model takes its light patterns from the instrument, but it carries no "
+            "instrument: load it with load_sim_model from its checkpoint"
+        )
+    from napari_sim_uq.tasks.sim.pattern_model import stack_patterns
+
+    return instrument, stack_patterns(instrument, x.detach().cpu().numpy())
+
+
+def _with_patterns(
+    out: Any,
+    patterns: tuple,
+    xb: torch.Tensor,
+    f: int,
+    box,
+    plan: Any,
+    context_info: dict,
+    crop_lr,
+    fov: torch.Tensor | None,
+) -> Any:
+    """``out`` with the instrument's optics (:func:`~napari_sim_uq.tasks.sim.pattern_model.
+    apply_instrument`): the parametric patterns of ``est`` on the HR grid of the tile
+    ``box`` (LR, padded coordinates; a cosine continues beyond the field), the
+    instrument's PSF and the background profiled on the tile's pixels inside the field
+    (``patterns``: what :func:`_stack_patterns` returned)."""
+    from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
+    from napari_sim_uq.tasks.sim.pattern_model import apply_instrument, instrument_psf
+
+    instrument, est = patterns
+    y0, y1, x0, x1 = box
+    oy = y0 - plan.pad_top - context_info["pad"][0]
+    ox = x0 - plan.pad_left - context_info["pad"][2]
+    mean, std = parametric_patterns(est, f, (y1 - y0, x1 - x0), (oy, ox))
+    like = out.emitter
+    lp = torch.from_numpy(mean).to(like)[None]
+    var = torch.from_numpy(np.square(std)).to(like)[None]
+    psf = instrument_psf(instrument, out.psf.shape[-1], f, like)
+    mask = torch.zeros((y1 - y0, x1 - x0), dtype=like.dtype, device=like.device)
+    mask[
+        max(crop_lr[0], y0) - y0 : min(crop_lr[1], y1) - y0,
+        max(crop_lr[2], x0) - x0 : min(crop_lr[3], x1) - x0,
+    ] = 1
+    return apply_instrument(out, xb, lp, var, psf, f, emitter_mask=fov, mask=mask)
 
 
 def _tile_result(

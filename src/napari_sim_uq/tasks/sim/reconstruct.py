@@ -56,9 +56,20 @@ def load_sim_model(checkpoint, device="cpu"):
     from napari_sim_uq.tasks import load_task_model
     from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
 
-    return load_task_model(
+    model, ck = load_task_model(
         checkpoint, "sim", lambda cfg: SimUQNet(SimNetConfig.from_stored(cfg)), device
     )
+    if model.cfg.patterns == "estimated":
+        from napari_sim_uq.tasks.sim.pattern_model import Instrument
+
+        d = ck.config.get("instrument")
+        if not d:
+            raise InputError(
+                f"'{checkpoint}' is a model with estimated light patterns but stores no "
+                "instrument (wave vectors); the checkpoint is incomplete"
+            )
+        model.instrument = Instrument.from_dict(d)
+    return model, ck
 
 
 def model_context(ck, model) -> int:

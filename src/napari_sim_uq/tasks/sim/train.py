@@ -125,6 +125,7 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
     from napari_sim_uq.tasks.sim.dataset import SimStackDataset
     from napari_sim_uq.tasks.sim.loss import NonFiniteLossError, SimLoss, SimLossConfig
     from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
+    from napari_sim_uq.tasks.sim.pattern_model import instrument_psf, use_estimated_patterns
 
     model_cfg = SimNetConfig.from_dict(dict(cfg.model)) if cfg.model else SimNetConfig()
 
@@ -147,6 +148,9 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
             f"is configured for hr_factor {model_cfg.hr_factor}"
         )
     val_ds = dataset(cfg.val_glob, None) if cfg.val_glob else None
+    instrument = None
+    if model_cfg.patterns == "estimated":
+        instrument = _attach_estimated_patterns(model_cfg, train_ds, val_ds)
 
     on_epoch_end = None
     if cfg.debug_every_epochs and dist.main:
@@ -158,6 +162,8 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
             debug_ds = val_ds
         else:
             debug_ds = dataset(cfg.train_glob, None) if cfg.crop else train_ds
+            if instrument is not None and debug_ds is not train_ds:
+                _attach_estimated_patterns(model_cfg, debug_ds, instrument=instrument)
         debug_writer = DebugSampleWriter(
             debug_ds,
             Path(cfg.ckpt_dir) / DEBUG_DIRNAME,
@@ -171,6 +177,11 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
                 yield Event("debug", epoch, cfg.epochs, {"epoch": epoch}, msg)
 
     model = SimUQNet(model_cfg).to(device)
+    f = model_cfg.hr_factor
+    psf = None
+    if instrument is not None:
+        model.instrument = instrument
+        psf = instrument_psf(instrument, model_cfg.psf_size, f, next(model.parameters()))
     loss_cfg = SimLossConfig.from_dict({"supervised": cfg.supervised, **dict(cfg.loss)})
     criterion = SimLoss(loss_cfg, model_cfg.hr_factor).to(device)
     groups = [{"params": list(model.parameters())}]
@@ -179,12 +190,14 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
 
     def step(wrapped, crit, batch):
         x = batch["x"]
-        res = crit(wrapped(x, check_input=False), x, batch)
+        out, batch = use_estimated_patterns(wrapped(x, check_input=False), batch, psf, f)
+        res = crit(out, x, batch)
         return res.total, res.terms
 
     def val_step(wrapped, crit, batch):
         x = batch["x"]
-        res = crit(wrapped(x), x, batch)
+        out, batch = use_estimated_patterns(wrapped(x), batch, psf, f)
+        res = crit(out, x, batch)
         return {
             "loss": float(res.total),
             **{k: float(v) for k, v in res.terms.items()},
@@ -213,6 +226,8 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
             "model": model_cfg.to_dict(),
             "loss": loss_cfg.to_dict(),
             "train": cfg.to_dict(),
+            # the instrument of estimated patterns (tasks/sim/pattern_model.py), or None
+            "instrument": None if instrument is None else instrument.to_dict(),
             "data": {
                 "norm_mode": cfg.norm_mode,
                 "gt_norm": cfg.gt_norm,
@@ -236,6 +251,25 @@ def _setup(cfg: TrainConfig, device, dist) -> TrainSetup:
         on_epoch_end=on_epoch_end,
         diverged=(NonFiniteLossError,),
     )
+
+
+def _attach_estimated_patterns(model_cfg, train_ds, *others, instrument=None):
+    """Estimate the instrument from ``train_ds`` (unless given) and give every item of
+    ``train_ds`` and ``others`` its parametric patterns; returns the instrument."""
+    from napari_sim_uq.tasks.sim.pattern_model import fit_instrument, stack_patterns
+
+    f = model_cfg.hr_factor
+    if instrument is None:
+        instrument, ests = fit_instrument(train_ds, model_cfg.n_angles, model_cfg.n_phases, f)
+        train_ds.set_pattern_estimates(ests, f)
+    elif train_ds is not None:
+        others = (train_ds, *others)
+    for ds in others:
+        if ds is not None:
+            ds.set_pattern_estimates(
+                [stack_patterns(instrument, ds.raw_frames(i)) for i in range(len(ds))], f
+            )
+    return instrument
 
 
 def _init_camera(criterion, dataset, device, n_stacks: int = 8) -> None:
