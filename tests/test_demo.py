@@ -108,3 +108,18 @@ def test_demo_bad_options(kw, match, tmp_path):
     with pytest.raises(InputError, match=match):
         run(demo_job(DemoConfig(out_dir=str(tmp_path / "o"), **{**TINY, **kw})))
     assert not (tmp_path / "o").exists()
+
+
+def test_self_supervised_demo_trains_on_raw_stacks_with_the_instrument(tmp_path):
+    out = tmp_path / "ss"
+    small = {**TINY, "n_train": 12, "lr_size": 48, "n_shifted": 0, "epochs": 1}
+    res = run(demo_job(DemoConfig(out_dir=str(out), device="cpu", self_supervised=True, **small)))
+    ck = load_checkpoint(res["checkpoint"])
+    assert ck.config["train"]["supervised"] is False
+    assert ck.config["model"]["patterns"] == "estimated"
+    assert len(ck.config["instrument"]["wave_vectors_cycles_per_raw_px"]) == 3
+    meta = json.loads((out / "data" / "dataset.json").read_text())
+    assert all(s["config"]["fixed_instrument"] for s in meta["splits"].values())
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    # the light-pattern layer is the instrument's cosines: far better than uniform light
+    assert metrics["image_quality"]["lp"]["psnr"] > 15

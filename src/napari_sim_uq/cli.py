@@ -776,6 +776,13 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
         help="extra weight of structure pixels in the supervised emitter NLL "
         "(default: %(default)s; 0 = plain NLL)",
     )
+    p.add_argument(
+        "--self-supervised",
+        action="store_true",
+        help="train on the raw stacks only: one instrument for the whole dataset, the "
+        "light patterns and PSF estimated from the raw data (--patterns estimated); the "
+        "ground truth only calibrates and measures",
+    )
     p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
     p.add_argument("--hr-factor", type=int, default=d.hr_factor)
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
@@ -805,6 +812,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_test=args.n_test,
         n_shifted=args.n_shifted,
         structure_weight=args.structure_weight,
+        self_supervised=args.self_supervised,
         lr_size=args.size,
         hr_factor=args.hr_factor,
         mc_samples=args.mc_samples,

@@ -74,6 +74,11 @@ class DemoConfig(JsonConfig):
     # extra weight of structure pixels in the supervised emitter NLL (--uq-structure-weight)
     structure_weight: float = STRUCTURE_WEIGHT
     mc_samples: int = 0  # MC-dropout samples for evaluation and reconstruction
+    # self-supervised: one instrument for the whole dataset (fixed wave vectors, as on a
+    # microscope), training on the raw stacks only with the instrument's estimated
+    # patterns and PSF (tasks/sim/pattern_model.py); the ground truth is used only to
+    # calibrate (calib split) and to measure (test splits)
+    self_supervised: bool = False
     device: str = "auto"
     seed: int = 0
     overwrite: bool = False
@@ -106,6 +111,8 @@ class DemoConfig(JsonConfig):
             raise InputError(f"mc_samples must be an integer >= 0, got {self.mc_samples!r}")
         if self.mc_samples < 0:
             raise InputError(f"mc_samples must be >= 0, got {self.mc_samples}")
+        if not isinstance(self.self_supervised, bool):
+            raise InputError(f"self_supervised must be true or false, got {self.self_supervised!r}")
         w = self.structure_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
             raise InputError(f"structure_weight must be a number >= 0, got {w!r}")
@@ -153,7 +160,11 @@ def demo_job(cfg: DemoConfig | dict | None = None):
 
     # 1. data
     t0 = time.perf_counter()
-    synth = SynthConfig(lr_size=(cfg.lr_size, cfg.lr_size), hr_factor=cfg.hr_factor)
+    synth = SynthConfig(
+        lr_size=(cfg.lr_size, cfg.lr_size),
+        hr_factor=cfg.hr_factor,
+        fixed_instrument=cfg.self_supervised,
+    )
     # one "generate" stage counting over all splits (split i: seed + SPLIT_SEED_STRIDE * i)
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "calib": cfg.n_calib}
     yield from generate_splits(data, counts, synth, seed=cfg.seed)
@@ -178,13 +189,14 @@ def demo_job(cfg: DemoConfig | dict | None = None):
         lr=cfg.lr,
         device=device,
         seed=cfg.seed,
-        supervised=True,
+        supervised=not cfg.self_supervised,
         model={
             "hr_factor": cfg.hr_factor,
             "base_channels": cfg.base_channels,
             "depth": cfg.depth,
+            "patterns": "estimated" if cfg.self_supervised else "network",
         },
-        loss={"sup_structure_weight": float(cfg.structure_weight)},
+        loss={} if cfg.self_supervised else {"sup_structure_weight": float(cfg.structure_weight)},
     )
     budget = 60.0 * cfg.train_minutes
     job = train_sim_job(tcfg)
