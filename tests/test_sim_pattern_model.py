@@ -225,3 +225,20 @@ def test_frames_without_a_fitted_phase_get_an_unknown_fringe_not_nan():
     # and the mark survives the JSON round trip
     again = PatternEstimate.from_dict(est.to_dict())
     np.testing.assert_array_equal(again.unfitted, est.unfitted)
+
+
+def test_model_with_estimated_patterns_starts_with_a_dim_emitter():
+    import torch
+
+    from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
+
+    x = torch.rand(1, 9, 32, 32)
+    torch.manual_seed(0)
+    own = SimUQNet(SimNetConfig(hr_factor=F, base_channels=8, depth=2))
+    torch.manual_seed(0)
+    est = SimUQNet(SimNetConfig(hr_factor=F, base_channels=8, depth=2, patterns="estimated"))
+    with torch.no_grad():
+        e_own, e_est = own(x).emitter, est(x).emitter
+    # softplus(bias) with the head's small random weights: about 0.69 against 0.05
+    assert float(e_own.mean()) > 0.4
+    assert float(e_est.mean()) < 0.15
