@@ -186,7 +186,9 @@ def test_demo_command_ends_with_finished_bars_and_its_summary(opened, monkeypatc
     n = len(FINISHED)
     assert _bars(lines) == FINISHED
     assert _bars(lines[:n]) == FINISHED  # the bars first, then the summary right after
-    assert lines[n].startswith("demo finished in 0.1 min on cpu (2 epochs of training)")
+    assert lines[n].startswith(
+        "demo (supervised, patterns network) finished in 0.1 min on cpu (2 epochs of training)"
+    )
     assert lines[-1].startswith("open in napari:")
     assert all(b.disable for b in opened)
 

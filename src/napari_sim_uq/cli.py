@@ -783,6 +783,14 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
         "light patterns and PSF estimated from the raw data (--patterns estimated); the "
         "ground truth only calibrates and measures",
     )
+    p.add_argument(
+        "--patterns",
+        choices=("network", "estimated"),
+        default=d.patterns,
+        help="optics of the forward model: the network's heads, or (also implied by "
+        "--self-supervised) one instrument for the whole dataset whose estimated patterns "
+        "and PSF the model uses (default: %(default)s)",
+    )
     p.add_argument("--size", type=int, default=d.lr_size, help="raw frame size in pixels")
     p.add_argument("--hr-factor", type=int, default=d.hr_factor)
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
@@ -813,6 +821,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_shifted=args.n_shifted,
         structure_weight=args.structure_weight,
         self_supervised=args.self_supervised,
+        patterns=args.patterns,
         lr_size=args.size,
         hr_factor=args.hr_factor,
         mc_samples=args.mc_samples,
@@ -822,8 +831,10 @@ def _demo(args: argparse.Namespace) -> int:
     )
     res = run_with_progress(demo_job(cfg), disable=args.quiet)
     t = res["timings"]
+    mode = "self-supervised" if args.self_supervised else "supervised"
     print(
-        f"demo finished in {t['total_s'] / 60:.1f} min on {res['device']} "
+        f"demo ({mode}, patterns {cfg.patterns if not args.self_supervised else 'estimated'}) "
+        f"finished in {t['total_s'] / 60:.1f} min on {res['device']} "
         f"({res['epochs_trained']} epochs of training)"
     )
     for key in ("test", "test_shifted"):
@@ -839,6 +850,12 @@ def _demo(args: argparse.Namespace) -> int:
             f"{_fmt(by.get('background'), '.3g')}, structure {_fmt(by.get('structure'), '.3g')}), "
             f"cov95 {_fmt(dg['emitter_cov95'])}, Spearman {_fmt(dg['emitter_spearman'], '.2f')}; "
             f"self-check flags {_fmt(dg['self_check_fraction_flagged'], '.0%')} of the stacks"
+        )
+        print(
+            f"  {'':<14} emitter after the affine fit the baselines get "
+            f"{_fmt(dg.get('emitter_psnr_affine'), '.2f')} dB; light patterns PSNR "
+            f"{_fmt(dg.get('lp_psnr'), '.2f')} dB, ZMS {_fmt(dg.get('lp_zms'), '.3g')}; raw ZMS "
+            f"{_fmt(dg.get('raw_zms'), '.3g')}"
         )
         if dg.get("wiener_n"):
             print(
