@@ -897,20 +897,52 @@ def _verify_angles(frames, searched, psf_sigma, binning, min_confidence):
     return carriers, psf_sigma, estimated
 
 
+def _period_outliers(carriers, good: list[int]) -> list[int]:
+    """Passed angles whose period differs by more than :data:`_PERIOD_SPREAD` from the
+    median of the other passed angles, when those agree among themselves (a wrong peak
+    next to the carrier; :func:`_finish` would flag it)."""
+    periods = {b: 1.0 / max(float(torch.linalg.norm(carriers[b].k)), 1e-12) for b in good}
+    out = []
+    for a in good:
+        others = [periods[b] for b in good if b != a]
+        if len(others) < 2:
+            continue
+        ref = float(np.median(others))
+        if max(abs(p / ref - 1) for p in others) > _PERIOD_SPREAD:
+            continue  # the others disagree too: no reference
+        if abs(periods[a] / ref - 1) > _PERIOD_SPREAD:
+            out.append(a)
+    return out
+
+
 def _recover_from_other_angles(frames, carriers, thresholds, sigma, binning, min_confidence):
     """A failed angle's carrier near where the passed ones put it.
 
     The ``A`` orientations of an instrument are ``pi / A`` apart and share the period, so
     every passed carrier ``k_b`` predicts ``+-R(+-pi (a - b) / A) k_b`` for angle ``a`` (both
-    senses of rotation, both signs). At each prediction the coherence map's highest bin
-    within 2 bins is refined (:func:`_refine_by_phase`) and verified like a searched
-    candidate (band correlation, coherence threshold); the best one that passes replaces
-    the failed carrier. Real instruments' angles are not exactly ``pi / A`` apart: the
-    2-bin window and the refinement allow about a degree on 256-pixel fields."""
+    senses of rotation, both signs). Each prediction as it is, refined from it
+    (:func:`_refine_by_phase`), and refined from the coherence map's highest bin within 2
+    bins of it, is verified like a searched candidate (band correlation, coherence
+    threshold); the best one that passes replaces the failed carrier. Angles that passed
+    but whose period disagrees with the others' (a neighbouring peak) are searched again
+    the same way. Real instruments' angles are not exactly ``pi / A`` apart: the 2-bin
+    window and the refinement allow about a degree on 256-pixel fields."""
+    # twice: an angle recovered in the first pass can show that a passed one is the
+    # outlier (two of three agree only then)
+    for _ in range(2):
+        n = len(carriers)
+        good = [b for b, c in enumerate(carriers) if not c.problems(min_confidence)]
+        outliers = _period_outliers(carriers, good)
+        good = [b for b in good if b not in outliers]
+        if not good or len(good) == n:
+            return carriers
+        carriers = _recover_pass(frames, carriers, thresholds, sigma, binning, min_confidence, good)
+    return carriers
+
+
+def _recover_pass(frames, carriers, thresholds, sigma, binning, min_confidence, good):
+    """One pass of :func:`_recover_from_other_angles` for the angles not in ``good``."""
     n = len(carriers)
-    good = [b for b, c in enumerate(carriers) if not c.problems(min_confidence)]
-    if not good or len(good) == n:
-        return carriers
     fr0 = frames[0]
     bin_ = 1.0 / min(fr0.shape)
     for a in range(n):
@@ -938,12 +970,19 @@ def _recover_from_other_angles(frames, carriers, thresholds, sigma, binning, min
                     coh = float(local.flatten()[j])
                     if coh <= 0:
                         continue
-                    k1 = torch.stack((kx.flatten()[j], ky.flatten()[j]))
-                    k = _refine_by_phase(frames, a, k1, sigma, binning)
-                    rho = _sigma_score([(fr, a, k) for fr in frames], sigma, binning)
-                    car = _Carrier(k, rho, coh, thresholds[a], False)
-                    if not car.problems(min_confidence) and (best is None or rho > best.rho):
-                        best = car
+                    k_bin = torch.stack((kx.flatten()[j], ky.flatten()[j]))
+                    # the prediction itself (exact for an instrument whose angles are
+                    # pi / A apart), and refined from it and from the coherence bin
+                    tries = (
+                        k0,
+                        _refine_by_phase(frames, a, k0, sigma, binning),
+                        _refine_by_phase(frames, a, k_bin, sigma, binning),
+                    )
+                    for k in tries:
+                        rho = _sigma_score([(fr, a, k) for fr in frames], sigma, binning)
+                        car = _Carrier(k, rho, coh, thresholds[a], False)
+                        if not car.problems(min_confidence) and (best is None or rho > best.rho):
+                            best = car
         if best is not None:
             carriers[a] = best
     return carriers
