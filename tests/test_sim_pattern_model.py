@@ -147,8 +147,16 @@ def trained(fixed_dataset, tmp_path_factory):
             "patterns": "estimated",
         },
     )
-    run(train_sim_job(cfg))
-    return ck / "best.pt"
+    events = []
+    run(train_sim_job(cfg), events.append)
+    return ck / "best.pt", events
+
+
+def test_training_reports_the_instrument_estimate_before_the_first_epoch(trained):
+    _, events = trained
+    stages = [e.stage for e in events]
+    assert stages[:2] == ["prepare", "prepare"] and "train" in stages
+    assert "periods" in events[1].message and "PSF sigma" in events[1].message
 
 
 def test_trained_model_carries_its_instrument_and_predicts_with_it(trained, fixed_dataset):
@@ -159,7 +167,7 @@ def test_trained_model_carries_its_instrument_and_predicts_with_it(trained, fixe
     from napari_sim_uq.tasks.sim.predict import predict_sim_sync
     from napari_sim_uq.tasks.sim.reconstruct import load_sim_model
 
-    model, ck = load_sim_model(trained)
+    model, ck = load_sim_model(trained[0])
     inst = model.instrument
     assert ck.config["instrument"]["n_stacks"] == 12
     assert model.cfg.patterns == "estimated"
