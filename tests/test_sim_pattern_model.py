@@ -197,6 +197,10 @@ def test_trained_model_carries_its_instrument_and_predicts_with_it(trained, fixe
     # tiles see the same cosines (the patterns continue across tile borders)
     tiled = predict_sim_sync(model, x, tile=24, overlap=4)
     np.testing.assert_allclose(tiled.lp, pred.lp, atol=1e-5)
+    # MC dropout: the patterns are the instrument's in every sample (no epistemic part)
+    mc = predict_sim_sync(model, x, mc_samples=3, mc_batch=2)
+    np.testing.assert_allclose(mc.lp, pred.lp, atol=1e-5)
+    assert mc.lp_epistemic_std is not None and float(mc.lp_epistemic_std.max()) < 1e-5
     # the widget/console path loads it the same way
     assert read_image(ds.item_source(0)[0]).data.shape[0] == 9
 

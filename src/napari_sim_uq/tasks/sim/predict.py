@@ -170,6 +170,7 @@ from napari_sim_uq.core.uq.tiling import (
     plan_tiles,
     window_1d,
 )
+from napari_sim_uq.tasks.sim.pattern_model import apply_instrument
 from napari_sim_uq.tasks.sim.physics import (
     forward_mean_and_variance,
     sim_forward,
@@ -642,6 +643,10 @@ def predict_sim(
             xt = x[None, :, y0:y1, x0:x1].to(device=dev, dtype=dtype)
             stats: dict[str, RunningMoments] = {}
             fov = _fov_mask(box, crop_lr, f, dev, dtype)
+            optics = None
+            if patterns is not None:
+                k = int(getattr(cfg, "psf_size", 1))
+                optics = _tile_optics(patterns, f, box, plan, context_info, crop_lr, k, dev, dtype)
             for ci, c in enumerate(chunks):
                 # chunk ci draws the same dropout masks in every tile (and in pass 1)
                 with torch.no_grad(), rng.active(ci):
@@ -651,9 +656,16 @@ def predict_sim(
                         out = model(xb, check_input=False, pooled=pooled[ci])
                     else:
                         out = model(xb, check_input=False)
-                    if patterns is not None:
-                        out = _with_patterns(
-                            out, patterns, xb, f, box, plan, context_info, crop_lr, fov
+                    if optics is not None:  # the instrument's (pattern_model.py)
+                        out = apply_instrument(
+                            out,
+                            xb,
+                            optics["lp"],
+                            optics["lp_var"],
+                            optics["psf"],
+                            f,
+                            emitter_mask=fov,
+                            mask=optics["mask"],
                         )
                     t1 = time.perf_counter()
                     need_var = any(
@@ -805,40 +817,42 @@ def _stack_patterns(model: nn.Module, x: torch.Tensor):
     return instrument, stack_patterns(instrument, x.detach().cpu().numpy())
 
 
-def _with_patterns(
-    out: Any,
+def _tile_optics(
     patterns: tuple,
-    xb: torch.Tensor,
     f: int,
     box,
     plan: Any,
     context_info: dict,
     crop_lr,
-    fov: torch.Tensor | None,
-) -> Any:
-    """``out`` with the instrument's optics (:func:`~napari_sim_uq.tasks.sim.pattern_model.
-    apply_instrument`): the parametric patterns of ``est`` on the HR grid of the tile
-    ``box`` (LR, padded coordinates; a cosine continues beyond the field), the
-    instrument's PSF and the background profiled on the tile's pixels inside the field
-    (``patterns``: what :func:`_stack_patterns` returned)."""
+    psf_size: int,
+    device,
+    dtype,
+) -> dict:
+    """The instrument's optics for the tile ``box`` (LR, padded coordinates), computed once
+    per tile: the parametric patterns of the stack's estimate on the tile's HR grid (a
+    cosine continues beyond the field) with their variance, the instrument's PSF and the
+    tile's pixels inside the field (where the background is fitted); ``patterns`` is what
+    :func:`_stack_patterns` returned."""
     from napari_sim_uq.tasks.sim.classical.patterns import parametric_patterns
-    from napari_sim_uq.tasks.sim.pattern_model import apply_instrument, instrument_psf
+    from napari_sim_uq.tasks.sim.pattern_model import instrument_psf
 
     instrument, est = patterns
     y0, y1, x0, x1 = box
     oy = y0 - plan.pad_top - context_info["pad"][0]
     ox = x0 - plan.pad_left - context_info["pad"][2]
     mean, std = parametric_patterns(est, f, (y1 - y0, x1 - x0), (oy, ox))
-    like = out.emitter
-    lp = torch.from_numpy(mean).to(like)[None]
-    var = torch.from_numpy(np.square(std)).to(like)[None]
-    psf = instrument_psf(instrument, out.psf.shape[-1], f, like)
-    mask = torch.zeros((y1 - y0, x1 - x0), dtype=like.dtype, device=like.device)
+    like = torch.empty(0, device=device, dtype=dtype)
+    mask = torch.zeros((y1 - y0, x1 - x0), dtype=dtype, device=device)
     mask[
         max(crop_lr[0], y0) - y0 : min(crop_lr[1], y1) - y0,
         max(crop_lr[2], x0) - x0 : min(crop_lr[3], x1) - x0,
     ] = 1
-    return apply_instrument(out, xb, lp, var, psf, f, emitter_mask=fov, mask=mask)
+    return {
+        "lp": torch.from_numpy(mean).to(like)[None],
+        "lp_var": torch.from_numpy(np.square(std)).to(like)[None],
+        "psf": instrument_psf(instrument, psf_size, f, like),
+        "mask": mask,
+    }
 
 
 def _tile_result(
