@@ -32,6 +32,7 @@ import torch
 
 from _common import RESULTS, machine_info, write_result
 from napari_sim_uq.core.uq import metrics as M
+from napari_sim_uq.tasks.sim.calibration import PATTERN_FRINGE_CLASSES
 from napari_sim_uq.tasks.sim.classical.estimate import (
     PatternEstimate,
     estimate_patterns,
@@ -86,11 +87,7 @@ def oracle(s, shape) -> PatternEstimate:
 
 
 #: classes of the true pattern value for the conditional calibration of the pattern std
-FRINGE_CLASSES = {
-    "dark fringe": (-math.inf, 0.7),
-    "slope": (0.7, 1.3),
-    "bright fringe": (1.3, math.inf),
-}
+FRINGE_CLASSES = PATTERN_FRINGE_CLASSES
 
 
 def pattern_calibration(cfg, test_samples, n_calib: int) -> dict:

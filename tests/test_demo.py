@@ -123,3 +123,7 @@ def test_self_supervised_demo_trains_on_raw_stacks_with_the_instrument(tmp_path)
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     # the light-pattern layer is the instrument's cosines: far better than uniform light
     assert metrics["image_quality"]["lp"]["psnr"] > 15
+    # the pattern std is reported per std decile and per fringe class of the true pattern
+    lp = metrics["calibration"]["lp"]
+    assert len(lp["by_std_decile"]) == 10
+    assert set(lp["by_intensity"]) == {"dark fringe", "slope", "bright fringe"}

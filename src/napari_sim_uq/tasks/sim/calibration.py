@@ -69,6 +69,13 @@ EMITTER_CLASS_EDGES = (0.01, 0.1, 0.3)
 MIN_PIXELS_PER_BIN = 50
 #: Classes of the true emitter's relative intensity in the evaluation tables.
 SIM_INTENSITY_CLASSES = RELATIVE_INTENSITY_CLASSES
+#: Classes of the true light-pattern value for the conditional calibration of the pattern
+#: std (a pattern ``1 + m cos`` lies in ``[1 - m, 1 + m]``).
+PATTERN_FRINGE_CLASSES = {
+    "dark fringe": (-math.inf, 0.7),
+    "slope": (0.7, 1.3),
+    "bright fringe": (1.3, math.inf),
+}
 #: Default self-check (a checkpoint calibrated by ``sim-uq calibrate`` stores its own):
 #: raw-domain ZMS outside this range, or a residual correlation above ``SELF_CHECK_RHO_MAX``,
 #: means the model does not explain the stack.

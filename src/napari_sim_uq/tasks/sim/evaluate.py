@@ -233,8 +233,17 @@ class _Pool:
     unscaled sigma, coverage counts for a few named scales, and a bounded subset of
     ``(r, sigma)`` for the rank/bin metrics."""
 
-    def __init__(self, index: int, scales: dict[str, float], cap_per_stack: int):
+    def __init__(
+        self,
+        index: int,
+        scales: dict[str, float],
+        cap_per_stack: int,
+        classes: dict[str, tuple[float, float]] | None = None,
+    ):
         self.index = index
+        # classes of the "intensity" extra for the conditional tables (default: the
+        # emitter's relative-intensity classes)
+        self.classes = classes
         self.scales = dict(scales)
         self.cap = int(cap_per_stack)
         self.n = 0
@@ -356,9 +365,8 @@ class _Pool:
             from napari_sim_uq.core.uq.calibrate import conditional_calibration
             from napari_sim_uq.tasks.sim.calibration import SIM_INTENSITY_CLASSES
 
-            cond = conditional_calibration(
-                r_sub, sig, inten, intensity_classes=SIM_INTENSITY_CLASSES
-            )
+            classes = self.classes or SIM_INTENSITY_CLASSES
+            cond = conditional_calibration(r_sub, sig, inten, intensity_classes=classes)
             out["by_std_decile"] = cond["by_std_decile"]
             out["by_intensity"] = cond["by_intensity"]
         out["curve"] = {
@@ -442,6 +450,7 @@ def _collect(
     from collections import Counter
 
     from napari_sim_uq.tasks.sim.calibration import (
+        PATTERN_FRINGE_CLASSES,
         apply_sigma_maps,
         camera_noise,
         raw_self_check,
@@ -474,7 +483,8 @@ def _collect(
             unavailable[q] = f"no ground truth ('{Path(data_dir) / (split + '_gt')}' is missing)"
         else:
             scales = {name: float(s.get(q, 1.0)) for name, s in scale_sets.items()}
-            pools[q] = _Pool(QUANTITIES.index(q), scales, cap)
+            classes = PATTERN_FRINGE_CLASSES if q == "lp" else None
+            pools[q] = _Pool(QUANTITIES.index(q), scales, cap, classes)
     emitter_scale = float(scale_sets.get("checkpoint", {}).get("emitter", 1.0))
     calibrated = bool(sigma_maps) and "emitter" in pools and "emitter" in (sigma_maps or {})
     if calibrated:
@@ -515,6 +525,8 @@ def _collect(
             e_gt = item["emitter_gt"].numpy()[0]
             targets["emitter"] = (e_gt, pred.emitter)
             targets["lp"] = (item["lp_gt"].numpy(), pred.lp)
+            # the pattern std per std decile and per fringe class of the true pattern
+            extras["lp"] = {"intensity": item["lp_gt"].numpy()}
             extras["emitter"] = {
                 "intensity": relative_intensity(e_gt),
                 "covariate": relative_intensity(pred.emitter),

@@ -185,13 +185,7 @@ def _setup(cfg: TrainConfig, device, dist, fitted=None) -> TrainSetup:
     val_ds = dataset(cfg.val_glob, None) if cfg.val_glob else None
     instrument = None
     if model_cfg.patterns == "estimated":
-        from napari_sim_uq.tasks.sim.pattern_model import fit_instrument
-
-        if fitted is None:  # (train_sim_job fits it first, with progress events)
-            fitted = fit_instrument(
-                train_ds, model_cfg.n_angles, model_cfg.n_phases, model_cfg.hr_factor
-            )
-        instrument, estimates = fitted
+        instrument, estimates = fitted  # from _fit_instrument_job (train_sim_job)
         train_ds.set_pattern_estimates(estimates, model_cfg.hr_factor)
         _attach_estimated_patterns(model_cfg, instrument, val_ds)
 
