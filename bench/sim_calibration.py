@@ -5,6 +5,10 @@ sigma map) and evaluated on several held-out splits: like the training data (48 
 levels far outside the training ranges. Prints a table and writes JSON.
 
     python bench/sim_calibration.py --demo-dir sim-uq-demo [--n 64] [--mc-samples 0]
+    python bench/sim_calibration.py --demo-dir D --checkpoint ensemble.pt   # another model
+
+``--checkpoint`` evaluates another model of the demo's data (e.g. a deep ensemble made by
+``sim-uq train --ensemble N`` or ``sim-uq ensemble``) instead of the demo's own.
 
 ``--demo-dir`` is the output of ``sim-uq demo`` (its ``checkpoints/best.pt`` and ``data/``
 with the ``calib`` split); the other splits are generated into ``data/`` when missing
@@ -78,23 +82,41 @@ def _row(doc: dict) -> dict:
     }
 
 
+def _num(d: dict | None, key: str) -> str:
+    v = (d or {}).get(key)
+    return f"{'-':>8}" if v is None else f"{v:8.4f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo-dir", type=Path, required=True)
     ap.add_argument("--n", type=int, default=64, help="stacks per generated split")
     ap.add_argument("--mc-samples", type=int, default=0)
     ap.add_argument("--splits", nargs="+", default=list(SPLITS))
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="model to evaluate (default: DEMO_DIR/checkpoints/best.pt)",
+    )
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_calibration.json")
     args = ap.parse_args()
     data = args.demo_dir / "data"
     for name in args.splits:
         _ensure_split(data, name, args.n)
     machine = machine_info([torch.device("cpu")])
-    result: dict = {"machine": machine, "mc_samples": args.mc_samples, "methods": {}}
+    source = args.checkpoint or args.demo_dir / "checkpoints" / "best.pt"
+    result: dict = {
+        "machine": machine,
+        "checkpoint": str(source),
+        "mc_samples": args.mc_samples,
+        "methods": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        for method in METHODS:
+        for method in args.methods:
             ck = Path(tmp) / f"{method}.pt"
-            shutil.copy(args.demo_dir / "checkpoints" / "best.pt", ck)
+            shutil.copy(source, ck)
             cal = run(
                 calibrate_sim_job(
                     ck, data, "calib", mc_samples=args.mc_samples, device="cpu", method=method
@@ -114,7 +136,8 @@ def main() -> None:
             }
     print(
         f"{'method':<14} {'split':<13} {'PSNR':>6} {'WF':>6} {'ZMS':>6} {'cov95':>6} "
-        f"{'rho':>5} {'dec min':>7} {'dec max':>7} {'bg':>6} {'struct':>6} {'flagged':>7}"
+        f"{'rho':>5} {'dec min':>7} {'dec max':>7} {'bg':>6} {'struct':>6} {'flagged':>7} "
+        f"{'alea sd':>8} {'epi sd':>8}"
     )
     for method, m in result["methods"].items():
         for name, r in m["splits"].items():
@@ -123,7 +146,8 @@ def main() -> None:
                 f"{r['zms']:6.3g} {r['cov95']:6.3f} {r['spearman']:5.2f} "
                 f"{r['zms_std_decile_min']:7.3g} {r['zms_std_decile_max']:7.3g} "
                 f"{r['zms_background']:6.3g} {r['zms_structure']:6.3g} "
-                f"{r['self_check_flagged']:7.1%}"
+                f"{r['self_check_flagged']:7.1%} {_num(r['std_mean'], 'aleatoric')} "
+                f"{_num(r['std_mean'], 'epistemic')}"
             )
     write_result(args.out, result)
 

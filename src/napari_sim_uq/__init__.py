@@ -29,6 +29,7 @@ _API = {
     "train_sim": "napari_sim_uq.api",
     "evaluate_sim": "napari_sim_uq.api",
     "calibrate_sim": "napari_sim_uq.api",
+    "ensemble_sim": "napari_sim_uq.api",
     "wiener_sim": "napari_sim_uq.api",
     "estimate_sim_patterns": "napari_sim_uq.api",
     "match_sim_config": "napari_sim_uq.api",

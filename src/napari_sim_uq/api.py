@@ -41,6 +41,7 @@ __all__ = [
     "add_or_replace_layers",
     "anomaly_map",
     "calibrate_sim",
+    "ensemble_sim",
     "estimate_sim_patterns",
     "estimated_pattern_layers",
     "evaluate_sim",
@@ -413,6 +414,17 @@ def calibrate_sim(
     from napari_sim_uq.tasks.sim.evaluate import calibrate_sim_job
 
     return run(calibrate_sim_job(checkpoint, data_dir, split, **kw))
+
+
+def ensemble_sim(
+    checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = True
+) -> Path:
+    """Combine SIM checkpoints trained on the same data (different seeds) into a deep
+    ensemble checkpoint at ``out`` (as ``sim-uq ensemble``); returns its path. Calibrate it
+    (:func:`calibrate_sim`) before use."""
+    from napari_sim_uq.tasks.sim.ensemble import combine_sim_checkpoints
+
+    return combine_sim_checkpoints(checkpoints, out, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- 2D task

@@ -256,6 +256,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(
         p.add_argument_group("debug output"), TrainConfig, include=_TRAIN_DEBUG_FIELDS
     )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train a deep ensemble of N networks (seeds SEED ... SEED+N-1, in "
+        "CKPT_DIR/member_<i>/) and write their combination to CKPT_DIR/ensemble.pt: the "
+        "members' spread is the epistemic uncertainty (default: %(default)s, one network)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -290,6 +299,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if args.ensemble != 1:
+        return _train_ensemble(cfg, args.ensemble, quiet=args.quiet or not rank0, rank0=rank0)
     result = run_with_progress(train_sim_job(cfg), disable=args.quiet or not rank0)
     if rank0:
         last = result["history"][-1] if result["history"] else {}
@@ -309,6 +320,64 @@ def _train(args: argparse.Namespace) -> int:
         )
         if args.debug_every_epochs:
             print(f"debug folders: {Path(result['ckpt_dir']) / 'debug_samples'}/epoch_XXX/")
+    return 0
+
+
+def _train_ensemble(cfg, n: int, *, quiet: bool, rank0: bool) -> int:
+    """``train --ensemble N``: N members with seeds seed + i, then their combination."""
+    import dataclasses
+
+    from napari_sim_uq.core.errors import InputError
+    from napari_sim_uq.core.events import run_with_progress
+    from napari_sim_uq.tasks.sim.ensemble import combine_sim_checkpoints
+    from napari_sim_uq.tasks.sim.train import train_sim_job
+
+    if n < 2:
+        raise InputError(f"--ensemble must be at least 2 (or 1: one network), got {n}")
+    root = Path(cfg.ckpt_dir)
+    best = []
+    for i in range(n):
+        member = dataclasses.replace(
+            cfg, seed=int(cfg.seed) + i, ckpt_dir=str(root / f"member_{i}")
+        )
+        if rank0:
+            print(f"ensemble member {i + 1}/{n} (seed {member.seed}) -> {member.ckpt_dir}")
+        result = run_with_progress(train_sim_job(member), disable=quiet)
+        best.append(result["best"] or result["latest"])
+    if rank0:
+        out = combine_sim_checkpoints(best, root / "ensemble.pt")
+        print(f"ensemble of {n} members: {out} (calibrate it: sim-uq calibrate --checkpoint {out})")
+    return 0
+
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="SIM checkpoints of one architecture trained on the same data (e.g. with "
+        "different --seed), at least 2",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the ensemble checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+@command(
+    "ensemble",
+    "combine SIM checkpoints into a deep ensemble (the members' spread is the epistemic "
+    "uncertainty); calibrate the result before use",
+    _ensemble_args,
+)
+def _ensemble(args: argparse.Namespace) -> int:
+    from napari_sim_uq.tasks.sim.ensemble import combine_sim_checkpoints
+
+    out = combine_sim_checkpoints(args.checkpoints, args.out, overwrite=args.overwrite)
+    n = len(args.checkpoints)
+    print(f"wrote {out} ({n} members); next: sim-uq calibrate --checkpoint {out}")
     return 0
 
 

@@ -83,7 +83,10 @@ class ReconstructSimWidget(JobWidget):
 
         self.mc_spin = QSpinBox()
         self.mc_spin.setRange(0, 512)
-        self.mc_spin.setToolTip("MC dropout samples for the epistemic part (0: aleatoric only)")
+        self.mc_spin.setToolTip(
+            "MC dropout samples for the epistemic part (0: aleatoric only; an ensemble "
+            "checkpoint gives the members' spread without them)"
+        )
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(32)

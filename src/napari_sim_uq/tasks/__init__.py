@@ -67,15 +67,18 @@ def load_task_checkpoint(checkpoint: str | Path, wanted: str, map_location: Any 
     return ck
 
 
-def load_task_model(checkpoint: str | Path, wanted: str, build: Any, device: Any = "cpu"):
+def load_task_model(
+    checkpoint: str | Path, wanted: str, build: Any, device: Any = "cpu", *, full_config=False
+):
     """``(model in eval mode on device, Checkpoint)`` of a checkpoint of task ``wanted``:
-    ``build(model_config_dict)`` makes the network, the stored weights are loaded into it;
-    clear errors for another task's checkpoint or weights that do not fit."""
+    ``build(model_config_dict)`` (``build(model_config_dict, config)`` with
+    ``full_config``) makes the network, the stored weights are loaded into it; clear errors
+    for another task's checkpoint or weights that do not fit."""
     ck = load_task_checkpoint(checkpoint, wanted, map_location="cpu")
     model_cfg = ck.config.get("model")
     if not isinstance(model_cfg, dict):
         raise InputError(f"checkpoint '{checkpoint}' has no model configuration")
-    model = build(model_cfg)
+    model = build(model_cfg, ck.config) if full_config else build(model_cfg)
     try:
         model.load_state_dict(ck.model_state)
     except RuntimeError as err:

@@ -38,6 +38,11 @@ samples depend on ``mc_batch`` (the grouping of the draws), not only on ``seed``
 without active dropout (``p = 0`` everywhere) gives identical samples: a ``UserWarning`` is
 issued, the model runs once per tile and the epistemic variances are 0.
 
+A deep ensemble (:class:`~napari_sim_uq.tasks.sim.ensemble.SimUQEnsemble`, ``M`` members)
+is sampled the same way: every forward pass returns each member's outputs, so ``T = M``
+samples without MC dropout (the members in eval mode) and ``T = M x mc_samples`` with it;
+the epistemic variance is then the spread of the members (``meta["ensemble_members"]``).
+
 Reconstruction ``rec``
 ----------------------
 ``rec = y = down_f(B(h * (e . l_i))) + b`` is the forward model
@@ -170,6 +175,7 @@ from napari_sim_uq.core.uq.tiling import (
     plan_tiles,
     window_1d,
 )
+from napari_sim_uq.tasks.sim.ensemble import ensemble_size
 from napari_sim_uq.tasks.sim.pattern_model import apply_instrument
 from napari_sim_uq.tasks.sim.physics import (
     forward_mean_and_variance,
@@ -586,23 +592,30 @@ def predict_sim(
         model.to(dev)
     dtype = param.dtype if param is not None else torch.float32
 
-    mc = mc_samples > 0
+    # a deep ensemble (tasks/sim/ensemble.py) returns its members' outputs as samples
+    members = ensemble_size(model)
+    mc = mc_samples > 0 or members > 1
     modes: Any = None
-    n_draw = mc_samples
+    n_pass = mc_samples
     try:
-        if mc:
+        if mc_samples > 0:
             modes = mc_dropout_mode(model)
             if modes.n_dropout == 0:
                 warnings.warn(
                     "mc_samples > 0 but the model has no active dropout (p = 0): all MC samples "
-                    "would be identical; running once, epistemic uncertainty is 0",
+                    "would be identical; running once, epistemic uncertainty is 0"
+                    + (" within each ensemble member" if members > 1 else ""),
                     UserWarning,
                     stacklevel=2,
                 )
-                n_draw = 1
+                n_pass = 1
         else:
             modes = eval_mode(model)
-        chunks = [min(mc_batch, n_draw - i) for i in range(0, n_draw, mc_batch)] if mc else [1]
+        n_draw = max(n_pass, 1) * members  # samples: passes x members
+        if n_pass > 0:
+            chunks = [min(mc_batch, n_pass - i) for i in range(0, n_pass, mc_batch)]
+        else:
+            chunks = [1]
         n_tiles = len(plan.boxes)
         total = n_tiles * len(chunks) * (2 if two_pass else 1)
         rng = RngStream(int(seed), dev)
@@ -659,7 +672,7 @@ def predict_sim(
                     if optics is not None:  # the instrument's (pattern_model.py)
                         out = apply_instrument(
                             out,
-                            xb,
+                            xb.repeat(members, 1, 1, 1) if members > 1 else xb,
                             optics["lp"],
                             optics["lp_var"],
                             optics["psf"],
@@ -682,8 +695,8 @@ def predict_sim(
                 step += 1
                 done = sum(chunks[: ci + 1])
                 msg = f"tile {ti + 1}/{n_tiles}"
-                if mc:
-                    msg += f", MC samples {done}/{n_draw}"
+                if mc_samples > 0:
+                    msg += f", MC samples {done}/{n_pass}"
                 yield Event(STAGE, step, total, {}, msg)
 
             # ---- per-tile results (predictive means, aleatoric / epistemic variances)
@@ -785,6 +798,7 @@ def predict_sim(
             ],
             "mc_samples": mc_samples,
             "mc_samples_drawn": n_draw if mc else 0,
+            "ensemble_members": members,
             "mc_batch": mc_batch if mc else None,
             "seed": int(seed) if mc else None,
             "sigma_scale": scales,

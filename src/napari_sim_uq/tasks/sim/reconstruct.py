@@ -56,9 +56,16 @@ def load_sim_model(checkpoint, device="cpu"):
     from napari_sim_uq.tasks import load_task_model
     from napari_sim_uq.tasks.sim.net import SimNetConfig, SimUQNet
 
-    model, ck = load_task_model(
-        checkpoint, "sim", lambda cfg: SimUQNet(SimNetConfig.from_stored(cfg)), device
-    )
+    def build(cfg, config):
+        net_cfg = SimNetConfig.from_stored(cfg)
+        n = _ensemble_members(checkpoint, config)
+        if n:
+            from napari_sim_uq.tasks.sim.ensemble import SimUQEnsemble
+
+            return SimUQEnsemble(net_cfg, n)
+        return SimUQNet(net_cfg)
+
+    model, ck = load_task_model(checkpoint, "sim", build, device, full_config=True)
     if model.cfg.patterns == "estimated":
         from napari_sim_uq.tasks.sim.pattern_model import Instrument
 
@@ -70,6 +77,17 @@ def load_sim_model(checkpoint, device="cpu"):
             )
         model.instrument = Instrument.from_dict(d)
     return model, ck
+
+
+def _ensemble_members(checkpoint, config: dict) -> int:
+    """Members of the ensemble a checkpoint's ``config`` records (0: a single network)."""
+    info = config.get("ensemble")
+    if not info:
+        return 0
+    n = info.get("members") if isinstance(info, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise InputError(f"checkpoint '{checkpoint}': invalid ensemble record {info!r}")
+    return n
 
 
 def model_context(ck, model) -> int:
@@ -186,7 +204,8 @@ def reconstruct_sim_job(
         # (gt_norm "raw"), patterns and PSF are unitless, rec is a raw-frame prediction
         e_scale = norm.scale if gt_norm == "raw" else 1.0
         parts = {}
-        if mc_samples and pred.emitter_epistemic_std is not None:
+        sampled = bool(pred.meta.get("mc_samples_drawn"))  # MC dropout or an ensemble
+        if sampled and pred.emitter_epistemic_std is not None:
             parts = {
                 "emitter_aleatoric_std": _std(pred.emitter_aleatoric_std, pred.emitter) * e_scale,
                 "emitter_epistemic_std": pred.emitter_epistemic_std * e_scale,
@@ -234,7 +253,7 @@ def reconstruct_sim_job(
             "emitter_units": "input intensity" if gt_norm == "raw" else f"normalised ({gt_norm})",
         },
         "std_definition": "sqrt(aleatoric + epistemic variance)"
-        if mc_samples
+        if mc_samples or getattr(model, "n_members", 1) > 1
         else "sqrt(aleatoric variance)",
     }
     return SimReconstruction(arrays, model.hr_factor, n_t > 1 and layout.kind == "sim_t", meta)
