@@ -180,3 +180,43 @@ def test_wiener_baseline_and_pattern_check(make_napari_viewer, monkeypatch, erro
     np.testing.assert_allclose(lp_std.data, std * scale, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(lp.scale[1:], emitter.scale)
     assert lp_std.metadata["sim_uq"]["std_sigma_scale"] == pytest.approx(scale)
+
+
+def test_ensemble_checkpoint_gives_the_epistemic_layer(
+    make_napari_viewer, tmp_path, monkeypatch, errors
+):
+    import torch
+
+    from napari_sim_uq import ensemble_sim, example_model_path
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(example_model_path())
+    members = []
+    for i in range(2):  # two members: the bundled model with slightly different heads
+        g = torch.Generator().manual_seed(i)
+        state = {k: v.clone() for k, v in ck.model_state.items()}
+        w = state["emitter_head.weight"]
+        state["emitter_head.weight"] = w + 0.05 * w.abs().mean() * torch.randn(w.shape, generator=g)
+        members.append(tmp_path / f"m{i}.pt")
+        save_checkpoint(
+            members[-1],
+            model_state=state,
+            config=ck.config,
+            normalization=ck.normalization,
+            extra={"loss_state": ck.extra["loss_state"]},
+        )
+    ens = ensemble_sim(members, tmp_path / "ens.pt")
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "sim_stack")
+    widget = _dock(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.checkpoint_edit.setText(str(ens))
+    monkeypatch.setenv("NAPARI_SIM_UQ_NOTHREADS", "1")
+    widget.run()
+    assert errors == []
+    epi = viewer.layers["SIM sample emitter epistemic std"]
+    assert "SIM sample emitter aleatoric std" in viewer.layers
+    assert (epi.data > 0).mean() > 0.5  # the members disagree (without MC dropout)
+    meta = viewer.layers["SIM sample emitter"].metadata["sim_uq"]["reconstruction"]
+    assert meta["mc_samples"] == 0 and meta["ensemble_members"] == 2

@@ -235,6 +235,7 @@ def reconstruct_sim_job(
         "hr_factor": model.hr_factor,
         "layout": layout.to_dict(),
         "mc_samples": int(mc_samples),
+        "ensemble_members": pred.meta.get("ensemble_members", 1),
         "tile": tile,
         "overlap": overlap,
         "tiling": {
