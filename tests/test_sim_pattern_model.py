@@ -254,3 +254,35 @@ def test_model_with_estimated_patterns_starts_with_a_dim_emitter():
     # softplus(bias) with the head's small random weights: about 0.69 against 0.05
     assert float(e_own.mean()) > 0.4
     assert float(e_est.mean()) < 0.15
+
+
+def test_ensemble_of_instrument_models_shares_the_instrument(trained, fixed_dataset, tmp_path):
+    from napari_sim_uq.core.io.checkpoint import load_checkpoint
+    from napari_sim_uq.tasks.sim.dataset import SimStackDataset
+    from napari_sim_uq.tasks.sim.ensemble import combine_sim_checkpoints
+    from napari_sim_uq.tasks.sim.predict import predict_sim_sync
+    from napari_sim_uq.tasks.sim.reconstruct import load_sim_model
+
+    ck = load_checkpoint(trained[0])
+    state = {k: v.clone() for k, v in ck.model_state.items()}
+    state["emitter_head.bias"] += 0.3  # a second member that differs
+    ck.model_state = state
+    ck.save(tmp_path / "other.pt")
+    ens, _ = load_sim_model(
+        combine_sim_checkpoints([trained[0], tmp_path / "other.pt"], tmp_path / "e.pt")
+    )
+    assert ens.instrument is not None and ens.n_members == 2
+    x = SimStackDataset(str(fixed_dataset / "val" / "*.tif"))[0]["x"].numpy()
+    pred = predict_sim_sync(ens, x)
+    singles = [
+        predict_sim_sync(load_sim_model(p)[0], x) for p in (trained[0], tmp_path / "other.pt")
+    ]
+    # every member sees the instrument's patterns and profiles its own background
+    np.testing.assert_allclose(pred.lp, singles[0].lp, atol=1e-5)
+    np.testing.assert_allclose(
+        pred.emitter, (singles[0].emitter + singles[1].emitter) / 2, atol=1e-5
+    )
+    assert pred.background == pytest.approx(
+        (singles[0].background + singles[1].background) / 2, abs=1e-4
+    )
+    assert float(pred.emitter_epistemic_std.max()) > 1e-3
