@@ -262,3 +262,45 @@ def test_class_map_with_fixed_edges_fixes_each_class_on_another_split(rng):
         assert metrics.zms(r[sel], after[sel]) == pytest.approx(1.0, abs=0.08)
     with pytest.raises(InputError, match="increasing"):
         ClassSigmaMap.fit(r, pred, cov, edges=[0.5, 0.3])
+
+
+def test_fit_sigma_map_by_method_and_its_stored_ratio(rng):
+    """The calibrate commands' shared entry points: ``fit_sigma_map`` builds the map of
+    each method (no map for "scale"), ``sigma_map_ratio`` is the map's per-pixel factor for
+    either kind (NaN where sigma is not finite), ``stored_sigma_map`` reads what a
+    checkpoint holds under ``extra["sigma_map"][quantity]``."""
+    from types import SimpleNamespace
+
+    from napari_sim_uq.core.uq.calibrate import (
+        CALIBRATION_METHODS,
+        fit_sigma_map,
+        sigma_map_ratio,
+        stored_sigma_map,
+    )
+
+    r, s, i = _two_populations(rng, 20_000)
+    assert CALIBRATION_METHODS == ("scale", "map", "map-intensity")
+    assert fit_sigma_map("scale", r, s, i) is None
+    one = fit_sigma_map("map", r, s, n_bins=5)
+    per = fit_sigma_map("map-intensity", r, s, i, n_bins=5, n_classes=3)
+    assert one == SigmaMap.fit(r, s, n_bins=5)
+    assert per == ClassSigmaMap.fit(r, s, i, n_classes=3, n_bins=5)
+    # the factor: the calibrated std over sigma (float32), NaN where sigma is NaN
+    sig = s[:100].copy()
+    sig[3] = np.nan
+    f_one, f_per = sigma_map_ratio(one, sig, i[:100]), sigma_map_ratio(per, sig, i[:100])
+    assert f_one.dtype == np.float32 and np.isnan(f_one[3]) and np.isnan(f_per[3])
+    ok = np.isfinite(sig)
+    np.testing.assert_allclose(f_one[ok], one(sig[ok]) / sig[ok], rtol=1e-6)
+    np.testing.assert_allclose(f_per[ok], per(sig[ok], i[:100][ok]) / sig[ok], rtol=1e-6)
+    # stored in a checkpoint's extra (plain JSON) and read back
+    ck = SimpleNamespace(extra={"sigma_map": {"mean": json.loads(json.dumps(per.to_dict()))}})
+    assert stored_sigma_map(ck, "mean") == per
+    assert stored_sigma_map(ck, "emitter") is None
+    assert stored_sigma_map(SimpleNamespace(extra={}), "mean") is None
+    with pytest.raises(InputError, match="method must be one of"):
+        fit_sigma_map("isotonic", r, s)
+    with pytest.raises(InputError, match="predicted intensity"):
+        fit_sigma_map("map-intensity", r, s)
+    with pytest.raises(InputError, match="invalid stored sigma map"):
+        stored_sigma_map(SimpleNamespace(extra={"sigma_map": [1, 2]}, path="x.pt"))

@@ -1330,6 +1330,28 @@ def _train_mae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sigma_map_args(p: argparse.ArgumentParser, default: str) -> None:
+    """--method / --n-bins / --n-classes of the 2D tasks' calibrate commands."""
+    p.add_argument(
+        "--method",
+        default=default,
+        choices=("scale", "map", "map-intensity"),
+        help="scale: one factor s = sqrt(mean(r^2/sigma^2)); map: that factor and a "
+        "monotone per-quantile map of sigma; map-intensity: one such map per class of "
+        "the predicted intensity (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-bins", type=int, default=10, help="bins of sigma per map (default: %(default)s)"
+    )
+    p.add_argument(
+        "--n-classes",
+        type=int,
+        default=5,
+        help="equal-count classes of the predicted intensity for --method map-intensity "
+        "(default: %(default)s)",
+    )
+
+
 def _calibrate_mae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", type=Path, required=True, help="a masked autoencoder (train-mae: best.pt)"
@@ -1348,6 +1370,7 @@ def _calibrate_mae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-samples", type=int, default=16, help="stochastic passes (default: %(default)s)"
     )
+    _sigma_map_args(p, "map-intensity")
     p.add_argument("--seed", type=int, default=0, help="masks and passes seed")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
     _device_arg(p)
@@ -1356,8 +1379,9 @@ def _calibrate_mae_args(p: argparse.ArgumentParser) -> None:
 
 @command(
     "calibrate-mae",
-    "fit the std scale of a masked autoencoder on hidden pixels of held-out clean images "
-    "and store it in the checkpoint",
+    "fit the std calibration of a masked autoencoder on hidden pixels of held-out clean "
+    "images (a scale and a monotone map of sigma per predicted-intensity class) and store "
+    "it in the checkpoint",
     _calibrate_mae_args,
 )
 def _calibrate_mae(args: argparse.Namespace) -> int:
@@ -1373,12 +1397,17 @@ def _calibrate_mae(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             max_images=args.max_images,
+            method=args.method,
+            n_bins=args.n_bins,
+            n_classes=args.n_classes,
         ),
         disable=args.quiet,
     )
     b, a = t["before"]["pooled"], t["after"]["pooled"]
     print(
-        f"sigma scale {t['sigma_scale']['mean']:.4g} stored in {args.checkpoint} "
+        f"sigma scale {t['sigma_scale']['mean']:.4g}"
+        + (" and a sigma map" if t["sigma_map"] else "")
+        + f" stored in {args.checkpoint} "
         f"({t['n_pixels']} hidden pixels of {t['n_images']} images); ZMS {b['zms']:.3f} -> "
         f"{a['zms']:.3f}, cov95 {b['cov95']:.3f} -> {a['cov95']:.3f}; by intensity after: "
         f"{_tertiles(t['after'])}"
@@ -1497,24 +1526,7 @@ def _calibrate_2d_args(p: argparse.ArgumentParser) -> None:
         help="degradation applied to the clean images (default: the one the model was "
         "trained with)",
     )
-    p.add_argument(
-        "--method",
-        default="scale",
-        choices=("scale", "map", "map-intensity"),
-        help="scale: one factor s = sqrt(mean(r^2/sigma^2)); map: that factor and a "
-        "monotone per-quantile map of sigma; map-intensity: one such map per class of "
-        "the predicted intensity (default: %(default)s)",
-    )
-    p.add_argument(
-        "--n-bins", type=int, default=10, help="bins of sigma per map (default: %(default)s)"
-    )
-    p.add_argument(
-        "--n-classes",
-        type=int,
-        default=5,
-        help="equal-count classes of the predicted intensity for --method map-intensity "
-        "(default: %(default)s)",
-    )
+    _sigma_map_args(p, "scale")
     p.add_argument("--seed", type=int, default=0, help="degradation and dropout seed")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
     _device_arg(p)

@@ -195,9 +195,10 @@ def test_calibrate_mae_fits_the_scale_that_makes_zms_one(tiny_mae, data, tmp_pat
 
     path = tmp_path / "m.pt"
     shutil.copy(tiny_mae, path)
-    t = run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2))
+    t = run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2, method="scale"))
     s = t["sigma_scale"]["mean"]
     assert load_checkpoint(path).sigma_scale["mean"] == pytest.approx(s)
+    assert t["sigma_map"] is None and not (load_checkpoint(path).extra or {}).get("sigma_map")
     # after: ZMS = 1 on the calibration pixels (closed form of the fitted scale)
     assert t["after"]["pooled"]["zms"] == pytest.approx(1.0, rel=1e-6)
     assert t["before"]["pooled"]["zms"] == pytest.approx(s * s, rel=1e-6)
@@ -205,12 +206,50 @@ def test_calibrate_mae_fits_the_scale_that_makes_zms_one(tiny_mae, data, tmp_pat
     model, ck = _model(path)
     clean = tifffile.imread(data / "calib" / "im_0.tif").astype(np.float32)
     opts = dict(mask_ratio=0.75, num_samples=4, seed=11)
-    r, s_cal, _ = run(hidden_pixel_residuals(model, ck, clean, **opts))
-    _, s_raw, _ = run(hidden_pixel_residuals(model, ck, clean, calibrated=False, **opts))
+    r, s_cal, _, _ = run(hidden_pixel_residuals(model, ck, clean, **opts))
+    _, s_raw, _, _ = run(hidden_pixel_residuals(model, ck, clean, calibrated=False, **opts))
     np.testing.assert_allclose(s_cal, s * s_raw, rtol=1e-4)
     # calibrating again gives the same scale (the model's own std is used)
-    t2 = run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2))
+    t2 = run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2, method="scale"))
     assert t2["sigma_scale"]["mean"] == pytest.approx(s, rel=1e-5)
+
+
+def test_calibrate_mae_map_intensity_is_stored_and_applied(tiny_mae, data, tmp_path):
+    """The default calibration: the scale, then a monotone map of the std per class of the
+    predicted intensity, stored in the checkpoint; inpainting applies exactly that map
+    (the per-pixel factor of the scaled std and the predicted intensity); calibrating with
+    method 'scale' afterwards removes it. (The map itself is tested against known
+    miscalibration in tests/test_calibrate_core.py.)"""
+    from napari_sim_uq.core.uq.calibrate import ClassSigmaMap, sigma_map_ratio, stored_sigma_map
+    from napari_sim_uq.tasks.mae2d.calibrate import calibrate_mae_job, hidden_pixel_residuals
+
+    path = tmp_path / "m.pt"
+    shutil.copy(tiny_mae, path)
+    t = run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2, n_bins=4, n_classes=3))
+    assert t["method"] == "map-intensity"
+    smap = stored_sigma_map(load_checkpoint(path), "mean")
+    assert isinstance(smap, ClassSigmaMap) and len(smap.maps) == 3
+    assert t["sigma_map"] == smap.to_dict()
+    # the reported "after" table is the stored map applied to the calibration pixels
+    assert t["after"]["pooled"]["n"] == t["after_scale_only"]["pooled"]["n"] == t["n_pixels"]
+    # inference applies scale and map: recomputed from the model's own std
+    model, ck = _model(path)
+    s = ck.sigma_scale["mean"]
+    clean = tifffile.imread(data / "calib" / "im_1.tif").astype(np.float32)
+    opts = dict(mask_ratio=0.75, num_samples=4, seed=11)
+    _, s_cal, _, m = run(hidden_pixel_residuals(model, ck, clean, **opts))
+    _, s_raw, _, _ = run(hidden_pixel_residuals(model, ck, clean, calibrated=False, **opts))
+    expect = s * s_raw * sigma_map_ratio(smap, s * s_raw, m)
+    np.testing.assert_allclose(s_cal, expect, rtol=1e-3)
+    assert not np.allclose(s_cal, s * s_raw, rtol=1e-3)  # the map changed something
+    # 'scale' removes the map; the CLI's default stores one again
+    run(calibrate_mae_job(path, data / "calib", num_samples=4, seed=2, method="scale"))
+    assert stored_sigma_map(load_checkpoint(path), "mean") is None
+    argv = ["calibrate-mae", "--checkpoint", str(path), "--data-dir", str(data / "calib")]
+    assert main([*argv, "--num-samples", "4", "--n-bins", "4", "--n-classes", "2", "--quiet"]) == 0
+    assert len(stored_sigma_map(load_checkpoint(path), "mean").maps) == 2
+    with pytest.raises(InputError, match="method must be one of"):
+        run(calibrate_mae_job(path, data / "calib", method="isotonic"))
 
 
 def test_cli_inpaint_files_and_metrics(tiny_mae, data, tmp_path):

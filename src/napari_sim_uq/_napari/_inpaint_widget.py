@@ -184,8 +184,8 @@ class InpaintWidget(PreparedJobMixin, Image2DJobWidget):
             f.add_bool(
                 "calibrated",
                 _DEFAULTS["calibrated"],
-                "scale the std by the checkpoint's calibration factor (`sim-uq "
-                "calibrate-mae`; 1 if never calibrated)",
+                "apply the checkpoint's std calibration (`sim-uq calibrate-mae`: a factor "
+                "and a map per predicted-intensity class; none if never calibrated)",
                 "calibrated std",
             ),
         )

@@ -44,15 +44,24 @@ import numpy as np
 from napari_sim_uq.core.errors import InputError
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "INTENSITY_CLASSES",
     "RELATIVE_INTENSITY_CLASSES",
     "ClassSigmaMap",
     "SigmaMap",
     "conditional_calibration",
+    "fit_sigma_map",
     "fit_sigma_scale",
     "relative_intensity",
     "sigma_map_from_dict",
+    "sigma_map_ratio",
+    "stored_sigma_map",
 ]
+
+#: Recalibration methods of the 2D tasks' calibrate commands: one sigma scale; the scale
+#: and a monotone :class:`SigmaMap`; the scale and one map per class of the predicted
+#: intensity (:class:`ClassSigmaMap`).
+CALIBRATION_METHODS = ("scale", "map", "map-intensity")
 
 #: Names of the intensity tertiles, dark to bright.
 INTENSITY_CLASSES = ("background", "mid", "bright")
@@ -506,3 +515,54 @@ def sigma_map_from_dict(d: Any) -> SigmaMap | ClassSigmaMap:
     if isinstance(d, dict) and d.get("kind") == ClassSigmaMap.kind:
         return ClassSigmaMap.from_dict(d)
     return SigmaMap.from_dict(d)
+
+
+def fit_sigma_map(
+    method: str,
+    r: Any,
+    sigma: Any,
+    covariate: Any = None,
+    *,
+    n_bins: int = 10,
+    n_classes: int = 5,
+) -> SigmaMap | ClassSigmaMap | None:
+    """The map of :data:`CALIBRATION_METHODS` ``method`` fitted on residuals ``r`` and (already
+    scaled) stds ``sigma``: ``None`` for ``"scale"``, a :class:`SigmaMap` for ``"map"``, a
+    :class:`ClassSigmaMap` over ``n_classes`` equal-count classes of ``covariate`` (the
+    predicted intensity) for ``"map-intensity"``."""
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if method == "scale":
+        return None
+    if method == "map":
+        return SigmaMap.fit(r, sigma, n_bins=n_bins)
+    if covariate is None:
+        raise InputError("fit_sigma_map: method 'map-intensity' needs the predicted intensity")
+    return ClassSigmaMap.fit(r, sigma, covariate, n_classes=n_classes, n_bins=n_bins)
+
+
+def sigma_map_ratio(smap: SigmaMap | ClassSigmaMap, sigma: Any, covariate: Any) -> np.ndarray:
+    """The per-pixel factor ``c(sigma) / sigma`` of a stored map (float32, the shape of
+    ``sigma``); ``covariate`` (the predicted intensity, same units as at fitting) is used
+    by a per-class map only. Non-finite ``sigma`` gives NaN."""
+    s = np.asarray(sigma, dtype=np.float64)
+    ok = np.isfinite(s)
+    out = np.full(s.shape, np.nan)
+    sd = np.maximum(s[ok], 1e-30)
+    if isinstance(smap, ClassSigmaMap):
+        out[ok] = smap.ratio(sd, np.asarray(covariate, dtype=np.float64)[ok])
+    else:
+        out[ok] = smap.ratio(sd)
+    return out.astype(np.float32)
+
+
+def stored_sigma_map(ck: Any, quantity: str = "mean") -> SigmaMap | ClassSigmaMap | None:
+    """The checkpoint's sigma map of ``quantity`` (``extra["sigma_map"][quantity]``, written
+    by a calibrate command with a map method), or ``None``."""
+    stored = (getattr(ck, "extra", None) or {}).get("sigma_map")
+    if not stored:
+        return None
+    if not isinstance(stored, dict):
+        raise InputError(f"checkpoint '{getattr(ck, 'path', '?')}': invalid stored sigma map")
+    d = stored.get(quantity)
+    return None if d is None else sigma_map_from_dict(dict(d))

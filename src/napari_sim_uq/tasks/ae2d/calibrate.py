@@ -42,11 +42,12 @@ import numpy as np
 
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.core.events import Event
+from napari_sim_uq.core.uq.calibrate import CALIBRATION_METHODS
 from napari_sim_uq.core.uq.mc import image_seed
 
 __all__ = ["METHODS", "calibrate_2d_job", "image_seed", "reconstruct_clean_images"]
 
-METHODS = ("scale", "map", "map-intensity")
+METHODS = CALIBRATION_METHODS
 STAGE = "calibrate 2D"
 #: At most this many pixels of each image enter the calibration fit (a seeded random
 #: subset of larger images; bounds memory on big calibration sets).
@@ -173,10 +174,10 @@ def calibrate_2d_job(
     from napari_sim_uq.core.devices import resolve_device
     from napari_sim_uq.core.io.checkpoint import load_checkpoint, update_calibration
     from napari_sim_uq.core.uq.calibrate import (
-        ClassSigmaMap,
-        SigmaMap,
         conditional_calibration,
+        fit_sigma_map,
         fit_sigma_scale,
+        sigma_map_ratio,
     )
     from napari_sim_uq.tasks.ae2d.predict import load_ae2d_model
 
@@ -222,14 +223,10 @@ def calibrate_2d_job(
     r, sigma, clean = np.concatenate(rs), np.concatenate(ss), np.concatenate(cs)
     mean = np.concatenate(ms)
     scale = fit_sigma_scale(r, sigma)
-    smap: SigmaMap | ClassSigmaMap | None = None
+    smap = fit_sigma_map(method, r, scale * sigma, mean, n_bins=n_bins, n_classes=n_classes)
     after_sigma = scale * sigma
-    if method == "map":
-        smap = SigmaMap.fit(r, scale * sigma, n_bins=n_bins)
-        after_sigma = smap(scale * sigma)
-    elif method == "map-intensity":
-        smap = ClassSigmaMap.fit(r, scale * sigma, mean, n_classes=n_classes, n_bins=n_bins)
-        after_sigma = smap(scale * sigma, mean)
+    if smap is not None:
+        after_sigma = after_sigma * sigma_map_ratio(smap, after_sigma, mean)
 
     # store (atomically), keeping everything else in the file
     previous = dict(load_checkpoint(path).sigma_scale or {})

@@ -90,6 +90,7 @@ def predict_2d(
 
     from napari_sim_uq.core.data.degrade import degrade_array
     from napari_sim_uq.core.data.images2d import image_from_array
+    from napari_sim_uq.core.uq.calibrate import sigma_map_ratio, stored_sigma_map
     from napari_sim_uq.core.uq.predict import mc_tiled_predict, total_std
 
     img = _as_gray(image, what)
@@ -121,15 +122,12 @@ def predict_2d(
     scale = float((ck.sigma_scale or {}).get("mean", 1.0))
     mu = arrays["mean"][0]
     stds = total_std({k: v[0] for k, v in arrays.items()}, "mean", scale)
-    smap = _sigma_map(ck)
+    smap = stored_sigma_map(ck, "mean")
     if smap is not None and stds["std"] is not None:
         # the monotone map acts on the total std (after the scale); each part gets the same
-        # per-pixel factor, so total^2 = epistemic^2 + aleatoric^2 still holds
-        sd = np.maximum(stds["std"], 1e-30)
-        # a per-class map also takes the predicted intensity (normalised units)
-        ratio = (smap.ratio(sd, mu) if hasattr(smap, "classes") else smap.ratio(sd)).astype(
-            np.float32
-        )
+        # per-pixel factor, so total^2 = epistemic^2 + aleatoric^2 still holds; a per-class
+        # map also takes the predicted intensity (normalised units)
+        ratio = sigma_map_ratio(smap, stds["std"], mu)
         stds = {k: None if v is None else (v * ratio).astype(np.float32) for k, v in stds.items()}
     out: dict[str, Any] = {"mean": norm.invert(mu).astype(np.float32)}
     for key, sd in (
@@ -161,18 +159,6 @@ def predict_2d(
         }
     )
     return Prediction(out, meta)
-
-
-def _sigma_map(ck):
-    """The checkpoint's sigma map (``extra["sigma_map"]["mean"]``, fitted by
-    ``calibrate_2d_job(method="map" | "map-intensity")``), or ``None``."""
-    stored = (ck.extra or {}).get("sigma_map")
-    if not stored:
-        return None
-    from napari_sim_uq.core.uq.calibrate import sigma_map_from_dict
-
-    d = stored.get("mean") if isinstance(stored, dict) else None
-    return None if d is None else sigma_map_from_dict(dict(d))
 
 
 def _as_gray(image: Any, what: str) -> Any:

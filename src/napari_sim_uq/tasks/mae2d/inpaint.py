@@ -39,7 +39,9 @@ Steps
    0.995 (ZMS 0.3: most images over-covered, a few under-covered) to 0.97 (ZMS 0.86).
 6. **Calibration**: the std is multiplied by the checkpoint's ``sigma_scale["mean"]``
    (fitted by ``sim-uq calibrate-mae`` on hidden pixels of held-out images, on the adapted
-   std; 1 if never calibrated) unless ``calibrated=False``.
+   std; 1 if never calibrated) and, where the checkpoint holds one, mapped by its monotone
+   sigma map (per class of the predicted intensity, :mod:`.calibrate`), unless
+   ``calibrated=False``.
 
 Outputs (image units): ``inpainted`` (observed pixels kept, the mean elsewhere), ``std``
 (calibrated; on observed pixels the leave-out std) and ``masked_input`` (NaN at missing
@@ -142,6 +144,7 @@ def inpaint_2d(
     from napari_sim_uq.core.config import check_int
     from napari_sim_uq.core.data.observed import fit_observed_normalization, observed_mask
     from napari_sim_uq.core.events import Event
+    from napari_sim_uq.core.uq.calibrate import sigma_map_ratio, stored_sigma_map
     from napari_sim_uq.core.uq.predict import mc_tiled_predict
     from napari_sim_uq.tasks.mae2d.net import patchify, unpatchify
 
@@ -240,6 +243,7 @@ def inpaint_2d(
         mean_n = np.where(observed, loo_mean, mean_n)
     missing = ~observed
     scale = float((ck.sigma_scale or {}).get("mean", 1.0)) if calibrated else 1.0
+    smap = stored_sigma_map(ck, "mean") if calibrated else None
     std_n = None
     loo = None
     if stochastic:
@@ -250,6 +254,8 @@ def inpaint_2d(
         # pixels are off, in units of their spread (1 when it cannot be measured)
         ratio = loo["ratio"] if loo is not None and adapt else 1.0
         std_n = scale * ratio * spread
+        if smap is not None:  # the stored conditional map, on the scaled std
+            std_n = std_n * sigma_map_ratio(smap, std_n, mean_n)
         std_n[missing] = np.maximum(std_n[missing], 1e-12)
     yield Event(STAGE, 1, 1, {}, "done")
 
@@ -272,6 +278,7 @@ def inpaint_2d(
         "n_missing": int(missing.sum()),
         "fraction_missing": float(missing.mean()),
         "sigma_scale": scale,
+        "sigma_map": None if smap is None else smap.to_dict()["kind"],
         "calibrated": bool(calibrated),
         "normalization": norm.to_dict(),
         "tiles": pmeta["n_tiles"],
