@@ -173,6 +173,36 @@ def test_std_is_the_spread_of_the_passes(tiny_mae):
     assert float(pred.arrays["std"][~mask].mean()) > 0
 
 
+def test_augment_makes_the_mean_equivariant_to_rotations_and_reflections(tiny_mae):
+    """``augment=True`` averages the deterministic pass over the 8 symmetries of the tile:
+    the reconstruction of a rotated / reflected image (and mask) is then the rotated /
+    reflected reconstruction, which the plain pass is not (its positions are fixed)."""
+    from napari_sim_uq.tasks.mae2d.inpaint import inpaint_2d, random_token_mask
+
+    model, ck = _model(tiny_mae)
+    img = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    observed = ~random_token_mask((16, 16), 4, 0.5, seed=4)
+
+    def mean(im, obs, augment):
+        pred = run(inpaint_2d(model, ck, im, mask=obs, num_samples=1, augment=augment))
+        return pred.arrays["inpainted"]
+
+    base = mean(img, observed, True)
+    for t in (np.rot90, lambda a: np.rot90(a, 2), np.fliplr, lambda a: np.rot90(a).T):
+        moved = mean(np.ascontiguousarray(t(img)), np.ascontiguousarray(t(observed)), True)
+        np.testing.assert_allclose(moved, t(base), rtol=1e-4, atol=1e-5)
+    plain = mean(img, observed, False)
+    turned = mean(
+        np.ascontiguousarray(np.rot90(img)), np.ascontiguousarray(np.rot90(observed)), False
+    )
+    assert np.abs(turned - np.rot90(plain)).max() > 1e-3
+    # observed pixels are kept; the averaged mean differs from the plain one where hidden
+    np.testing.assert_array_equal(base[observed], img[observed])
+    assert np.abs(base - plain)[~observed].max() > 1e-4
+    with pytest.raises(InputError, match="augment"):
+        run(inpaint_2d(model, ck, img, mask=observed, augment="yes"))
+
+
 def test_inpaint_errors(tiny_mae):
     from napari_sim_uq.tasks.mae2d.inpaint import inpaint_2d
 

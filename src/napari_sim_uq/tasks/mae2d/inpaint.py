@@ -29,7 +29,9 @@ Steps
    see); for an observed pixel the passes that dropped it (a leave-out prediction of a
    known value; NaN if no pass dropped it). The passes' own mean is not used for missing
    pixels: each pass sees less context, and their mean is measurably worse than the
-   deterministic pass (``bench/inpaint.py``).
+   deterministic pass (``bench/inpaint.py``). ``augment=True`` averages the deterministic
+   pass over the 8 rotations and reflections of each tile (tokens map onto tokens), which
+   makes the mean equivariant to them; the stochastic passes are unchanged.
 5. **Adaptation to the image** (``adapt=True``): the spread of the passes ranks pixels but
    its level varies from image to image (an image with more structure than its spread
    suggests is under-covered). The observed pixels tell by how much: their leave-out
@@ -136,6 +138,7 @@ def inpaint_2d(
     reference: Any = None,
     baseline: bool = False,
     what: str = "image",
+    augment: bool = False,
 ):
     """Inpaint one image (module docstring); a job returning a
     :class:`~napari_sim_uq.core.task.Prediction`."""
@@ -149,6 +152,8 @@ def inpaint_2d(
     from napari_sim_uq.tasks.mae2d.net import patchify, unpatchify
 
     check_int("num_samples", num_samples, 1)
+    if not isinstance(augment, bool):
+        raise InputError(f"augment must be True or False, got {augment!r}")
     check_int("seed", seed, 0)
     if isinstance(drop_visible, bool) or not (
         isinstance(drop_visible, (int, float)) and 0 <= drop_visible < 1
@@ -196,7 +201,7 @@ def inpaint_2d(
     stochastic = num_samples > 1
     keep_p = 1.0
 
-    def pass_fn(xb):
+    def one_pass(xb):
         tok_obs = patchify(xb[:, 1:2], p).amin(-1) > 0.5  # (c, N): complete tokens
         visible = tok_obs
         if keep_p < 1.0:
@@ -204,7 +209,22 @@ def inpaint_2d(
         pred = model.reconstruct(xb[:, :1], visible)
         # a prediction counts where the model did not see the token (hidden or dropped)
         h = unpatchify((~visible)[..., None].expand(-1, -1, p * p).to(pred.dtype), p, S, S)
-        return {"h": (h, None), "hp": (h * pred, None), "hp2": (h * pred * pred, None)}
+        return {"h": h, "hp": h * pred, "hp2": h * pred * pred}
+
+    def pass_fn(xb):
+        if not (augment and keep_p == 1.0):
+            return {k: (v, None) for k, v in one_pass(xb).items()}
+        # the deterministic pass, averaged over the 8 rotations / reflections of the tile
+        # (tokens map onto tokens: square tiles of whole tokens)
+        acc: dict = {}
+        for k in range(4):
+            for flip in (False, True):
+                xt = torch.rot90(xb, k, dims=(-2, -1))
+                xt = xt.flip(-1) if flip else xt
+                for name, v in one_pass(xt).items():
+                    v = v.flip(-1) if flip else v
+                    acc[name] = acc.get(name, 0) + torch.rot90(v, -k, dims=(-2, -1)) / 8
+        return {k: (v, None) for k, v in acc.items()}
 
     def tiled(n_passes: int):
         return mc_tiled_predict(
@@ -272,6 +292,7 @@ def inpaint_2d(
         "img_size": S,
         "patch_size": p,
         "num_samples": num_samples,
+        "augment": bool(augment),
         "drop_visible": float(drop_visible) if stochastic else 0.0,
         "mask_ratio": mask_ratio,
         "seed": seed,
