@@ -3,6 +3,7 @@ calibration of the std, on held-out images.
 
     python bench/inpaint.py --models DIR            # the models of bench/mae_train.py
     python bench/inpaint.py --models DIR --n-images 8 --runs vit75   # quicker
+    python bench/inpaint.py --models example_data --runs mae2d_demo_model --size 256  # bundled
 
 For each model (``<run>.pt`` in ``--models``; vit and energy blocks, trained at 75 % and
 85 % masking) and each masking ratio (75 %, 85 %):
@@ -15,8 +16,12 @@ For each model (``<run>.pt`` in ``--models``; vit and energy blocks, trained at 
   same pixels; PSNR of the hidden pixels pooled over the images (normalised units: 0-1 = the
   observed pixels' 0.1-99.9 percentile range, as the model sees them) and the mean SSIM of
   the inpainted images.
-- **Calibration** (at the model's training ratio): the std scale is fitted with
-  ``calibrate-mae`` on ``--n-calib`` other held-out images, then on the test images:
+- ``--augment``: the same PSNR with the mean averaged over the 8 rotations / reflections
+  of each tile (``sim-uq inpaint --augment``; one deterministic pass per symmetry).
+- **Calibration** (at the model's training ratio): for each of ``--methods`` (default
+  ``scale,map-intensity``: one std scale; the scale and a monotone std map per class of the
+  predicted intensity) the calibration is fitted with ``calibrate-mae`` on ``--n-calib``
+  other held-out images, then on the test images:
   ZMS, 95 % coverage and Spearman(std, |err|) of the hidden pixels, per std decile and per
   intensity tertile of the truth (:func:`napari_sim_uq.core.uq.calibrate.
   conditional_calibration`), and the same on images of another generator (``synth2d``
@@ -62,7 +67,7 @@ def test_images(kind: str, n: int, seed: int, size: int = 128) -> list[np.ndarra
     ]
 
 
-def run_images(model, ck, images, ratio, num_samples, seed, baseline=True):
+def run_images(model, ck, images, ratio, num_samples, seed, baseline=True, augment=False):
     """Inpaint every image with random tokens hidden; pooled hidden-pixel numbers and the
     per-pixel residuals, stds and truths (normalised units)."""
     from napari_sim_uq.core.data.normalization import Normalization
@@ -75,7 +80,7 @@ def run_images(model, ck, images, ratio, num_samples, seed, baseline=True):
         pred = run(
             inpaint_2d(
                 model, ck, img, mask_ratio=ratio, num_samples=num_samples, seed=seed + i,
-                baseline=baseline,
+                baseline=baseline, augment=augment,
             )
         )  # fmt: skip
         secs += time.perf_counter() - t0
@@ -141,6 +146,15 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=24)
     ap.add_argument("--n-calib", type=int, default=16)
     ap.add_argument("--num-samples", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128, help="side of the test images")
+    ap.add_argument(
+        "--augment",
+        action="store_true",
+        help="also the quality with the mean averaged over the 8 tile symmetries",
+    )
+    ap.add_argument(
+        "--methods", default="scale,map-intensity", help="calibrate-mae methods to compare"
+    )
     ap.add_argument(
         "--quality-only", action="store_true", help="PSNR against biharmonic only (no std)"
     )
@@ -153,9 +167,9 @@ def main() -> None:
     from napari_sim_uq.tasks.mae2d.calibrate import calibrate_mae_job
     from napari_sim_uq.tasks.mae2d.inpaint import load_mae_model
 
-    test = test_images("sample", args.n_images, 300000)
-    other = test_images("other", args.n_images, 11)
-    calib = test_images("sample", args.n_calib, 400000)
+    test = test_images("sample", args.n_images, 300000, args.size)
+    other = test_images("other", args.n_images, 11, args.size)
+    calib = test_images("sample", args.n_calib, 400000, args.size)
     tmp = Path(tempfile.mkdtemp(prefix="inpaint_bench_"))
     for i, img in enumerate(calib):
         write_image(tmp / "calib" / f"c_{i:03d}.tif", np.rint(img).astype(np.uint16))
@@ -175,6 +189,10 @@ def main() -> None:
                 model, ck, test, ratio, 1 if args.quality_only else args.num_samples, 1000
             )
             res["quality"][f"{ratio:.2f}"] = q
+            if args.augment:
+                qa, _ = run_images(model, ck, test, ratio, 1, 1000, baseline=False, augment=True)
+                q["psnr_augmented"] = qa["psnr"]
+                print(f"{name} at {ratio:.0%}, augmented: PSNR {qa['psnr']:.2f} dB", flush=True)
             print(
                 f"{name} at {ratio:.0%}: PSNR {q['psnr']:.2f} dB, biharmonic "
                 f"{q['psnr_biharmonic']:.2f} dB, gain {q['gain_db']:+.2f} dB, SSIM "
@@ -186,26 +204,32 @@ def main() -> None:
             results[name] = res
             write_result(Path(args.out), {"options": vars(args), "results": results})
             continue
-        cal = run(calibrate_mae_job(work, tmp / "calib", num_samples=args.num_samples, seed=5))
-        res["sigma_scale"] = cal["sigma_scale"]["mean"]
-        res["calibration_fit"] = cal["after"]["pooled"]
-        model, ck = load_mae_model(work)
         res["calibration"] = {}
-        for split, imgs in (("test", test), ("other-generator", other)):
-            q, (r, s, c) = run_images(
-                model, ck, imgs, train_ratio, args.num_samples, 2000, baseline=split != "test"
+        for method in [m for m in args.methods.split(",") if m]:
+            cal = run(
+                calibrate_mae_job(
+                    work, tmp / "calib", num_samples=args.num_samples, seed=5, method=method
+                )
             )
-            table = conditional_calibration(r, s, c)
-            res["calibration"][split] = {"quality": q, **table}
-            p = table["pooled"]
-            dec = [row["zms"] for row in table["by_std_decile"]]
-            cls = {k: round(v["zms"], 3) for k, v in table["by_intensity"].items()}
-            print(
-                f"{name} {split} (ratio {train_ratio:.0%}, scale {res['sigma_scale']:.3f}): ZMS "
-                f"{p['zms']:.3f}, cov95 {p['cov95']:.3f}, Spearman {p['spearman']:.3f}; ZMS per "
-                f"std decile {min(dec):.2f}-{max(dec):.2f}; by intensity {cls}",
-                flush=True,
-            )
+            res["sigma_scale"] = cal["sigma_scale"]["mean"]
+            res["calibration"][method] = {"fit": cal["after"]["pooled"]}
+            model, ck = load_mae_model(work)
+            for split, imgs in (("test", test), ("other-generator", other)):
+                q, (r, s, c) = run_images(
+                    model, ck, imgs, train_ratio, args.num_samples, 2000, baseline=split != "test"
+                )
+                table = conditional_calibration(r, s, c)
+                res["calibration"][method][split] = {"quality": q, **table}
+                p = table["pooled"]
+                dec = [row["zms"] for row in table["by_std_decile"]]
+                cls = {k: round(v["zms"], 3) for k, v in table["by_intensity"].items()}
+                print(
+                    f"{name} {split} {method} (ratio {train_ratio:.0%}, scale "
+                    f"{res['sigma_scale']:.3f}): ZMS {p['zms']:.3f}, cov95 {p['cov95']:.3f}, "
+                    f"Spearman {p['spearman']:.3f}; ZMS per std decile {min(dec):.2f}-"
+                    f"{max(dec):.2f}; by intensity {cls}",
+                    flush=True,
+                )
         res["energy"] = energy_monotone(model, test[:4], train_ratio, 3)
         if res["energy"]:
             print(f"{name} energy: {res['energy']}", flush=True)
