@@ -128,6 +128,7 @@ def test_stop_then_runs_through_the_manifest(make_napari_viewer, qtbot, tiny_mae
     meta = widget.last_prediction.meta
     assert meta["n_missing"] == missing.sum() and meta["num_samples"] == 8
     assert meta["mask_ratio"] is None and "metrics" not in meta  # no truth for the box
+    assert meta["augment"] is False
     md = viewer.layers["cells inpainted"].metadata["sim_uq"]
     assert md["source"] == "cells" and md["reconstruction"]["model"] == "mae2d"
     text = widget.result_label.text()
@@ -137,12 +138,15 @@ def test_stop_then_runs_through_the_manifest(make_napari_viewer, qtbot, tiny_mae
     assert "PSNR" not in text
     assert widget.status.text().startswith("done: 3 layers for 'cells'")
 
-    # ---- random tokens: the image is its own truth; the layers are replaced
+    # ---- random tokens: the image is its own truth; the layers are replaced; the mean
+    # averaged over the tile symmetries (Advanced)
     widget.mask_combo.setCurrentText(RANDOM_TOKENS)
     assert widget.ratio_spin.isEnabled()
+    widget.options.set_values({**FAST, "augment": True})
     widget.run()
     _wait_for_run(widget, qtbot)
     assert shown["error"] == []
+    assert widget.last_prediction.meta["augment"] is True
     assert [lay.name for lay in viewer.layers] == ["cells", "missing", *names]
     inpainted, std, masked = (viewer.layers[n].data for n in names)
     hidden = np.isnan(masked)

@@ -182,6 +182,16 @@ class InpaintWidget(PreparedJobMixin, Image2DJobWidget):
         adv.addRow(
             "",
             f.add_bool(
+                "augment",
+                _DEFAULTS["augment"],
+                "average the reconstruction over the 8 rotations / reflections of every tile "
+                "(8 passes instead of 1 for the mean; +0.2 to +0.35 dB on held-out images)",
+                "average over rotations / reflections",
+            ),
+        )
+        adv.addRow(
+            "",
+            f.add_bool(
                 "calibrated",
                 _DEFAULTS["calibrated"],
                 "apply the checkpoint's std calibration (`sim-uq calibrate-mae`: a factor "
