@@ -192,3 +192,30 @@ def test_cli_train_ensemble_trains_members_with_their_own_seeds(tmp_path, capsys
     assert model.n_members == 2
     assert main([*base, "--ckpt-dir", str(tmp_path / "bad"), "--ensemble", "0"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_console_train_sim_ensemble_is_the_cli_job(tmp_path):
+    """``napari_sim_uq.train_sim(..., ensemble=2)`` trains the members with their own seeds
+    and writes the combined checkpoint, as ``sim-uq train --ensemble 2``; fewer than 2
+    members is a clear error before any training."""
+    from napari_sim_uq.api import train_sim
+    from napari_sim_uq.tasks.sim.synth import SynthConfig, generate_dataset
+
+    run(generate_dataset(tmp_path / "d", 2, SynthConfig(lr_size=(24, 24), hr_factor=2), workers=1))
+    opts = dict(
+        epochs=1, batch_size=2, device="cpu", seed=3, model={"base_channels": 8, "depth": 1}
+    )
+    glob = str(tmp_path / "d" / "train" / "*.tif")
+    res = train_sim(glob, tmp_path / "ck", ensemble=2, **opts)
+    assert [r["ckpt_dir"] for r in res["members"]] == [
+        str(tmp_path / "ck" / f"member_{i}") for i in range(2)
+    ]
+    seeds = [
+        load_checkpoint(r["best"] or r["latest"]).config["train"]["seed"] for r in res["members"]
+    ]
+    assert seeds == [3, 4]
+    model, _ = load_sim_model(res["ensemble"])
+    assert model.n_members == 2
+    with pytest.raises(InputError, match="at least 2 members"):
+        train_sim(glob, tmp_path / "bad", ensemble=0, **opts)
+    assert not (tmp_path / "bad").exists()

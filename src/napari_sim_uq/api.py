@@ -365,11 +365,17 @@ def generate_sim(out_dir: str | os.PathLike, n_samples: int, **synth_options) ->
     return run(generate_dataset(out_dir, n_samples, cfg, **job_kw))
 
 
-def train_sim(train_glob: str, ckpt_dir: str | os.PathLike, **train_options) -> dict:
+def train_sim(
+    train_glob: str, ckpt_dir: str | os.PathLike, ensemble: int = 1, **train_options
+) -> dict:
     """Train the SIM network (as ``sim-uq train``); returns the training summary.
 
     Keywords are :class:`~napari_sim_uq.tasks.sim.train.TrainConfig` fields (``epochs``,
     ``batch_size``, ``model={...}``, ``loss={...}``, ...); unknown names raise.
+    ``ensemble=N`` (N >= 2) trains a deep ensemble as ``sim-uq train --ensemble N``
+    (:func:`~napari_sim_uq.tasks.sim.ensemble.train_sim_ensemble_job`: members with seeds
+    seed + i in ``ckpt_dir/member_<i>``, combined into ``ckpt_dir/ensemble.pt``) and
+    returns ``{"members": [summaries], "ensemble": path}``.
     """
     from napari_sim_uq.core.events import run
     from napari_sim_uq.tasks.sim.train import TrainConfig, train_sim_job
@@ -377,6 +383,10 @@ def train_sim(train_glob: str, ckpt_dir: str | os.PathLike, **train_options) -> 
     cfg = TrainConfig.from_dict(
         {"train_glob": str(train_glob), "ckpt_dir": str(ckpt_dir), **train_options}
     )
+    if ensemble != 1:
+        from napari_sim_uq.tasks.sim.ensemble import train_sim_ensemble_job
+
+        return run(train_sim_ensemble_job(cfg, ensemble))
     return run(train_sim_job(cfg))
 
 

@@ -325,27 +325,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_ensemble(cfg, n: int, *, quiet: bool, rank0: bool) -> int:
     """``train --ensemble N``: N members with seeds seed + i, then their combination."""
-    import dataclasses
-
-    from napari_sim_uq.core.errors import InputError
     from napari_sim_uq.core.events import run_with_progress
-    from napari_sim_uq.tasks.sim.ensemble import combine_sim_checkpoints
-    from napari_sim_uq.tasks.sim.train import train_sim_job
+    from napari_sim_uq.tasks.sim.ensemble import train_sim_ensemble_job
 
-    if n < 2:
-        raise InputError(f"--ensemble must be at least 2 (or 1: one network), got {n}")
-    root = Path(cfg.ckpt_dir)
-    best = []
-    for i in range(n):
-        member = dataclasses.replace(
-            cfg, seed=int(cfg.seed) + i, ckpt_dir=str(root / f"member_{i}")
-        )
-        if rank0:
-            print(f"ensemble member {i + 1}/{n} (seed {member.seed}) -> {member.ckpt_dir}")
-        result = run_with_progress(train_sim_job(member), disable=quiet)
-        best.append(result["best"] or result["latest"])
+    result = run_with_progress(train_sim_ensemble_job(cfg, n), disable=quiet)
     if rank0:
-        out = combine_sim_checkpoints(best, root / "ensemble.pt")
+        for i, r in enumerate(result["members"]):
+            print(f"ensemble member {i + 1}/{n} (seed {int(cfg.seed) + i}) -> {r['ckpt_dir']}")
+        out = result["ensemble"]
         print(f"ensemble of {n} members: {out} (calibrate it: sim-uq calibrate --checkpoint {out})")
     return 0
 

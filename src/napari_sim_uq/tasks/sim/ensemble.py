@@ -35,7 +35,7 @@ from torch import nn
 from napari_sim_uq.core.errors import InputError
 from napari_sim_uq.tasks.sim.net import SimNetConfig, SimOutput, SimUQNet
 
-__all__ = ["SimUQEnsemble", "combine_sim_checkpoints", "ensemble_size"]
+__all__ = ["SimUQEnsemble", "combine_sim_checkpoints", "ensemble_size", "train_sim_ensemble_job"]
 
 
 def ensemble_size(model: nn.Module) -> int:
@@ -155,3 +155,42 @@ def combine_sim_checkpoints(
         extra=extra,
         overwrite=overwrite,
     )
+
+
+def train_sim_ensemble_job(cfg: Any, n_members: int):
+    """Job: train a deep ensemble of ``n_members`` networks with the training configuration
+    ``cfg`` (:class:`~napari_sim_uq.tasks.sim.train.TrainConfig`), member ``i`` with seed
+    ``cfg.seed + i`` into ``cfg.ckpt_dir/member_<i>``, one after another (progress events
+    say which member), then combine their best checkpoints into ``cfg.ckpt_dir/ensemble.pt``
+    (:func:`combine_sim_checkpoints`; on rank 0 only under DDP). Returns ``{"members": [the
+    members' training summaries], "ensemble": path or None}``."""
+    import dataclasses
+
+    from napari_sim_uq.core.events import Event, relay
+    from napari_sim_uq.tasks.sim.train import train_sim_job
+
+    if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 2:
+        raise InputError(
+            f"an ensemble needs at least 2 members (ensemble=1 trains one network), got "
+            f"{n_members!r}"
+        )
+    root = Path(cfg.ckpt_dir)
+    results = []
+    for i in range(n_members):
+        member = dataclasses.replace(
+            cfg, seed=int(cfg.seed) + i, ckpt_dir=str(root / f"member_{i}")
+        )
+        yield Event(
+            "train",
+            0,
+            None,
+            message=f"ensemble member {i + 1}/{n_members} (seed {member.seed}) -> "
+            f"{member.ckpt_dir}",
+        )
+        result = yield from relay(train_sim_job(member), f"member {i + 1}/{n_members}: ")
+        results.append(result)
+    out = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = [r["best"] or r["latest"] for r in results]
+        out = combine_sim_checkpoints(best, root / "ensemble.pt")
+    return {"members": results, "ensemble": None if out is None else str(out)}
