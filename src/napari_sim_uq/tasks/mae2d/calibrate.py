@@ -15,9 +15,10 @@ the hidden pixels (``r`` = true - mean, normalised units):
   map for all pixels (:class:`~napari_sim_uq.core.uq.calibrate.SigmaMap`), stored as
   ``extra["sigma_map"]["mean"]`` and applied by
   :func:`~napari_sim_uq.tasks.mae2d.inpaint.inpaint_2d` after the scale. The same maps as
-  the 2D autoencoder's ``calibrate-2d`` (shared code). A single scale leaves the std about
-  twice too wide on the background and too narrow on bright structures hidden in a hole
-  (docs/benchmarks.md); ``method="scale"`` keeps the scale only and removes a stored map.
+  the 2D autoencoder's ``calibrate-2d`` (shared code). A single scale left the bundled
+  model's variance about 2.4 times too large on the background and 2 times too small on
+  bright structures hidden in a hole (docs/benchmarks.md); ``method="scale"`` keeps the
+  scale only and removes a stored map.
 
 The checkpoint is rewritten atomically. The result holds the conditional calibration tables
 (per std decile and per intensity class) before and after, on the calibration images
